@@ -1,0 +1,196 @@
+"""Annotation tasks: leasing proposed patches to annotators, one annotator per task at a time.
+
+PostgreSQL hands out tasks with ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent
+``next`` calls never wait on each other and never get the same row. SQLite has one writer:
+the lease runs in a ``BEGIN IMMEDIATE`` transaction (see :func:`write_transaction`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from server.db.base import utcnow
+from server.db.tables import AnnotationTask, Annotator, Dataset, Label
+from server.errors import Conflict, NotFound
+from server.labels import NewLabel, create_label
+
+# An annotator may hold this many leases (the page prefetches the next patch); beyond it the
+# oldest goes back to the queue, so a reloaded page never strands tasks until they expire.
+MAX_LEASES_PER_ANNOTATOR = 3
+OPEN_STATUSES = ("open", "expired")
+
+
+def _available(now: object) -> object:
+    return or_(
+        AnnotationTask.status.in_(OPEN_STATUSES),
+        and_(AnnotationTask.status == "leased", AnnotationTask.lease_expires_at < now),
+    )
+
+
+def lease_next(
+    session: Session, *, dataset_id: int, annotator: Annotator, lease_seconds: int
+) -> AnnotationTask | None:
+    """Lease the best-ranked available task of the dataset to ``annotator``; ``None`` when
+    there is none. Call inside a write transaction."""
+    now = utcnow()
+    _release_surplus(session, dataset_id=dataset_id, annotator=annotator, now=now)
+    stmt = (
+        select(AnnotationTask)
+        .where(AnnotationTask.dataset_id == dataset_id, _available(now))  # type: ignore[arg-type]
+        .order_by(AnnotationTask.rank, AnnotationTask.id)
+        .limit(1)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    task = session.scalar(stmt)
+    if task is None:
+        return None
+    task.status = "leased"
+    task.lease_holder_id = annotator.id
+    task.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    session.flush()
+    return task
+
+
+def _release_surplus(
+    session: Session, *, dataset_id: int, annotator: Annotator, now: object
+) -> None:
+    held = list(
+        session.scalars(
+            select(AnnotationTask.id)
+            .where(
+                AnnotationTask.dataset_id == dataset_id,
+                AnnotationTask.status == "leased",
+                AnnotationTask.lease_holder_id == annotator.id,
+                AnnotationTask.lease_expires_at >= now,
+            )
+            .order_by(AnnotationTask.lease_expires_at.desc())
+        )
+    )
+    surplus = held[MAX_LEASES_PER_ANNOTATOR - 1 :]
+    if surplus:
+        session.execute(
+            update(AnnotationTask)
+            .where(AnnotationTask.id.in_(surplus), AnnotationTask.lease_holder_id == annotator.id)
+            .values(status="open", lease_holder_id=None, lease_expires_at=None)
+        )
+
+
+def get_task(session: Session, task_id: int, *, lock: bool = False) -> AnnotationTask:
+    stmt = select(AnnotationTask).where(AnnotationTask.id == task_id)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    task = session.scalar(stmt)
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    return task
+
+
+def _leased_by_other(task: AnnotationTask, annotator: Annotator) -> bool:
+    from server.db.base import as_utc
+
+    return (
+        task.status == "leased"
+        and task.lease_holder_id is not None
+        and task.lease_holder_id != annotator.id
+        and task.lease_expires_at is not None
+        and as_utc(task.lease_expires_at) >= utcnow()
+    )
+
+
+def label_task(
+    session: Session,
+    *,
+    task_id: int,
+    annotator: Annotator,
+    label: str,
+    artifact_type: str | None,
+    source: str,
+    idempotency_key: str | None,
+) -> tuple[Label, bool]:
+    """Record ``annotator``'s verdict on a task. A repeat with the same idempotency key
+    returns the first label; a task leased by someone else is refused."""
+    task = get_task(session, task_id, lock=True)
+    if idempotency_key:
+        from server.labels import find_by_key
+
+        existing = find_by_key(session, annotator=annotator.name, key=idempotency_key)
+        if existing is not None:
+            return existing, False
+    if _leased_by_other(task, annotator):
+        raise Conflict(f"task {task_id} is leased by another annotator")
+    if task.status == "retired" and task.lease_holder_id != annotator.id:
+        raise Conflict(f"task {task_id} was retired: ask for the next task")
+    dataset = session.get(Dataset, task.dataset_id)
+    assert dataset is not None
+    created_label, created = create_label(
+        session,
+        dataset=dataset,
+        new=NewLabel(
+            x=task.x,
+            y=task.y,
+            z=task.z,
+            w=task.w,
+            h=task.h,
+            label=label,
+            artifact_type=artifact_type,
+        ),
+        annotator=annotator,
+        source=source,
+        source_ref=f"task:{task.id}",
+        task_id=task.id,
+        idempotency_key=idempotency_key,
+    )
+    task.status = "labelled"
+    task.lease_holder_id = annotator.id
+    task.lease_expires_at = None
+    session.flush()
+    return created_label, created
+
+
+def skip_task(session: Session, *, task_id: int, annotator: Annotator) -> AnnotationTask:
+    task = get_task(session, task_id, lock=True)
+    if _leased_by_other(task, annotator):
+        raise Conflict(f"task {task_id} is leased by another annotator")
+    if task.status == "labelled":
+        raise Conflict(f"task {task_id} is already labelled")
+    task.status = "skipped"
+    task.lease_holder_id = annotator.id
+    task.lease_expires_at = None
+    session.flush()
+    return task
+
+
+def release_task(session: Session, *, task_id: int, annotator: Annotator) -> AnnotationTask:
+    """Give a leased task back to the queue."""
+    task = get_task(session, task_id, lock=True)
+    if task.status != "leased" or task.lease_holder_id != annotator.id:
+        raise Conflict(f"task {task_id} is not leased by you")
+    task.status = "open"
+    task.lease_holder_id = None
+    task.lease_expires_at = None
+    session.flush()
+    return task
+
+
+def task_counts(session: Session, *, dataset_id: int) -> dict[str, int]:
+    now = utcnow()
+    counts = {
+        status: int(n)
+        for status, n in session.execute(
+            select(AnnotationTask.status, func.count(AnnotationTask.id))
+            .where(AnnotationTask.dataset_id == dataset_id)
+            .group_by(AnnotationTask.status)
+        ).all()
+    }
+    available = session.scalar(
+        select(func.count(AnnotationTask.id)).where(
+            AnnotationTask.dataset_id == dataset_id,
+            _available(now),  # type: ignore[arg-type]
+        )
+    )
+    counts["available"] = int(available or 0)
+    return counts

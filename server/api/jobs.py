@@ -1,0 +1,88 @@
+"""Jobs: start background work, follow its progress, cancel it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from sqlalchemy import func, select
+
+from server import jobs
+from server.api.deps import AdminUser, CurrentUser, DatasetId, JobId, PageDep, SessionDep, StateDep
+from server.api.schemas import JobCreate, JobOut, PageOf, StartedJobOut
+from server.datasets import get_dataset
+from server.db.tables import JOB_KINDS, JOB_STATES, Job
+from server.errors import InvalidInput
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.post(
+    "/datasets/{dataset_id}/jobs",
+    response_model=StartedJobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Start a job (admin): pretrain, train, score, propose, predict or sync",
+    description="A pretrain or train request while one is already waiting returns that one "
+    "(`coalesced: true`).",
+)
+def start(
+    dataset_id: DatasetId, body: JobCreate, session: SessionDep, state: StateDep, user: AdminUser
+) -> StartedJobOut:
+    get_dataset(session, dataset_id)
+    if body.kind in ("predict", "sync"):
+        from server.loop import HANDLERS
+
+        if body.kind not in HANDLERS:
+            raise InvalidInput(f"{body.kind} jobs are not available in this version")
+    started = jobs.start_job(
+        session,
+        sender=state.sender,
+        kind=body.kind,
+        dataset_id=dataset_id,
+        params=body.params,
+        requested_by=user.name,
+    )
+    return StartedJobOut(job=JobOut.model_validate(started.job), coalesced=started.coalesced)
+
+
+@router.get("/jobs", response_model=PageOf[JobOut], summary="Jobs, newest first")
+def list_jobs(
+    session: SessionDep,
+    page: PageDep,
+    _user: CurrentUser,
+    dataset_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    state: Annotated[str | None, Query(description=", ".join(JOB_STATES))] = None,
+    kind: Annotated[str | None, Query(description=", ".join(JOB_KINDS))] = None,
+    top_level: Annotated[bool, Query(description="Hide chunk jobs of a parent job")] = True,
+) -> PageOf[JobOut]:
+    if state is not None and state not in JOB_STATES:
+        raise InvalidInput(f"state must be one of {', '.join(JOB_STATES)}")
+    if kind is not None and kind not in JOB_KINDS:
+        raise InvalidInput(f"kind must be one of {', '.join(JOB_KINDS)}")
+    stmt = select(Job)
+    if dataset_id is not None:
+        stmt = stmt.where(Job.dataset_id == dataset_id)
+    if state:
+        stmt = stmt.where(Job.state == state)
+    if kind:
+        stmt = stmt.where(Job.kind == kind)
+    if top_level:
+        stmt = stmt.where(Job.parent_id.is_(None))
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(stmt.order_by(Job.id.desc()).limit(page.limit).offset(page.offset))
+    return PageOf(
+        items=[JobOut.model_validate(r) for r in rows],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, summary="State and progress of a job")
+def get_one(job_id: JobId, session: SessionDep, _user: CurrentUser) -> JobOut:
+    return JobOut.model_validate(jobs.get_job(session, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a job (admin)")
+def cancel(job_id: JobId, session: SessionDep, _user: AdminUser) -> JobOut:
+    return JobOut.model_validate(jobs.cancel_job(session, job_id=job_id))

@@ -1,0 +1,244 @@
+"""Labels: create for any patch, list, undo, disagreements, export and import."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request, Response, UploadFile, status
+from sqlalchemy import func, select
+
+from server import loop
+from server.api.deps import (
+    AdminUser,
+    CurrentUser,
+    DatasetId,
+    PageDep,
+    SessionDep,
+    StateDep,
+)
+from server.api.schemas import (
+    ArtifactType,
+    ImportReportOut,
+    LabelCreate,
+    LabelOut,
+    LabelValue,
+    PageOf,
+)
+from server.datasets import get_dataset, patch_extent
+from server.db.base import write_transaction
+from server.db.tables import LABEL_SOURCES, AnnotationTask, Label
+from server.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge
+from server.labels import LabelFilter, NewLabel, create_label, disagreements, list_labels
+
+router = APIRouter(tags=["labels"])
+
+LabelId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Id of the label")]
+
+
+@router.post(
+    "/datasets/{dataset_id}/labels",
+    response_model=LabelOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Label any patch (x, y, z: top-left in mag-1 voxels)",
+)
+def create(
+    dataset_id: DatasetId, body: LabelCreate, state: StateDep, user: CurrentUser
+) -> LabelOut:
+    with write_transaction(state.runtime.sessions) as session:
+        dataset = get_dataset(session, dataset_id)
+        w, h = patch_extent(dataset)
+        label, created = create_label(
+            session,
+            dataset=dataset,
+            new=NewLabel(
+                x=body.x,
+                y=body.y,
+                z=body.z,
+                w=body.w or w,
+                h=body.h or h,
+                label=body.label,
+                artifact_type=body.artifact_type,
+            ),
+            annotator=user,
+            source="api",
+            idempotency_key=body.idempotency_key,
+        )
+        out = LabelOut.model_validate(label)
+    if created:
+        loop.labels_added(
+            session_factory=state.runtime.sessions, sender=state.sender, dataset_id=dataset_id
+        )
+    return out
+
+
+@router.get(
+    "/datasets/{dataset_id}/labels",
+    response_model=PageOf[LabelOut],
+    summary="Labels of a dataset, oldest first, with filters",
+)
+def list_all(
+    dataset_id: DatasetId,
+    session: SessionDep,
+    page: PageDep,
+    _user: CurrentUser,
+    label: LabelValue | None = None,
+    artifact_type: ArtifactType | None = None,
+    annotator: Annotated[str | None, Query(max_length=200)] = None,
+    source: Annotated[str | None, Query(description=", ".join(LABEL_SOURCES))] = None,
+    z: Annotated[int | None, Query(ge=-(2**40), le=2**40)] = None,
+) -> PageOf[LabelOut]:
+    get_dataset(session, dataset_id)
+    if source is not None and source not in LABEL_SOURCES:
+        raise InvalidInput(f"source must be one of {', '.join(LABEL_SOURCES)}")
+    rows, total = list_labels(
+        session,
+        dataset_id=dataset_id,
+        filters=LabelFilter(
+            label=label, artifact_type=artifact_type, annotator=annotator, source=source, z=z
+        ),
+        limit=page.limit,
+        offset=page.offset,
+    )
+    return PageOf(
+        items=[LabelOut.model_validate(r) for r in rows],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+    )
+
+
+@router.delete(
+    "/labels/{label_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Undo a label (your own; admins any)",
+    description="A label given on a task puts the task back under the caller's lease, so it "
+    "can be labelled again.",
+)
+def undo(label_id: LabelId, state: StateDep, user: CurrentUser) -> Response:
+    with write_transaction(state.runtime.sessions) as session:
+        label = session.get(Label, label_id)
+        if label is None:
+            raise NotFound(f"no label {label_id}")
+        if label.annotator_id != user.id and user.role != "admin":
+            raise Forbidden("you can only undo your own labels")
+        task_id = label.task_id
+        session.delete(label)
+        session.flush()
+        if task_id is not None:
+            task = session.get(AnnotationTask, task_id)
+            others = session.scalar(select(func.count(Label.id)).where(Label.task_id == task_id))
+            if task is not None and not others and task.status == "labelled":
+                from datetime import timedelta
+
+                from server.db.base import utcnow
+
+                task.status = "leased"
+                task.lease_holder_id = user.id
+                task.lease_expires_at = utcnow() + timedelta(seconds=state.settings.lease_seconds)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/datasets/{dataset_id}/disagreements",
+    summary="Patches where annotators gave different verdicts",
+)
+def list_disagreements(
+    dataset_id: DatasetId, session: SessionDep, page: PageDep, _user: CurrentUser
+) -> dict[str, Any]:
+    get_dataset(session, dataset_id)
+    items, total = disagreements(
+        session, dataset_id=dataset_id, limit=page.limit, offset=page.offset
+    )
+    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+
+
+@router.get(
+    "/datasets/{dataset_id}/labels/export",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}, "application/json": {}}}},
+    summary="Every label of the dataset as CSV or JSON",
+)
+def export(
+    dataset_id: DatasetId,
+    session: SessionDep,
+    _user: CurrentUser,
+    format: Literal["csv", "json"] = "csv",
+) -> Response:
+    from server.label_import import export_labels_csv, export_labels_json
+
+    dataset = get_dataset(session, dataset_id)
+    buffer = io.StringIO()
+    if format == "csv":
+        export_labels_csv(session, dataset=dataset, out=buffer)
+        media = "text/csv"
+    else:
+        export_labels_json(session, dataset=dataset, out=buffer)
+        media = "application/json"
+    name = f"{dataset.name}-labels.{format}"
+    return Response(
+        buffer.getvalue(),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.post(
+    "/datasets/{dataset_id}/labels/import",
+    response_model=ImportReportOut,
+    summary="Import a label file (webKnossos .nml/.zip or a genEM3 data-source .json; admin)",
+    responses={413: {"description": "The file is larger than the configured limit"}},
+)
+async def import_file(
+    dataset_id: DatasetId, file: UploadFile, request: Request, state: StateDep, user: AdminUser
+) -> ImportReportOut:
+    limit = state.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise PayloadTooLarge(f"upload larger than the limit of {limit:,} bytes")
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"upload larger than the limit of {limit:,} bytes")
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(
+        _import,
+        state,
+        dataset_id=dataset_id,
+        filename=file.filename or "upload",
+        data=data,
+        user=user,
+    )
+
+
+def _import(
+    state: StateDep, *, dataset_id: int, filename: str, data: bytes, user: Any
+) -> ImportReportOut:
+    from server.label_import import import_label_file
+
+    with write_transaction(state.runtime.sessions) as session:
+        dataset = get_dataset(session, dataset_id)
+        report = import_label_file(
+            session,
+            dataset=dataset,
+            filename=filename,
+            data=data,
+            annotator=user.name,
+            annotator_id=user.id,
+        )
+    job = None
+    if report.added:
+        job = loop.labels_added(
+            session_factory=state.runtime.sessions, sender=state.sender, dataset_id=dataset_id
+        )
+    return ImportReportOut(
+        filename=filename,
+        added=report.added,
+        added_by_class=dict(report.added_by_class),
+        added_by_type=dict(report.added_by_type),
+        skipped_existing=report.skipped_existing,
+        conflicting=report.conflicting,
+        warnings=list(report.warnings),
+        training_job_id=job.id if job is not None else None,
+    )

@@ -1,0 +1,96 @@
+"""Model versions: list, inspect (metrics), activate = roll back or forward."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from sqlalchemy import func, select
+
+from server import jobs
+from server.api.deps import (
+    AdminUser,
+    CurrentUser,
+    DatasetId,
+    PageDep,
+    SessionDep,
+    StateDep,
+    VersionId,
+)
+from server.api.schemas import ModelVersionDetail, ModelVersionOut, PageOf
+from server.datasets import get_dataset
+from server.db.tables import ModelVersion
+from server.model_versions import activate_version, get_version, unpin
+
+router = APIRouter(tags=["models"])
+
+
+@router.get(
+    "/datasets/{dataset_id}/models",
+    response_model=PageOf[ModelVersionOut],
+    summary="Model versions of a dataset, newest first",
+)
+def list_versions(
+    dataset_id: DatasetId,
+    session: SessionDep,
+    page: PageDep,
+    _user: CurrentUser,
+    kind: Annotated[Literal["ae", "classifier"] | None, Query()] = None,
+) -> PageOf[ModelVersionOut]:
+    get_dataset(session, dataset_id)
+    stmt = select(ModelVersion).where(ModelVersion.dataset_id == dataset_id)
+    if kind:
+        stmt = stmt.where(ModelVersion.kind == kind)
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(
+        stmt.order_by(ModelVersion.id.desc()).limit(page.limit).offset(page.offset)
+    )
+    return PageOf(
+        items=[ModelVersionOut.model_validate(r) for r in rows],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+    )
+
+
+@router.get("/models/{version_id}", response_model=ModelVersionDetail, summary="One version")
+def get_one(version_id: VersionId, session: SessionDep, _user: CurrentUser) -> ModelVersionDetail:
+    return ModelVersionDetail.model_validate(get_version(session, version_id))
+
+
+@router.post(
+    "/models/{version_id}/activate",
+    response_model=ModelVersionOut,
+    summary="Make this version the active one of its kind (admin); re-scores the pool",
+)
+def activate(
+    version_id: VersionId, session: SessionDep, state: StateDep, user: AdminUser
+) -> ModelVersionOut:
+    version = activate_version(session, version_id=version_id)
+    out = ModelVersionOut.model_validate(version)
+    # Proposals follow the active model: score the pool with it.
+    jobs.start_job(
+        session,
+        sender=state.sender,
+        kind="score",
+        dataset_id=version.dataset_id,
+        params={"model_version_id": version.id},
+        requested_by=user.name,
+    )
+    return out
+
+
+@router.post(
+    "/datasets/{dataset_id}/models/unpin",
+    response_model=ModelVersionOut | None,
+    summary="Follow the newest successful version again (admin)",
+)
+def unpin_versions(
+    dataset_id: DatasetId,
+    session: SessionDep,
+    _user: AdminUser,
+    kind: Annotated[Literal["ae", "classifier"], Query()] = "classifier",
+) -> ModelVersionOut | None:
+    get_dataset(session, dataset_id)
+    chosen = unpin(session, dataset_id=dataset_id, kind=kind)
+    return ModelVersionOut.model_validate(chosen) if chosen is not None else None

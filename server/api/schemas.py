@@ -1,0 +1,225 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.vocab import ARTIFACT_TYPES
+
+T = TypeVar("T")
+
+LabelValue = Literal["clean", "artifact"]
+ArtifactType = Literal[
+    "circular", "horseshoe", "scratch", "debris", "fold", "missing", "contrast", "defocus", "other"
+]
+assert set(ArtifactType.__args__) == set(ARTIFACT_TYPES)  # type: ignore[attr-defined]
+
+Coord = Field(ge=-(2**40), le=2**40)
+Extent = Field(gt=0, le=2**20)
+
+
+class Orm(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class PageOf(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+# -- datasets ------------------------------------------------------------------------------------
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "demo", "path": "/data/demo", "layer": "color", "mag": "1"}]
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=200)
+    path: str = Field(min_length=1, max_length=4000, description="Local webKnossos dataset folder.")
+    layer: str = Field(default="color", min_length=1, max_length=200)
+    mag: str = Field(default="1", min_length=1, max_length=50, description="e.g. 1 or 8-8-1")
+    patch: int = Field(default=140, ge=8, le=4096, description="Patch size in pixels at the mag.")
+    stride: int | None = Field(default=None, ge=1, le=4096)
+    bbox: str | None = Field(
+        default=None, max_length=200, description="x,y,z,w,h,d in mag-1 voxels"
+    )
+    pretrain: bool = Field(default=True, description="Start autoencoder pretraining at once.")
+
+
+class DatasetOut(Orm):
+    id: int
+    name: str
+    path: str
+    layer: str
+    mag: str
+    data_format: str
+    voxel_size: list[Any]
+    bbox: list[int]
+    patch_size: int
+    stride: int
+    norm_mean: float
+    norm_std: float
+    patch_count: int
+    created_at: datetime
+
+
+class DatasetDetail(DatasetOut):
+    labels: dict[str, Any]
+    tasks: dict[str, int]
+    active_models: dict[str, int | None]
+
+
+# -- tasks -------------------------------------------------------------------------------------
+class TaskOut(Orm):
+    id: int
+    dataset_id: int
+    kind: str
+    grid_index: int | None
+    x: int
+    y: int
+    z: int
+    w: int
+    h: int
+    model_version_id: int | None
+    p_artifact: float | None
+    uncertainty: float | None
+    recon_error: float | None
+    score: float | None
+    rank: int
+    reason: str
+    status: str
+    lease_expires_at: datetime | None
+    image_url: str = ""
+
+
+class NextTask(BaseModel):
+    task: TaskOut | None
+    remaining: int = Field(description="Tasks still available after this one.")
+    message: str = ""
+
+
+class LabelTask(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"label": "artifact", "artifact_type": "circular", "idempotency_key": "k-1"}
+            ]
+        }
+    )
+
+    label: LabelValue
+    artifact_type: ArtifactType | None = None
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Repeat-safe request key."
+    )
+    source: Literal["ui", "api"] = "api"
+
+
+# -- labels ------------------------------------------------------------------------------------
+class LabelCreate(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"x": 1400, "y": 2800, "z": 3, "w": 140, "h": 140, "label": "clean"}]
+        }
+    )
+
+    x: int = Coord
+    y: int = Coord
+    z: int = Coord
+    w: int | None = Field(default=None, gt=0, le=2**20, description="Default: the grid patch")
+    h: int | None = Field(default=None, gt=0, le=2**20)
+    label: LabelValue
+    artifact_type: ArtifactType | None = None
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class LabelOut(Orm):
+    id: int
+    dataset_id: int
+    x: int
+    y: int
+    z: int
+    w: int
+    h: int
+    label: str
+    artifact_type: str | None
+    annotator: str
+    source: str
+    source_ref: str | None
+    task_id: int | None
+    created_at: datetime
+
+
+class ImportReportOut(BaseModel):
+    filename: str
+    added: int
+    added_by_class: dict[str, int]
+    added_by_type: dict[str, int]
+    skipped_existing: int
+    conflicting: int
+    warnings: list[str]
+    training_job_id: int | None = None
+
+
+# -- models and jobs ---------------------------------------------------------------------------
+class ModelVersionOut(Orm):
+    id: int
+    dataset_id: int
+    kind: str
+    parent_id: int | None
+    job_id: int | None
+    status: str
+    label_count: int
+    label_snapshot_id: int | None
+    weights_sha256: str | None
+    active: bool
+    pinned: bool
+    created_at: datetime
+    metrics: dict[str, Any]
+
+
+class ModelVersionDetail(ModelVersionOut):
+    config: dict[str, Any]
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"kind": "train", "params": {}}]})
+
+    kind: Literal["pretrain", "train", "score", "propose", "predict", "sync"]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobOut(Orm):
+    id: int
+    dataset_id: int | None
+    parent_id: int | None
+    kind: str
+    state: str
+    progress: float
+    message: str
+    error: str | None
+    params: dict[str, Any]
+    result: dict[str, Any]
+    attempts: int
+    worker: str | None
+    requested_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class StartedJobOut(BaseModel):
+    job: JobOut
+    coalesced: bool = Field(description="An identical job was already waiting; this is it.")
+
+
+class Me(BaseModel):
+    id: int
+    name: str
+    role: str

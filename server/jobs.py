@@ -1,0 +1,280 @@
+"""Jobs: background work whose state lives in the database, not in the broker.
+
+A job row is created first, then its id is sent to a queue. A worker claims it with a
+conditional UPDATE (``queued -> running``), so a redelivered message never runs a job twice;
+running jobs send heartbeats; a reaper puts jobs whose worker died back on the queue (or
+fails them after too many attempts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from server.db.base import session_scope, utcnow, write_transaction
+from server.db.tables import JOB_KINDS, Dataset, Job
+from server.errors import Conflict, InvalidInput, NotFound
+from server.queue import JobSender
+
+USER_JOB_KINDS = ("pretrain", "train", "score", "propose", "predict", "sync")
+ACTIVE_STATES = ("queued", "running")
+# Jobs of these kinds run at most one at a time per dataset; new requests coalesce.
+EXCLUSIVE_KINDS = ("pretrain", "train")
+MAX_ATTEMPTS = 3
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job when someone cancelled it."""
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    job: Job
+    coalesced: bool
+
+
+def create_job(
+    session: Session,
+    *,
+    kind: str,
+    dataset_id: int | None,
+    params: dict[str, Any] | None = None,
+    requested_by: str | None = None,
+    parent_id: int | None = None,
+) -> Job:
+    if kind not in JOB_KINDS:
+        raise InvalidInput(f"unknown job kind {kind!r}")
+    job = Job(
+        kind=kind,
+        dataset_id=dataset_id,
+        params=params or {},
+        requested_by=requested_by,
+        parent_id=parent_id,
+        state="queued",
+        message="queued",
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def start_job(
+    session: Session,
+    *,
+    sender: JobSender,
+    kind: str,
+    dataset_id: int | None,
+    params: dict[str, Any] | None = None,
+    requested_by: str | None = None,
+) -> StartedJob:
+    """Create and enqueue a job; a pretrain/train request while one of the same kind is
+    still queued for the dataset returns that one instead (triggers coalesce)."""
+    if kind not in USER_JOB_KINDS:
+        raise InvalidInput(f"unknown job kind {kind!r}; use one of {', '.join(USER_JOB_KINDS)}")
+    if dataset_id is not None:
+        _lock_dataset(session, dataset_id)
+    if kind in EXCLUSIVE_KINDS and dataset_id is not None:
+        waiting = session.scalar(
+            select(Job).where(Job.dataset_id == dataset_id, Job.kind == kind, Job.state == "queued")
+        )
+        if waiting is not None:
+            return StartedJob(job=waiting, coalesced=True)
+    job = create_job(
+        session, kind=kind, dataset_id=dataset_id, params=params, requested_by=requested_by
+    )
+    session.commit()  # the row must exist before a worker can see the message
+    sender.send(job_id=job.id, kind=kind)
+    return StartedJob(job=job, coalesced=False)
+
+
+def _lock_dataset(session: Session, dataset_id: int) -> None:
+    """Serialise job bookkeeping per dataset (row lock on PostgreSQL; SQLite has one writer)."""
+    stmt = select(Dataset.id).where(Dataset.id == dataset_id)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    if session.scalar(stmt) is None:
+        raise NotFound(f"no dataset {dataset_id}")
+
+
+def claim_job(sessions: sessionmaker[Session], *, job_id: int, worker: str) -> Job | None:
+    """Atomically move a queued job to running. ``None`` when it is not claimable (already
+    running elsewhere, finished, cancelled) or an exclusive job of its dataset is running."""
+    with write_transaction(sessions) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state != "queued":
+            return None
+        if job.kind in EXCLUSIVE_KINDS and job.dataset_id is not None:
+            _lock_dataset(session, job.dataset_id)
+            busy = session.scalar(
+                select(Job.id).where(
+                    Job.dataset_id == job.dataset_id,
+                    Job.kind.in_(EXCLUSIVE_KINDS),
+                    Job.state == "running",
+                    Job.id != job_id,
+                )
+            )
+            if busy is not None:
+                raise Conflict(f"job {busy} of the same dataset is running")
+        now = utcnow()
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "queued")
+            .values(
+                state="running",
+                worker=worker,
+                started_at=now,
+                heartbeat_at=now,
+                attempts=Job.attempts + 1,
+                message="started",
+            )
+        ).rowcount
+        if claimed != 1:
+            return None
+        session.refresh(job)
+        return job
+
+
+def report_progress(
+    sessions: sessionmaker[Session], *, job_id: int, progress: float, message: str = ""
+) -> None:
+    """Record progress and a heartbeat; raises :class:`JobCancelled` if the job was cancelled."""
+    with session_scope(sessions) as session:
+        updated = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "running")
+            .values(
+                progress=max(0.0, min(1.0, progress)), message=message[:500], heartbeat_at=utcnow()
+            )
+        ).rowcount
+    if updated != 1:
+        raise JobCancelled(f"job {job_id} is no longer running")
+
+
+def finish_job(
+    sessions: sessionmaker[Session], *, job_id: int, result: dict[str, Any] | None = None
+) -> None:
+    with session_scope(sessions) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "running")
+            .values(
+                state="succeeded",
+                progress=1.0,
+                message="done",
+                result=result or {},
+                finished_at=utcnow(),
+            )
+        )
+
+
+def fail_job(sessions: sessionmaker[Session], *, job_id: int, error: str) -> None:
+    """Mark a job failed with its reason; a failed chunk fails the job it belongs to."""
+    with session_scope(sessions) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state.in_(ACTIVE_STATES))
+            .values(state="failed", error=error[:4000], message="failed", finished_at=utcnow())
+        )
+        parent_id = session.scalar(select(Job.parent_id).where(Job.id == job_id))
+        if parent_id is not None:
+            session.execute(
+                update(Job)
+                .where(Job.id == parent_id, Job.state.in_(ACTIVE_STATES))
+                .values(
+                    state="failed",
+                    error=f"chunk job {job_id} failed: {error}"[:4000],
+                    message="failed",
+                    finished_at=utcnow(),
+                )
+            )
+
+
+def cancel_job(session: Session, *, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    if job.state not in ACTIVE_STATES:
+        raise Conflict(f"job {job_id} is already {job.state}")
+    job.state = "cancelled"
+    job.message = "cancelled"
+    job.finished_at = utcnow()
+    for child in session.scalars(
+        select(Job).where(Job.parent_id == job_id, Job.state.in_(ACTIVE_STATES))
+    ):
+        child.state = "cancelled"
+        child.finished_at = utcnow()
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def reap_stale_jobs(
+    sessions: sessionmaker[Session],
+    *,
+    sender: JobSender,
+    stale_after: timedelta,
+    worker: str | None = None,
+) -> list[int]:
+    """Jobs whose worker stopped sending heartbeats go back on the queue (or fail after
+    :data:`MAX_ATTEMPTS`). Returns the ids put back on the queue."""
+    requeued: list[int] = []
+    cutoff = utcnow() - stale_after
+    with write_transaction(sessions) as session:
+        # a job whose chunk jobs are still under way is waiting, not lost
+        child = aliased(Job)
+        waiting = (
+            select(child.id)
+            .where(child.parent_id == Job.id, child.state.in_(ACTIVE_STATES))
+            .exists()
+        )
+        query = select(Job).where(Job.state == "running", ~waiting)
+        if worker is not None:
+            query = query.where(Job.worker == worker)
+        else:
+            query = query.where(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+        stale = list(session.scalars(query))
+        for job in stale:
+            if job.attempts >= MAX_ATTEMPTS:
+                job.state = "failed"
+                job.error = f"worker lost: no heartbeat since {job.heartbeat_at}, gave up after {job.attempts} attempts"
+                job.finished_at = utcnow()
+            else:
+                job.state = "queued"
+                job.message = (
+                    f"requeued: worker {job.worker} lost (attempt {job.attempts} of {MAX_ATTEMPTS})"
+                )
+                requeued.append(job.id)
+        kinds = {job.id: job.kind for job in stale}
+    for job_id in requeued:
+        sender.send(job_id=job_id, kind=kinds[job_id])
+    return requeued
+
+
+def requeue_jobs_of_worker(
+    sessions: sessionmaker[Session], *, worker: str, sender: JobSender
+) -> list[int]:
+    """At a worker's start: whatever a previous process of the same worker left running is
+    dead. Put it back on the queue (or fail it after :data:`MAX_ATTEMPTS`)."""
+    return reap_stale_jobs(sessions, sender=sender, stale_after=timedelta(0), worker=worker)
+
+
+def active_jobs(session: Session, *, dataset_id: int, kinds: tuple[str, ...]) -> list[Job]:
+    return list(
+        session.scalars(
+            select(Job).where(
+                and_(
+                    Job.dataset_id == dataset_id, Job.kind.in_(kinds), Job.state.in_(ACTIVE_STATES)
+                )
+            )
+        )
+    )

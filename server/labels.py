@@ -1,0 +1,220 @@
+"""Labels: people's verdicts on patches at exact positions. Several per patch are kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.vocab import ARTIFACT_TYPES
+from server.db.tables import LABEL_SOURCES, LABEL_VALUES, Annotator, Dataset, Label
+from server.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class NewLabel:
+    x: int
+    y: int
+    z: int
+    w: int
+    h: int
+    label: str
+    artifact_type: str | None = None
+
+
+def validate_label(dataset: Dataset, new: NewLabel) -> None:
+    if new.label not in LABEL_VALUES:
+        raise InvalidInput(f"label must be one of {', '.join(LABEL_VALUES)}, not {new.label!r}")
+    if new.artifact_type is not None:
+        if new.label != "artifact":
+            raise InvalidInput("only artifact labels carry an artifact type")
+        if new.artifact_type not in ARTIFACT_TYPES:
+            raise InvalidInput(
+                f"unknown artifact type {new.artifact_type!r}; use one of "
+                f"{', '.join(ARTIFACT_TYPES)}"
+            )
+    if new.w <= 0 or new.h <= 0:
+        raise InvalidInput("patch width and height must be positive")
+    x0, y0, z0 = dataset.bbox_x, dataset.bbox_y, dataset.bbox_z
+    x1, y1, z1 = x0 + dataset.bbox_w, y0 + dataset.bbox_h, z0 + dataset.bbox_d
+    if not (x0 <= new.x and new.x + new.w <= x1 and y0 <= new.y and new.y + new.h <= y1) or not (
+        z0 <= new.z < z1
+    ):
+        raise InvalidInput(
+            f"patch at ({new.x}, {new.y}, {new.z}) size {new.w} x {new.h} is outside the "
+            f"dataset's bounding box {x0},{y0},{z0},{dataset.bbox_w},{dataset.bbox_h},"
+            f"{dataset.bbox_d}"
+        )
+
+
+def create_label(
+    session: Session,
+    *,
+    dataset: Dataset,
+    new: NewLabel,
+    annotator: Annotator,
+    source: str,
+    source_ref: str | None = None,
+    task_id: int | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Label, bool]:
+    """Add a label; with an ``idempotency_key`` a repeated request returns the first label.
+    Returns the label and whether it was created now."""
+    if source not in LABEL_SOURCES:
+        raise InvalidInput(f"unknown label source {source!r}")
+    validate_label(dataset, new)
+    if idempotency_key:
+        existing = find_by_key(session, annotator=annotator.name, key=idempotency_key)
+        if existing is not None:
+            return existing, False
+    label = Label(
+        dataset_id=dataset.id,
+        x=new.x,
+        y=new.y,
+        z=new.z,
+        w=new.w,
+        h=new.h,
+        label=new.label,
+        artifact_type=new.artifact_type,
+        annotator=annotator.name,
+        annotator_id=annotator.id,
+        source=source,
+        source_ref=source_ref,
+        task_id=task_id,
+        idempotency_key=idempotency_key or None,
+    )
+    if idempotency_key:
+        # Two identical requests racing: the unique key lets exactly one insert win.
+        try:
+            with session.begin_nested():
+                session.add(label)
+                session.flush()
+        except IntegrityError:
+            existing = find_by_key(session, annotator=annotator.name, key=idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+    else:
+        session.add(label)
+        session.flush()
+    return label, True
+
+
+def find_by_key(session: Session, *, annotator: str, key: str) -> Label | None:
+    return session.scalar(
+        select(Label).where(Label.annotator == annotator, Label.idempotency_key == key)
+    )
+
+
+@dataclass(frozen=True)
+class LabelFilter:
+    label: str | None = None
+    artifact_type: str | None = None
+    annotator: str | None = None
+    source: str | None = None
+    z: int | None = None
+    task_id: int | None = None
+
+
+def label_query(dataset_id: int, filters: LabelFilter) -> Select[tuple[Label]]:
+    stmt = select(Label).where(Label.dataset_id == dataset_id)
+    if filters.label is not None:
+        stmt = stmt.where(Label.label == filters.label)
+    if filters.artifact_type is not None:
+        stmt = stmt.where(Label.artifact_type == filters.artifact_type)
+    if filters.annotator is not None:
+        stmt = stmt.where(Label.annotator == filters.annotator)
+    if filters.source is not None:
+        stmt = stmt.where(Label.source == filters.source)
+    if filters.z is not None:
+        stmt = stmt.where(Label.z == filters.z)
+    if filters.task_id is not None:
+        stmt = stmt.where(Label.task_id == filters.task_id)
+    return stmt
+
+
+def list_labels(
+    session: Session, *, dataset_id: int, filters: LabelFilter, limit: int, offset: int
+) -> tuple[list[Label], int]:
+    stmt = label_query(dataset_id, filters)
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(stmt.order_by(Label.id).limit(limit).offset(offset))
+    return list(rows), int(total)
+
+
+def label_counts(session: Session, *, dataset_id: int) -> dict[str, Any]:
+    """Labels per class and per annotator (for the dashboard)."""
+    by_class = dict(
+        session.execute(
+            select(Label.label, func.count(Label.id))
+            .where(Label.dataset_id == dataset_id)
+            .group_by(Label.label)
+        ).all()
+    )
+    per_annotator: dict[str, dict[str, int]] = {}
+    for name, value, count in session.execute(
+        select(Label.annotator, Label.label, func.count(Label.id))
+        .where(Label.dataset_id == dataset_id)
+        .group_by(Label.annotator, Label.label)
+    ).all():
+        per_annotator.setdefault(name, {"clean": 0, "artifact": 0})[value] = int(count)
+    return {
+        "total": int(sum(by_class.values())),
+        "clean": int(by_class.get("clean", 0)),
+        "artifact": int(by_class.get("artifact", 0)),
+        "per_annotator": per_annotator,
+    }
+
+
+def disagreements(
+    session: Session, *, dataset_id: int, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Patches (same position) where annotators gave different verdicts."""
+    position = (Label.x, Label.y, Label.z, Label.w, Label.h)
+    conflicted = (
+        select(*position)
+        .where(Label.dataset_id == dataset_id)
+        .group_by(*position)
+        .having(func.count(func.distinct(Label.label)) > 1)
+    )
+    total = session.scalar(select(func.count()).select_from(conflicted.subquery())) or 0
+    page = session.execute(
+        conflicted.order_by(Label.z, Label.y, Label.x).limit(limit).offset(offset)
+    ).all()
+    out: list[dict[str, Any]] = []
+    for x, y, z, w, h in page:
+        verdicts = session.scalars(
+            select(Label)
+            .where(
+                Label.dataset_id == dataset_id,
+                Label.x == x,
+                Label.y == y,
+                Label.z == z,
+                Label.w == w,
+                Label.h == h,
+            )
+            .order_by(Label.id)
+        )
+        out.append(
+            {
+                "x": x,
+                "y": y,
+                "z": z,
+                "w": w,
+                "h": h,
+                "labels": [
+                    {
+                        "id": v.id,
+                        "annotator": v.annotator,
+                        "label": v.label,
+                        "artifact_type": v.artifact_type,
+                        "source": v.source,
+                    }
+                    for v in verdicts
+                ],
+            }
+        )
+    return out, int(total)

@@ -1,0 +1,621 @@
+"""The annotation loop: what each job does and what follows it.
+
+pretrain -> score (AE, cold start) -> propose (+ audit set, once)
+labels arrive -> train (after N new labels or on request; coalesced) -> score -> propose
+
+Workers call :func:`run_job_handler` and, on success, :func:`after_job`. Per-patch scores of a
+scoring run live in chunk files in the model store; the database only gets the proposals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from server import jobs
+from server.datasets import grid_of, open_source, patch_extent
+from server.db.base import session_scope, utcnow, write_transaction
+from server.db.tables import AnnotationTask, Dataset, Job, Label, ModelVersion
+from server.errors import InvalidInput, NotFound
+from server.grid import Grid
+from server.queue import JobSender
+from server.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+SCORE_CHUNK_PATCHES = 2048
+DETACHED = "_detached"  # a handler result key: the job finishes when its chunk jobs do
+
+
+# -- entry points used by the API ---------------------------------------------------------------
+def dataset_registered(
+    session: Session, *, sender: JobSender, dataset: Dataset, requested_by: str | None
+) -> Job:
+    """Registering a dataset starts autoencoder pretraining."""
+    return jobs.start_job(
+        session,
+        sender=sender,
+        kind="pretrain",
+        dataset_id=dataset.id,
+        params={},
+        requested_by=requested_by,
+    ).job
+
+
+def labels_added(
+    *, session_factory: sessionmaker[Session], sender: JobSender, dataset_id: int
+) -> Job | None:
+    """Start retraining once ``retrain_every`` training labels arrived since the last training."""
+    from server.settings import get_settings
+
+    every = get_settings().retrain_every
+    with session_scope(session_factory) as session:
+        if active_model(session, dataset_id=dataset_id, kind="ae") is None:
+            return None  # nothing to fine-tune from yet
+        if jobs.active_jobs(session, dataset_id=dataset_id, kinds=("train",)):
+            queued = [
+                j
+                for j in jobs.active_jobs(session, dataset_id=dataset_id, kinds=("train",))
+                if j.state == "queued"
+            ]
+            if queued:
+                return queued[0]  # coalesce
+        last = session.scalar(
+            select(func.max(ModelVersion.label_snapshot_id)).where(
+                ModelVersion.dataset_id == dataset_id,
+                ModelVersion.kind == "classifier",
+                ModelVersion.status.in_(("ready", "training")),
+            )
+        )
+        new = session.scalar(
+            select(func.count(Label.id)).where(
+                Label.dataset_id == dataset_id, Label.id > (last or 0)
+            )
+        )
+        if (new or 0) < every:
+            return None
+        return jobs.start_job(
+            session,
+            sender=sender,
+            kind="train",
+            dataset_id=dataset_id,
+            params={"trigger": f"{new} new labels"},
+            requested_by="loop",
+        ).job
+
+
+# -- models ----------------------------------------------------------------------------------------
+def active_model(session: Session, *, dataset_id: int, kind: str) -> ModelVersion | None:
+    """The pinned version of that kind if an admin pinned one, else the newest ready one."""
+    versions = select(ModelVersion).where(
+        ModelVersion.dataset_id == dataset_id,
+        ModelVersion.kind == kind,
+        ModelVersion.status == "ready",
+    )
+    pinned = session.scalar(
+        versions.where(ModelVersion.pinned.is_(True)).order_by(ModelVersion.id.desc())
+    )
+    if pinned is not None:
+        return pinned
+    return session.scalar(versions.order_by(ModelVersion.id.desc()))
+
+
+def refresh_active_flags(session: Session, *, dataset_id: int) -> None:
+    for kind in ("ae", "classifier"):
+        chosen = active_model(session, dataset_id=dataset_id, kind=kind)
+        session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.dataset_id == dataset_id, ModelVersion.kind == kind)
+            .values(active=False)
+        )
+        if chosen is not None:
+            chosen.active = True
+    session.flush()
+
+
+def model_dir(rt: Runtime, *, dataset_id: int, version_id: int) -> Path:
+    path = rt.settings.model_store / f"dataset-{dataset_id}" / f"version-{version_id}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- audit set and proposals ----------------------------------------------------------------------
+def excluded_indices(session: Session, *, dataset: Dataset, grid: Grid) -> np.ndarray:
+    """Grid patches acquisition must not propose: the audit set, labelled patches (labels
+    match the grid by overlap of more than half a patch) and tasks currently leased."""
+    blocked: list[np.ndarray] = []
+    tasks = session.execute(
+        select(AnnotationTask.grid_index).where(
+            AnnotationTask.dataset_id == dataset.id,
+            (AnnotationTask.kind == "audit") | (AnnotationTask.status == "leased"),
+            AnnotationTask.grid_index.is_not(None),
+        )
+    ).scalars()
+    blocked.append(np.fromiter((int(t) for t in tasks), dtype=np.int64))
+    positions = session.execute(
+        select(Label.x, Label.y, Label.z, Label.w, Label.h).where(Label.dataset_id == dataset.id)
+    ).all()
+    if positions:
+        blocked.append(labelled_grid_indices(grid, np.asarray(positions, dtype=np.int64)))
+    return np.unique(np.concatenate(blocked)) if blocked else np.empty(0, dtype=np.int64)
+
+
+def labelled_grid_indices(grid: Grid, boxes: np.ndarray) -> np.ndarray:
+    """Grid patches covered more than half by some label box ``(x, y, z, w, h)``."""
+    found: list[np.ndarray] = []
+    ex, ey, _ = grid.patch_extent
+    for x, y, z, w, h in boxes:
+        candidates = grid.overlapping((int(x), int(y), int(z)), (int(w), int(h), 1))
+        if candidates.size == 0:
+            continue
+        org = grid.origins(candidates)
+        ox = np.clip(np.minimum(org[:, 0] + ex, x + w) - np.maximum(org[:, 0], x), 0, None)
+        oy = np.clip(np.minimum(org[:, 1] + ey, y + h) - np.maximum(org[:, 1], y), 0, None)
+        found.append(candidates[ox * oy * 2 > ex * ey])
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
+def ensure_audit_set(
+    session: Session, *, dataset: Dataset, grid: Grid, size: int, seed: int = 0
+) -> int:
+    """Draw the audit set once, uniformly at random over the grid. Returns how many exist."""
+    existing = session.scalar(
+        select(func.count(AnnotationTask.id)).where(
+            AnnotationTask.dataset_id == dataset.id, AnnotationTask.kind == "audit"
+        )
+    )
+    if existing:
+        return int(existing)
+    from models.acquisition import draw_audit_set
+
+    indices = draw_audit_set(len(grid), min(size, len(grid) // 4), seed=seed + dataset.id)
+    origins = grid.origins(indices)
+    w, h = patch_extent(dataset)
+    for rank, (index, origin) in enumerate(zip(indices, origins, strict=True)):
+        session.add(
+            AnnotationTask(
+                dataset_id=dataset.id,
+                kind="audit",
+                grid_index=int(index),
+                x=int(origin[0]),
+                y=int(origin[1]),
+                z=int(origin[2]),
+                w=w,
+                h=h,
+                # interleave audit patches with proposals: one in every few
+                rank=rank * 4 + 3,
+                reason="audit",
+                status="open",
+            )
+        )
+    session.flush()
+    return len(indices)
+
+
+def replace_proposals(
+    session: Session,
+    *,
+    dataset: Dataset,
+    grid: Grid,
+    model_version_id: int,
+    job_id: int | None,
+    picks: list[dict[str, Any]],
+) -> int:
+    """Retire open proposals of older versions and add ``picks`` (each with ``index``,
+    ``reason`` and score components) as the new ranked batch."""
+    session.execute(
+        update(AnnotationTask)
+        .where(
+            AnnotationTask.dataset_id == dataset.id,
+            AnnotationTask.kind == "proposal",
+            AnnotationTask.status.in_(("open", "expired")),
+        )
+        .values(status="retired", updated_at=utcnow())
+    )
+    w, h = patch_extent(dataset)
+    indices = np.asarray([p["index"] for p in picks], dtype=np.int64)
+    origins = grid.origins(indices) if indices.size else np.empty((0, 3), dtype=np.int64)
+    for rank, (pick, origin) in enumerate(zip(picks, origins, strict=True)):
+        session.add(
+            AnnotationTask(
+                dataset_id=dataset.id,
+                kind="proposal",
+                grid_index=int(pick["index"]),
+                x=int(origin[0]),
+                y=int(origin[1]),
+                z=int(origin[2]),
+                w=w,
+                h=h,
+                model_version_id=model_version_id,
+                job_id=job_id,
+                p_artifact=_opt_float(pick.get("p_artifact")),
+                uncertainty=_opt_float(pick.get("uncertainty")),
+                recon_error=_opt_float(pick.get("recon_error")),
+                score=_opt_float(pick.get("score")),
+                rank=rank * 4 // 3,
+                reason=str(pick.get("reason", "")),
+                status="open",
+            )
+        )
+    session.flush()
+    return len(picks)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+# -- training data ---------------------------------------------------------------------------------
+def training_labels(session: Session, *, dataset: Dataset) -> list[Label]:
+    """Labels for training: everything except labels of audit patches. Where annotators
+    disagree on a position, the latest verdict counts."""
+    audit = select(AnnotationTask.id).where(
+        AnnotationTask.dataset_id == dataset.id, AnnotationTask.kind == "audit"
+    )
+    audit_positions = set(
+        session.execute(
+            select(AnnotationTask.x, AnnotationTask.y, AnnotationTask.z).where(
+                AnnotationTask.dataset_id == dataset.id, AnnotationTask.kind == "audit"
+            )
+        ).all()
+    )
+    rows = session.scalars(
+        select(Label)
+        .where(
+            Label.dataset_id == dataset.id,
+            (Label.task_id.is_(None)) | (Label.task_id.not_in(audit)),
+        )
+        .order_by(Label.id)
+    )
+    latest: dict[tuple[int, int, int, int, int], Label] = {}
+    for label in rows:
+        if (label.x, label.y, label.z) in audit_positions:
+            continue
+        latest[(label.x, label.y, label.z, label.w, label.h)] = label
+    return list(latest.values())
+
+
+def audit_labels(session: Session, *, dataset: Dataset) -> list[Label]:
+    """The latest label of every labelled audit patch."""
+    positions = {
+        (x, y, z)
+        for x, y, z in session.execute(
+            select(AnnotationTask.x, AnnotationTask.y, AnnotationTask.z).where(
+                AnnotationTask.dataset_id == dataset.id, AnnotationTask.kind == "audit"
+            )
+        ).all()
+    }
+    latest: dict[tuple[int, int, int], Label] = {}
+    for label in session.scalars(
+        select(Label).where(Label.dataset_id == dataset.id).order_by(Label.id)
+    ):
+        key = (label.x, label.y, label.z)
+        if key in positions:
+            latest[key] = label
+    return list(latest.values())
+
+
+# -- job handlers ----------------------------------------------------------------------------------
+Handler = Callable[[Runtime, Job, JobSender], dict[str, Any]]
+
+
+def run_job_handler(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
+    handler = HANDLERS.get(job.kind)
+    if handler is None:
+        raise InvalidInput(f"jobs of kind {job.kind!r} are not supported yet")
+    return handler(rt, job, sender)
+
+
+def progress_reporter(rt: Runtime, job_id: int) -> Callable[[float, str], None]:
+    def report(fraction: float, message: str) -> None:
+        jobs.report_progress(rt.sessions, job_id=job_id, progress=fraction, message=message)
+
+    return report
+
+
+def _load_dataset(rt: Runtime, job: Job) -> Dataset:
+    if job.dataset_id is None:
+        raise InvalidInput(f"job {job.id} has no dataset")
+    with session_scope(rt.sessions) as session:
+        dataset = session.get(Dataset, job.dataset_id)
+        if dataset is None:
+            raise NotFound(f"dataset {job.dataset_id} no longer exists")
+        session.expunge(dataset)
+        return dataset
+
+
+def handle_pretrain(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
+    from server import modeling
+
+    dataset = _load_dataset(rt, job)
+    grid = grid_of(dataset)
+    report = progress_reporter(rt, job.id)
+    with write_transaction(rt.sessions) as session:
+        version = ModelVersion(
+            dataset_id=dataset.id, kind="ae", status="training", job_id=job.id, config={}
+        )
+        session.add(version)
+        session.flush()
+        version_id = version.id
+    try:
+        with open_source(dataset) as source:
+            outcome = modeling.pretrain_autoencoder(
+                source=source,
+                grid=grid,
+                dataset=dataset,
+                out_dir=model_dir(rt, dataset_id=dataset.id, version_id=version_id),
+                settings=rt.settings,
+                params=job.params,
+                progress=report,
+            )
+    except BaseException:
+        _mark_version_failed(rt, version_id)
+        raise
+    with write_transaction(rt.sessions) as session:
+        version = session.get(ModelVersion, version_id)
+        assert version is not None
+        version.status = "ready"
+        version.config = outcome.config
+        version.metrics = outcome.metrics
+        version.weights_path = str(outcome.weights_path)
+        version.weights_sha256 = outcome.weights_sha256
+        refresh_active_flags(session, dataset_id=dataset.id)
+    return {"model_version_id": version_id, "metrics": outcome.metrics}
+
+
+def handle_train(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
+    from server import modeling
+
+    dataset = _load_dataset(rt, job)
+    report = progress_reporter(rt, job.id)
+    with session_scope(rt.sessions) as session:
+        ae = active_model(session, dataset_id=dataset.id, kind="ae")
+        if ae is None:
+            raise InvalidInput("no autoencoder yet: pretrain first")
+        train = training_labels(session, dataset=dataset)
+        audit = audit_labels(session, dataset=dataset)
+        snapshot_id = (
+            session.scalar(select(func.max(Label.id)).where(Label.dataset_id == dataset.id)) or 0
+        )
+        for label in (*train, *audit):
+            session.expunge(label)
+        ae_id, ae_path = ae.id, ae.weights_path
+    if len({lab.label for lab in train}) < 2:
+        raise InvalidInput(
+            f"need labels of both classes to train ({len(train)} training labels so far)"
+        )
+    with write_transaction(rt.sessions) as session:
+        version = ModelVersion(
+            dataset_id=dataset.id,
+            kind="classifier",
+            parent_id=ae_id,
+            status="training",
+            job_id=job.id,
+            label_count=len(train),
+            label_snapshot_id=snapshot_id,
+            config={},
+        )
+        session.add(version)
+        session.flush()
+        version_id = version.id
+    try:
+        with open_source(dataset) as source:
+            outcome = modeling.train_classifier(
+                source=source,
+                dataset=dataset,
+                ae_weights=Path(str(ae_path)),
+                train_labels=train,
+                audit_labels=audit,
+                out_dir=model_dir(rt, dataset_id=dataset.id, version_id=version_id),
+                settings=rt.settings,
+                params=job.params,
+                progress=report,
+                snapshot_id=snapshot_id,
+            )
+    except BaseException:
+        _mark_version_failed(rt, version_id)
+        raise
+    with write_transaction(rt.sessions) as session:
+        version = session.get(ModelVersion, version_id)
+        assert version is not None
+        version.status = "ready"
+        version.config = outcome.config
+        version.metrics = outcome.metrics
+        version.weights_path = str(outcome.weights_path)
+        version.weights_sha256 = outcome.weights_sha256
+        refresh_active_flags(session, dataset_id=dataset.id)
+    return {"model_version_id": version_id, "metrics": outcome.metrics}
+
+
+def _mark_version_failed(rt: Runtime, version_id: int) -> None:
+    with session_scope(rt.sessions) as session:
+        session.execute(
+            update(ModelVersion).where(ModelVersion.id == version_id).values(status="failed")
+        )
+
+
+def handle_score(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
+    """Cut the pool into chunks that run as independent jobs on any gpu worker."""
+    dataset = _load_dataset(rt, job)
+    grid = grid_of(dataset)
+    with session_scope(rt.sessions) as session:
+        version_id = job.params.get("model_version_id")
+        if version_id is None:
+            chosen = active_model(
+                session, dataset_id=dataset.id, kind="classifier"
+            ) or active_model(session, dataset_id=dataset.id, kind="ae")
+            if chosen is None:
+                raise InvalidInput("no model to score with: pretrain first")
+            version_id = chosen.id
+        elif session.get(ModelVersion, int(version_id)) is None:
+            raise NotFound(f"no model version {version_id}")
+    chunk = int(job.params.get("chunk_patches", SCORE_CHUNK_PATCHES))
+    bounds = [(start, min(start + chunk, len(grid))) for start in range(0, len(grid), chunk)]
+    with session_scope(rt.sessions) as session:
+        children = [
+            jobs.create_job(
+                session,
+                kind="score_chunk",
+                dataset_id=dataset.id,
+                parent_id=job.id,
+                params={
+                    "model_version_id": int(version_id),
+                    "start": start,
+                    "stop": stop,
+                    "chunk": i,
+                },
+                requested_by="loop",
+            )
+            for i, (start, stop) in enumerate(bounds)
+        ]
+        job_row = session.get(Job, job.id)
+        assert job_row is not None
+        job_row.params = {**job.params, "model_version_id": int(version_id), "chunks": len(bounds)}
+        job_row.message = f"scoring {len(grid):,} patches in {len(bounds)} chunks"
+        child_ids = [c.id for c in children]
+    for child_id in child_ids:
+        sender.send(job_id=child_id, kind="score_chunk")
+    return {DETACHED: True, "chunks": len(bounds), "model_version_id": int(version_id)}
+
+
+def handle_score_chunk(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
+    from server import modeling
+
+    dataset = _load_dataset(rt, job)
+    grid = grid_of(dataset)
+    with session_scope(rt.sessions) as session:
+        version = session.get(ModelVersion, int(job.params["model_version_id"]))
+        if version is None or version.weights_path is None:
+            raise NotFound(f"model version {job.params['model_version_id']} has no weights")
+        ae_path = version.weights_path
+        if version.kind == "classifier" and version.parent_id is not None:
+            parent = session.get(ModelVersion, version.parent_id)
+            ae_path = parent.weights_path if parent is not None else None
+        weights, kind = version.weights_path, version.kind
+    out = (
+        model_dir(rt, dataset_id=dataset.id, version_id=int(job.params["model_version_id"]))
+        / "scores"
+    )
+    out.mkdir(exist_ok=True)
+    with open_source(dataset) as source:
+        summary = modeling.score_chunk(
+            source=source,
+            grid=grid,
+            dataset=dataset,
+            start=int(job.params["start"]),
+            stop=int(job.params["stop"]),
+            weights=Path(weights),
+            ae_weights=Path(ae_path) if ae_path else None,
+            kind=kind,
+            out_file=out / f"chunk-{int(job.params['chunk']):06d}.npz",
+            settings=rt.settings,
+            progress=progress_reporter(rt, job.id),
+        )
+    return summary
+
+
+def handle_propose(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
+    from server import modeling
+
+    dataset = _load_dataset(rt, job)
+    grid = grid_of(dataset)
+    version_id = int(job.params["model_version_id"])
+    scores_dir = model_dir(rt, dataset_id=dataset.id, version_id=version_id) / "scores"
+    with write_transaction(rt.sessions) as session:
+        version = session.get(ModelVersion, version_id)
+        if version is None:
+            raise NotFound(f"no model version {version_id}")
+        ds = session.get(Dataset, dataset.id)
+        assert ds is not None
+        audit_count = ensure_audit_set(session, dataset=ds, grid=grid, size=rt.settings.audit_size)
+        excluded = excluded_indices(session, dataset=ds, grid=grid)
+        picks = modeling.propose_batch(
+            scores_dir=scores_dir,
+            kind=version.kind,
+            excluded=excluded,
+            batch_size=int(job.params.get("batch_size", rt.settings.batch_size)),
+            seed=job.id,
+        )
+        added = replace_proposals(
+            session, dataset=ds, grid=grid, model_version_id=version_id, job_id=job.id, picks=picks
+        )
+    return {"proposed": added, "audit_set": audit_count, "model_version_id": version_id}
+
+
+HANDLERS: dict[str, Handler] = {
+    "pretrain": handle_pretrain,
+    "train": handle_train,
+    "score": handle_score,
+    "score_chunk": handle_score_chunk,
+    "propose": handle_propose,
+}
+
+
+# -- what follows a job -----------------------------------------------------------------------------
+def after_job(rt: Runtime, *, job_id: int, sender: JobSender) -> None:
+    """Chain the loop: a new model is scored; a finished scoring run proposes a batch."""
+    with session_scope(rt.sessions) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state != "succeeded":
+            return
+        result = job.result or {}
+        if job.kind in ("pretrain", "train") and "model_version_id" in result:
+            jobs.start_job(
+                session,
+                sender=sender,
+                kind="score",
+                dataset_id=job.dataset_id,
+                params={"model_version_id": result["model_version_id"]},
+                requested_by="loop",
+            )
+        elif job.kind == "score_chunk" and job.parent_id is not None:
+            _chunk_finished(session, sender=sender, parent_id=job.parent_id)
+    if job is not None and job.kind == "train" and job.dataset_id is not None:
+        # labels that arrived during training may already justify the next round
+        labels_added(session_factory=rt.sessions, sender=sender, dataset_id=job.dataset_id)
+
+
+def _chunk_finished(session: Session, *, sender: JobSender, parent_id: int) -> None:
+    parent = (
+        session.scalar(select(Job).where(Job.id == parent_id).with_for_update())
+        if _is_pg(session)
+        else session.get(Job, parent_id)
+    )
+    if parent is None or parent.state != "running":
+        return
+    states = dict(
+        session.execute(
+            select(Job.state, func.count(Job.id))
+            .where(Job.parent_id == parent_id)
+            .group_by(Job.state)
+        ).all()
+    )
+    total = sum(states.values())
+    done = states.get("succeeded", 0)
+    parent.progress = done / max(total, 1)
+    parent.message = f"{done} of {total} chunks scored"
+    parent.heartbeat_at = utcnow()
+    if done < total:
+        return
+    parent.state = "succeeded"
+    parent.finished_at = utcnow()
+    parent.result = {"chunks": total, "model_version_id": parent.params.get("model_version_id")}
+    session.flush()
+    jobs.start_job(
+        session,
+        sender=sender,
+        kind="propose",
+        dataset_id=parent.dataset_id,
+        params={"model_version_id": parent.params.get("model_version_id")},
+        requested_by="loop",
+    )
+
+
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"

@@ -1,0 +1,82 @@
+"""Settings read from the environment (prefix ``ARTIFACT_LOOP_``) and an optional ``.env``.
+
+Nothing here touches the disk or the network at import time; directories are created by
+:meth:`Settings.ensure_dirs` when a command actually needs them.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "artifact-loop"
+
+
+class Settings(BaseSettings):
+    """Everything that differs between a laptop, CI and a GPU cluster."""
+
+    model_config = SettingsConfigDict(env_prefix="ARTIFACT_LOOP_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str = ""
+    broker_url: str = ""
+    model_store_dir: Path | None = None
+
+    # The loop
+    retrain_every: int = 25
+    batch_size: int = 25
+    audit_size: int = 100
+    lease_seconds: int = 600
+    max_upload_bytes: int = 50 * 1024 * 1024
+    stats_sample_patches: int = 64
+
+    # Workers
+    visibility_timeout_s: int = 6 * 3600
+    task_expires_s: int = 24 * 3600
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _fill_derived(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'artifact-loop.sqlite'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if self.model_store_dir is None:
+            self.model_store_dir = self.data_dir / "models"
+        return self
+
+    @property
+    def model_store(self) -> Path:
+        assert self.model_store_dir is not None
+        return self.model_store_dir
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of Celery's filesystem broker (used only when ``broker_url`` is ``filesystem://``)."""
+        return self.data_dir / "broker"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def ensure_dirs(self) -> None:
+        for path in (
+            self.data_dir,
+            self.model_store,
+            self.broker_dir / "in",
+            self.broker_dir / "processed",
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

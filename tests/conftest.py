@@ -1,0 +1,94 @@
+"""Shared fixtures: real PostgreSQL (127.0.0.1:5432, user postgres) and SQLite databases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("WEBKNOSSOS_SKIP_VERSION_CHECK", "True")
+
+PG_ADMIN_URL = os.environ.get(
+    "ARTIFACT_LOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _pg_admin_connect() -> object:
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """Admin URL of the PostgreSQL server; fails loudly when it is not running."""
+    try:
+        conn = _pg_admin_connect()
+    except Exception as exc:  # pragma: no cover - environment problem
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    conn.close()  # type: ignore[attr-defined]
+    yield PG_ADMIN_URL
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"al_test_{uuid.uuid4().hex[:12]}"
+    conn = _pg_admin_connect()
+    conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[attr-defined]
+    base = pg_server.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        conn.execute(  # type: ignore[attr-defined]
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')  # type: ignore[attr-defined]
+        conn.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'test.sqlite'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on the embedded SQLite database and on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.sqlite'}"
+    return request.getfixturevalue("pg_url")
+
+
+def write_test_dataset(
+    path: Path,
+    *,
+    shape: tuple[int, int, int] = (600, 500, 6),
+    data_format: str = "zarr3",
+    seed: int = 0,
+    offset: tuple[int, int, int] = (0, 0, 0),
+    mags: tuple[int, ...] = (1,),
+) -> np.ndarray:
+    """A small random uint8 dataset (layer ``color``); returns the mag-1 array (x, y, z)."""
+    from server.wk import wk
+
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    ds = wk.Dataset(path, voxel_size=(32, 32, 35))
+    layer = ds.add_layer("color", wk.COLOR_CATEGORY, dtype="uint8", data_format=data_format)
+    kwargs = {"chunk_shape": (32, 32, 32)}
+    if data_format == "zarr3":
+        kwargs["shard_shape"] = (256, 256, 32)
+    else:
+        kwargs["shard_shape"] = (256, 256, 256)
+    mag1 = layer.add_mag(1, **kwargs)
+    mag1.write(data, absolute_offset=offset, allow_resize=True)
+    for m in mags[1:]:
+        mv = layer.add_mag(f"{m}-{m}-1", **kwargs)
+        down = data[::m, ::m, :]
+        mv.write(down, absolute_offset=offset, allow_resize=True)
+    return data

@@ -1,0 +1,126 @@
+"""Real service processes for end-to-end tests: a Celery worker and the API under uvicorn.
+
+They run the same commands as docker-compose.yml, with the environment pointing at the
+test's database and broker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(**values: str) -> dict[str, str]:
+    env = {**os.environ, "WEBKNOSSOS_SKIP_VERSION_CHECK": "True", "PYTHONUNBUFFERED": "1"}
+    env.update(values)
+    return env
+
+
+@contextmanager
+def celery_worker(
+    env: dict[str, str], *, queues: str, name: str, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``celery -A worker.app worker`` as in docker-compose.yml; waits until it is ready."""
+    command = [
+        str(BIN / "celery"),
+        "-A",
+        "worker.app",
+        "worker",
+        "-Q",
+        queues,
+        "-n",
+        f"{name}@%h",
+        "--loglevel",
+        "INFO",
+    ]
+    if "gpu" in queues:
+        command += ["--pool", "solo", "--prefetch-multiplier", "1"]
+    else:
+        command += ["--concurrency", "2"]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_for_log(log, "ready.", proc, timeout=120)
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+@contextmanager
+def api_server(env: dict[str, str], *, log: Path, workers: int = 1) -> Iterator[str]:
+    """``uvicorn server.main:app`` on a free loopback port; yields its base URL."""
+    port = free_port()
+    command = [str(BIN / "uvicorn"), "server.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"API exited early:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"API did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        stop_process(proc)
+
+
+def kill_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the whole process group: what a crash or an OOM kill does."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        kill_process(proc)
+
+
+def _wait_for_log(log: Path, marker: str, proc: subprocess.Popen[bytes], *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if marker in text:
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited early:\n{text[-3000:]}")
+        time.sleep(0.3)
+    raise RuntimeError(
+        f"process not ready after {timeout} s:\n{log.read_text(errors='replace')[-3000:]}"
+    )
