@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from server.db.base import utcnow
@@ -20,26 +20,34 @@ from server.labels import NewLabel, create_label
 # An annotator may hold this many leases (the page prefetches the next patch); beyond it the
 # oldest goes back to the queue, so a reloaded page never strands tasks until they expire.
 MAX_LEASES_PER_ANNOTATOR = 3
-OPEN_STATUSES = ("open", "expired")
 
 
-def _available(now: object) -> object:
-    return or_(
-        AnnotationTask.status.in_(OPEN_STATUSES),
-        and_(AnnotationTask.status == "leased", AnnotationTask.lease_expires_at < now),
+def reclaim_expired(session: Session, *, dataset_id: int) -> int:
+    """Put tasks whose lease ran out back into the queue."""
+    result = session.execute(
+        update(AnnotationTask)
+        .where(
+            AnnotationTask.dataset_id == dataset_id,
+            AnnotationTask.status == "leased",
+            AnnotationTask.lease_expires_at < utcnow(),
+        )
+        .values(status="open", lease_holder_id=None, lease_expires_at=None)
     )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def lease_next(
     session: Session, *, dataset_id: int, annotator: Annotator, lease_seconds: int
 ) -> AnnotationTask | None:
-    """Lease the best-ranked available task of the dataset to ``annotator``; ``None`` when
-    there is none. Call inside a write transaction."""
+    """Lease the best-ranked open task of the dataset to ``annotator``; ``None`` when there
+    is none. Call inside a write transaction."""
     now = utcnow()
+    reclaim_expired(session, dataset_id=dataset_id)
     _release_surplus(session, dataset_id=dataset_id, annotator=annotator, now=now)
+    # (dataset_id, status, rank, id) is an index: this reads one row, not the queue.
     stmt = (
         select(AnnotationTask)
-        .where(AnnotationTask.dataset_id == dataset_id, _available(now))  # type: ignore[arg-type]
+        .where(AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == "open")
         .order_by(AnnotationTask.rank, AnnotationTask.id)
         .limit(1)
     )
@@ -53,6 +61,16 @@ def lease_next(
     task.lease_expires_at = now + timedelta(seconds=lease_seconds)
     session.flush()
     return task
+
+
+def open_task_count(session: Session, *, dataset_id: int, cap: int = 1000) -> int:
+    """How many tasks wait, counted up to ``cap`` (an exact count would scan the queue)."""
+    waiting = (
+        select(AnnotationTask.id)
+        .where(AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == "open")
+        .limit(cap)
+    )
+    return int(session.scalar(select(func.count()).select_from(waiting.subquery())) or 0)
 
 
 def _release_surplus(
@@ -143,6 +161,7 @@ def label_task(
         source_ref=f"task:{task.id}",
         task_id=task.id,
         idempotency_key=idempotency_key,
+        key_checked=True,
     )
     task.status = "labelled"
     task.lease_holder_id = annotator.id
@@ -186,11 +205,13 @@ def task_counts(session: Session, *, dataset_id: int) -> dict[str, int]:
             .group_by(AnnotationTask.status)
         ).all()
     }
-    available = session.scalar(
+    # leases that ran out count as available: the next `next` call reclaims them
+    expired = session.scalar(
         select(func.count(AnnotationTask.id)).where(
             AnnotationTask.dataset_id == dataset_id,
-            _available(now),  # type: ignore[arg-type]
+            AnnotationTask.status == "leased",
+            AnnotationTask.lease_expires_at < now,
         )
     )
-    counts["available"] = int(available or 0)
+    counts["available"] = counts.get("open", 0) + int(expired or 0)
     return counts

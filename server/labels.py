@@ -60,13 +60,14 @@ def create_label(
     source_ref: str | None = None,
     task_id: int | None = None,
     idempotency_key: str | None = None,
+    key_checked: bool = False,
 ) -> tuple[Label, bool]:
     """Add a label; with an ``idempotency_key`` a repeated request returns the first label.
     Returns the label and whether it was created now."""
     if source not in LABEL_SOURCES:
         raise InvalidInput(f"unknown label source {source!r}")
     validate_label(dataset, new)
-    if idempotency_key:
+    if idempotency_key and not key_checked:
         existing = find_by_key(session, annotator=annotator.name, key=idempotency_key)
         if existing is not None:
             return existing, False

@@ -49,12 +49,14 @@ def dataset_registered(
 
 
 def labels_added(
-    *, session_factory: sessionmaker[Session], sender: JobSender, dataset_id: int
+    *,
+    session_factory: sessionmaker[Session],
+    sender: JobSender,
+    dataset_id: int,
+    retrain_every: int,
 ) -> Job | None:
-    """Start retraining once ``retrain_every`` training labels arrived since the last training."""
-    from server.settings import get_settings
-
-    every = get_settings().retrain_every
+    """Start retraining once ``retrain_every`` labels arrived since the last training."""
+    every = retrain_every
     with session_scope(session_factory) as session:
         if active_model(session, dataset_id=dataset_id, kind="ae") is None:
             return None  # nothing to fine-tune from yet
@@ -578,7 +580,12 @@ def after_job(rt: Runtime, *, job_id: int, sender: JobSender) -> None:
             _chunk_finished(session, sender=sender, parent_id=job.parent_id)
     if job is not None and job.kind == "train" and job.dataset_id is not None:
         # labels that arrived during training may already justify the next round
-        labels_added(session_factory=rt.sessions, sender=sender, dataset_id=job.dataset_id)
+        labels_added(
+            session_factory=rt.sessions,
+            sender=sender,
+            dataset_id=job.dataset_id,
+            retrain_every=rt.settings.retrain_every,
+        )
 
 
 def _chunk_finished(session: Session, *, sender: JobSender, parent_id: int) -> None:

@@ -7,9 +7,11 @@ the lifespan, from the settings of the environment the server starts in.
 from __future__ import annotations
 
 import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _disable_nagle_on_listeners()
         state = AppState.start(settings or get_settings())
         app.state.artifact_loop = state
         try:
@@ -87,6 +90,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     mount_pages(app)
     return app
+
+
+def _disable_nagle_on_listeners() -> None:
+    """Set TCP_NODELAY on this process's listening TCP sockets (accepted ones inherit it).
+
+    ``uvicorn --workers N`` hands its workers a pre-bound socket that asyncio does not
+    recognise as TCP, so responses on keep-alive connections wait ~40 ms for delayed ACKs.
+    """
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        return
+    for entry in fds.iterdir():
+        try:
+            sock = socket.socket(fileno=int(entry.name))
+        except (OSError, ValueError):
+            continue
+        try:
+            # The listener may not be listening yet when the first worker starts up:
+            # take every bound, unconnected TCP socket.
+            if (
+                sock.family in (socket.AF_INET, socket.AF_INET6)
+                and sock.type == socket.SOCK_STREAM
+                and sock.getsockname()[1]
+                and not _connected(sock)
+            ):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+
+
+def _connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
 
 
 app = create_app()

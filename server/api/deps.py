@@ -10,7 +10,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from server.api.state import AppState
-from server.auth import authenticate
 from server.db.tables import Annotator
 from server.errors import Forbidden
 
@@ -45,12 +44,7 @@ def current_user(
     state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Annotator:
-    # Its own short session: authentication must not hold the request's transaction open.
-    with state.runtime.sessions() as session:
-        annotator = authenticate(session, credentials.credentials if credentials else None)
-        session.commit()
-        session.expunge(annotator)
-        return annotator
+    return state.caller(credentials.credentials if credentials else None)
 
 
 CurrentUser = Annotated[Annotator, Depends(current_user)]

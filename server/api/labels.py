@@ -67,7 +67,10 @@ def create(
         out = LabelOut.model_validate(label)
     if created:
         loop.labels_added(
-            session_factory=state.runtime.sessions, sender=state.sender, dataset_id=dataset_id
+            session_factory=state.runtime.sessions,
+            sender=state.sender,
+            dataset_id=dataset_id,
+            retrain_every=state.settings.retrain_every,
         )
     return out
 
@@ -230,7 +233,10 @@ def _import(
     job = None
     if report.added:
         job = loop.labels_added(
-            session_factory=state.runtime.sessions, sender=state.sender, dataset_id=dataset_id
+            session_factory=state.runtime.sessions,
+            sender=state.sender,
+            dataset_id=dataset_id,
+            retrain_every=state.settings.retrain_every,
         )
     return ImportReportOut(
         filename=filename,

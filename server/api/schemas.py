@@ -100,7 +100,7 @@ class TaskOut(Orm):
 
 class NextTask(BaseModel):
     task: TaskOut | None
-    remaining: int = Field(description="Tasks still available after this one.")
+    remaining: int = Field(description="Tasks still waiting after this one (counted up to 1000).")
     message: str = ""
 
 

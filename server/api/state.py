@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from server.auth import authenticate, hash_token
 from server.datasets import open_source
-from server.db.tables import Dataset
+from server.db.tables import Annotator, Dataset
 from server.patches import PatchSource
 from server.queue import CeleryJobSender, make_celery
 from server.runtime import Runtime
 from server.settings import Settings
 
 OPEN_SOURCES = 8  # datasets kept open for patch images; opening one costs tens of ms
+# A token's owner is remembered this long, so a request costs no authentication query; a
+# revoked token stops working within this time.
+AUTH_CACHE_SECONDS = 30.0
 
 
 @dataclass
@@ -24,6 +29,7 @@ class AppState:
         default_factory=OrderedDict
     )
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _callers: dict[str, tuple[float, Annotator]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, settings: Settings) -> AppState:
@@ -52,6 +58,22 @@ class AppState:
                 _, old = self._sources.popitem(last=False)
                 old.close()
         return opened
+
+    def caller(self, secret: str | None) -> Annotator:
+        """The annotator a token belongs to (raises Unauthorized)."""
+        key = hash_token(secret) if secret else ""
+        now = time.monotonic()
+        cached = self._callers.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        with self.runtime.sessions() as session:
+            annotator = authenticate(session, secret)
+            session.commit()
+            session.expunge(annotator)
+        if len(self._callers) > 10_000:
+            self._callers.clear()
+        self._callers[key] = (now + AUTH_CACHE_SECONDS, annotator)
+        return annotator
 
     def close(self) -> None:
         with self._lock:

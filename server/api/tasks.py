@@ -12,9 +12,9 @@ from server.annotation_tasks import (
     get_task,
     label_task,
     lease_next,
+    open_task_count,
     release_task,
     skip_task,
-    task_counts,
 )
 from server.api.deps import CurrentUser, DatasetId, PageDep, SessionDep, StateDep, TaskId
 from server.api.schemas import LabelOut, LabelTask, NextTask, PageOf, TaskOut
@@ -48,7 +48,7 @@ def next_task(dataset_id: DatasetId, state: StateDep, user: CurrentUser) -> Next
             annotator=user,
             lease_seconds=state.settings.lease_seconds,
         )
-        remaining = task_counts(session, dataset_id=dataset_id)["available"]
+        remaining = open_task_count(session, dataset_id=dataset_id)
         if task is None:
             return NextTask(
                 task=None,
@@ -120,7 +120,10 @@ def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) 
         dataset_id = created_label.dataset_id
     if created:
         loop.labels_added(
-            session_factory=state.runtime.sessions, sender=state.sender, dataset_id=dataset_id
+            session_factory=state.runtime.sessions,
+            sender=state.sender,
+            dataset_id=dataset_id,
+            retrain_every=state.settings.retrain_every,
         )
     return out
 

@@ -201,7 +201,8 @@ class AnnotationTask(Timestamped, Base):
     __table_args__ = (
         CheckConstraint(_in("kind", TASK_KINDS), name="kind"),
         CheckConstraint(_in("status", TASK_STATUSES), name="status"),
-        Index("ix_tasks_queue", "dataset_id", "status", "kind", "rank"),
+        # next task: equality on dataset and status, then rank order (see annotation_tasks.py)
+        Index("ix_tasks_queue", "dataset_id", "status", "rank", "id"),
         Index("ix_tasks_position", "dataset_id", "z", "y", "x"),
     )
 
