@@ -13,6 +13,7 @@ from server.auth_cli import token_app
 from server.cli_common import console, err_console, friendly_errors
 from server.cli_common import runtime as _runtime
 from server.errors import ArtifactLoopError
+from server.labels_cli import labels_app
 
 app = typer.Typer(
     name="artifact-loop",
@@ -26,6 +27,7 @@ dataset_app = typer.Typer(help="Register and inspect datasets.", no_args_is_help
 app.add_typer(db_app, name="db")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(token_app, name="token")
+app.add_typer(labels_app, name="labels")
 
 
 # -- synth -----------------------------------------------------------------------------------
@@ -283,6 +285,33 @@ def up(
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@app.command()
+@friendly_errors
+def demo(
+    dataset: Annotated[
+        Path | None,
+        typer.Option(help="A webKnossos dataset with a ground_truth.csv (default: make one)."),
+    ] = None,
+    rounds: Annotated[int, typer.Option(min=1, max=20, help="Rounds of labelling.")] = 4,
+    port: Annotated[int, typer.Option(help="Port of the API and pages.")] = 8000,
+    exit_at_end: Annotated[
+        bool, typer.Option("--exit", help="Stop when the rounds are done instead of serving.")
+    ] = False,
+) -> None:
+    """The loop on a laptop: synthetic data, the embedded stack, a simulated annotator."""
+    from server.demo import run_demo
+    from server.settings import get_settings
+
+    run_demo(
+        console=console,
+        data_dir=get_settings().data_dir,
+        dataset=dataset.resolve() if dataset else None,
+        rounds=rounds,
+        port=port,
+        keep_serving=not exit_at_end,
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m server.cli`

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from server.db.base import session_scope, utcnow, write_transaction
+from server.db.base import utcnow, write_transaction
 from server.db.tables import JOB_KINDS, Dataset, Job
 from server.errors import Conflict, InvalidInput, NotFound
 from server.queue import JobSender
@@ -142,7 +142,7 @@ def report_progress(
     sessions: sessionmaker[Session], *, job_id: int, progress: float, message: str = ""
 ) -> None:
     """Record progress and a heartbeat; raises :class:`JobCancelled` if the job was cancelled."""
-    with session_scope(sessions) as session:
+    with write_transaction(sessions) as session:
         updated = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.state == "running")
@@ -157,7 +157,7 @@ def report_progress(
 def finish_job(
     sessions: sessionmaker[Session], *, job_id: int, result: dict[str, Any] | None = None
 ) -> None:
-    with session_scope(sessions) as session:
+    with write_transaction(sessions) as session:
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.state == "running")
@@ -173,7 +173,7 @@ def finish_job(
 
 def fail_job(sessions: sessionmaker[Session], *, job_id: int, error: str) -> None:
     """Mark a job failed with its reason; a failed chunk fails the job it belongs to."""
-    with session_scope(sessions) as session:
+    with write_transaction(sessions) as session:
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.state.in_(ACTIVE_STATES))

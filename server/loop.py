@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server import jobs
 from server.datasets import grid_of, open_source, patch_extent
-from server.db.base import session_scope, utcnow, write_transaction
+from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, Job, Label, ModelVersion
 from server.errors import InvalidInput, NotFound
 from server.grid import Grid
@@ -57,17 +57,16 @@ def labels_added(
 ) -> Job | None:
     """Start retraining once ``retrain_every`` labels arrived since the last training."""
     every = retrain_every
-    with session_scope(session_factory) as session:
+    with write_transaction(session_factory) as session:
         if active_model(session, dataset_id=dataset_id, kind="ae") is None:
             return None  # nothing to fine-tune from yet
-        if jobs.active_jobs(session, dataset_id=dataset_id, kinds=("train",)):
-            queued = [
-                j
-                for j in jobs.active_jobs(session, dataset_id=dataset_id, kinds=("train",))
-                if j.state == "queued"
-            ]
-            if queued:
-                return queued[0]  # coalesce
+        active = jobs.active_jobs(session, dataset_id=dataset_id, kinds=("train",))
+        queued = [j for j in active if j.state == "queued"]
+        if queued:
+            return queued[0]  # coalesce
+        if active:
+            # a training is running: when it ends, after_job counts what arrived meanwhile
+            return None
         last = session.scalar(
             select(func.max(ModelVersion.label_snapshot_id)).where(
                 ModelVersion.dataset_id == dataset_id,
@@ -324,7 +323,7 @@ def progress_reporter(rt: Runtime, job_id: int) -> Callable[[float, str], None]:
 def _load_dataset(rt: Runtime, job: Job) -> Dataset:
     if job.dataset_id is None:
         raise InvalidInput(f"job {job.id} has no dataset")
-    with session_scope(rt.sessions) as session:
+    with write_transaction(rt.sessions) as session:
         dataset = session.get(Dataset, job.dataset_id)
         if dataset is None:
             raise NotFound(f"dataset {job.dataset_id} no longer exists")
@@ -376,7 +375,7 @@ def handle_train(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
 
     dataset = _load_dataset(rt, job)
     report = progress_reporter(rt, job.id)
-    with session_scope(rt.sessions) as session:
+    with write_transaction(rt.sessions) as session:
         ae = active_model(session, dataset_id=dataset.id, kind="ae")
         if ae is None:
             raise InvalidInput("no autoencoder yet: pretrain first")
@@ -436,7 +435,7 @@ def handle_train(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
 
 
 def _mark_version_failed(rt: Runtime, version_id: int) -> None:
-    with session_scope(rt.sessions) as session:
+    with write_transaction(rt.sessions) as session:
         session.execute(
             update(ModelVersion).where(ModelVersion.id == version_id).values(status="failed")
         )
@@ -446,7 +445,7 @@ def handle_score(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
     """Cut the pool into chunks that run as independent jobs on any gpu worker."""
     dataset = _load_dataset(rt, job)
     grid = grid_of(dataset)
-    with session_scope(rt.sessions) as session:
+    with write_transaction(rt.sessions) as session:
         version_id = job.params.get("model_version_id")
         if version_id is None:
             chosen = active_model(
@@ -459,7 +458,7 @@ def handle_score(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
             raise NotFound(f"no model version {version_id}")
     chunk = int(job.params.get("chunk_patches", SCORE_CHUNK_PATCHES))
     bounds = [(start, min(start + chunk, len(grid))) for start in range(0, len(grid), chunk)]
-    with session_scope(rt.sessions) as session:
+    with write_transaction(rt.sessions) as session:
         children = [
             jobs.create_job(
                 session,
@@ -491,7 +490,7 @@ def handle_score_chunk(rt: Runtime, job: Job, sender: JobSender) -> dict[str, An
 
     dataset = _load_dataset(rt, job)
     grid = grid_of(dataset)
-    with session_scope(rt.sessions) as session:
+    with write_transaction(rt.sessions) as session:
         version = session.get(ModelVersion, int(job.params["model_version_id"]))
         if version is None or version.weights_path is None:
             raise NotFound(f"model version {job.params['model_version_id']} has no weights")
@@ -562,7 +561,7 @@ HANDLERS: dict[str, Handler] = {
 # -- what follows a job -----------------------------------------------------------------------------
 def after_job(rt: Runtime, *, job_id: int, sender: JobSender) -> None:
     """Chain the loop: a new model is scored; a finished scoring run proposes a batch."""
-    with session_scope(rt.sessions) as session:
+    with write_transaction(rt.sessions) as session:
         job = session.get(Job, job_id)
         if job is None or job.state != "succeeded":
             return

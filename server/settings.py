@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 50 * 1024 * 1024
     stats_sample_patches: int = 64
 
+    # Models (a job's params override these)
+    pretrain_patches: int = 2000
+    pretrain_epochs: int = 6
+    train_epochs: int = 12
+
     # Workers
     visibility_timeout_s: int = 6 * 3600
     task_expires_s: int = 24 * 3600

@@ -94,10 +94,10 @@ def _run(task: Task, job_id: int) -> None:
 def _record_detached(rt: Runtime, job_id: int, result: dict[str, Any]) -> None:
     from sqlalchemy import update
 
-    from server.db.base import session_scope
+    from server.db.base import write_transaction
     from server.db.tables import Job
 
-    with session_scope(rt.sessions) as session:
+    with write_transaction(rt.sessions) as session:
         session.execute(
             update(Job)
             .where(Job.id == job_id)
@@ -108,12 +108,12 @@ def _record_detached(rt: Runtime, job_id: int, result: dict[str, Any]) -> None:
 def _heartbeat(rt: Runtime, job_id: int, stop: threading.Event) -> None:
     from sqlalchemy import update
 
-    from server.db.base import session_scope, utcnow
+    from server.db.base import utcnow, write_transaction
     from server.db.tables import Job
 
     while not stop.wait(HEARTBEAT_S):
         try:
-            with session_scope(rt.sessions) as session:
+            with write_transaction(rt.sessions) as session:
                 session.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.state == "running")

@@ -24,9 +24,21 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_session(state: StateDep) -> Iterator[Session]:
-    """A session per request: committed when the handler returns, rolled back on error."""
-    session = state.runtime.sessions()
+def get_session(state: StateDep, request: Request) -> Iterator[Session]:
+    """A session per request: committed when the handler returns, rolled back on error.
+
+    On SQLite a request that may write takes the write lock when it begins: a read
+    transaction that later upgrades to a write can fail at once with "database is locked"
+    while a worker writes.
+    """
+    if request.method not in ("GET", "HEAD") and state.settings.is_sqlite:
+        # lazily: the lock is taken by the handler's first query, not while other
+        # dependencies (authentication) still write through their own sessions
+        session = state.runtime.sessions(
+            bind=state.runtime.engine.execution_options(sqlite_immediate=True)
+        )
+    else:
+        session = state.runtime.sessions()
     try:
         yield session
         session.commit()

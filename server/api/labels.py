@@ -238,13 +238,4 @@ def _import(
             dataset_id=dataset_id,
             retrain_every=state.settings.retrain_every,
         )
-    return ImportReportOut(
-        filename=filename,
-        added=report.added,
-        added_by_class=dict(report.added_by_class),
-        added_by_type=dict(report.added_by_type),
-        skipped_existing=report.skipped_existing,
-        conflicting=report.conflicting,
-        warnings=list(report.warnings),
-        training_job_id=job.id if job is not None else None,
-    )
+    return ImportReportOut(**report.to_dict(), training_job_id=job.id if job is not None else None)

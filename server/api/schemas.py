@@ -157,12 +157,17 @@ class LabelOut(Orm):
 
 
 class ImportReportOut(BaseModel):
+    dataset: str
     filename: str
+    format: str
+    found: int = Field(description="Labels the file holds, placed on the dataset")
     added: int
     added_by_class: dict[str, int]
     added_by_type: dict[str, int]
-    skipped_existing: int
-    conflicting: int
+    added_by_annotator: dict[str, int]
+    skipped_existing: int = Field(description="Already imported before")
+    duplicates_in_file: int
+    conflicts: int = Field(description="Added labels whose patch had the other verdict already")
     warnings: list[str]
     training_job_id: int | None = None
 

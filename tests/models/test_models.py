@@ -1,0 +1,174 @@
+"""models/ on tiny arrays: shapes, one training step, checkpoints, scoring, acquisition, metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import acquisition as acq
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.metrics import average_precision, classification_report, precision_at_recall, roc_auc
+from models.networks import Autoencoder, Classifier, ClassifierConfig
+from models.scoring import score_stream
+from models.training import fit_temperature, pretrain_autoencoder, train_classifier
+
+torch.set_num_threads(1)
+
+
+def patches(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 1, 140, 140)).astype(np.float32)
+
+
+def test_shapes() -> None:
+    x = torch.from_numpy(patches(3))
+    ae = Autoencoder()
+    assert ae(x).shape == x.shape
+    assert ae.embed(x).shape == (3, 64)
+    clf = Classifier(ClassifierConfig(n_types=4))
+    logit, types = clf(x)
+    assert logit.shape == (3,) and types is not None and types.shape == (3, 4)
+    dense = clf.dense(torch.from_numpy(patches(1)[:, :, :, :]).repeat(1, 1, 2, 2), stride=35)
+    assert dense.shape[:2] == (1, 1) and dense.shape[2] == dense.shape[3] >= 5
+
+
+def test_one_training_step_of_each_network() -> None:
+    x = patches(16)
+    ae = pretrain_autoencoder(x, epochs=1, batch_size=8, device="cpu")
+    assert np.isfinite(ae.val_loss) and len(ae.history) == 1
+    y = np.array([0, 1] * 8, dtype=np.float32)
+    before = {k: v.clone() for k, v in ae.model.encoder.state_dict().items()}
+    result = train_classifier(x, y, autoencoder=ae.model, epochs=1, batch_size=8, device="cpu")
+    assert result.history and 0.25 <= result.temperature <= 8
+    changed = any(
+        not torch.equal(before[k], v) for k, v in result.model.encoder.state_dict().items()
+    )
+    assert changed, "the encoder was fine-tuned, starting from the autoencoder"
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    clf = Classifier()
+    sha = save_checkpoint(
+        tmp_path / "c.pt",
+        model=clf,
+        norm=(148.0, 36.0),
+        metrics={"f1": 0.5},
+        extra={"temperature": 1.5},
+    )
+    assert len(sha) == 64
+    loaded, meta = load_checkpoint(tmp_path / "c.pt")
+    assert meta["architecture"] == "classifier" and meta["norm"] == {"mean": 148.0, "std": 36.0}
+    assert meta["extra"]["temperature"] == 1.5
+    x = torch.from_numpy(patches(2))
+    clf.eval()
+    assert torch.allclose(loaded(x)[0], clf(x)[0])
+
+
+def test_scoring_streams_batches() -> None:
+    ae, clf = Autoencoder().eval(), Classifier().eval()
+    scores = score_stream(
+        (patches(4, s) for s in range(3)),
+        classifier=clf,
+        autoencoder=ae,
+        recon_reference={"median": 1.0, "mad": 0.1},
+        mc_samples=4,
+    )
+    assert scores.p_artifact.shape == (12,) and scores.embedding.shape == (12, 64)
+    assert np.all((scores.margin >= 0) & (scores.margin <= 1))
+    assert np.all(np.isfinite(scores.bald)) and np.all(np.isfinite(scores.recon_error))
+
+
+def test_audit_set_is_uniform_and_never_proposed() -> None:
+    audit = acq.draw_audit_set(1000, 100, seed=1)
+    assert audit.size == 100 and np.all(np.diff(audit) > 0)
+    assert np.array_equal(audit, acq.draw_audit_set(1000, 100, seed=1))
+    idx = np.arange(1000)
+    rng = np.random.default_rng(0)
+    p = rng.random(1000)
+    emb = rng.standard_normal((1000, 8))
+    for picks in (
+        acq.random_batch(idx, excluded=audit, batch_size=50, seed=0),
+        acq.uncertainty_batch(idx, p, excluded=audit, batch_size=50),
+        acq.hybrid_batch(
+            idx,
+            p_artifact=p,
+            recon_error=rng.standard_normal(1000),
+            embedding=emb,
+            excluded=audit,
+            batch_size=50,
+            seed=0,
+        ),
+        acq.cold_start_batch(
+            idx,
+            recon_error=rng.standard_normal(1000),
+            embedding=emb,
+            excluded=audit,
+            batch_size=50,
+            seed=0,
+        ),
+    ):
+        chosen = {pk.index for pk in picks}
+        assert len(chosen) == 50 and not chosen & set(audit.tolist())
+
+
+def test_diversity_returns_no_near_duplicates() -> None:
+    # 10 clusters of 20 near-identical, equally uncertain patches
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((10, 16)) * 10
+    emb = np.repeat(centres, 20, axis=0) + rng.standard_normal((200, 16)) * 0.01
+    p = np.full(200, 0.5)
+    picks = acq.hybrid_batch(
+        np.arange(200),
+        p_artifact=p,
+        recon_error=np.zeros(200),
+        embedding=emb,
+        excluded=np.empty(0, np.int64),
+        batch_size=10,
+        seed=0,
+        random_fraction=0.0,
+    )
+    clusters = {pk.index // 20 for pk in picks}
+    assert len(clusters) == 10, "one pick per cluster, not ten copies of one"
+
+
+def test_cold_start_returns_typical_and_anomalous() -> None:
+    rng = np.random.default_rng(0)
+    emb = np.concatenate([rng.standard_normal((300, 4)), rng.standard_normal((300, 4)) + 8])
+    recon = rng.standard_normal(600)
+    recon[[5, 400, 555]] = [50.0, 40.0, 30.0]  # three clear outliers
+    picks = acq.cold_start_batch(
+        np.arange(600),
+        recon_error=recon,
+        embedding=emb,
+        excluded=np.empty(0, np.int64),
+        batch_size=8,
+        seed=0,
+    )
+    reasons = {pk.reason for pk in picks}
+    assert reasons == {"typical", "anomalous"}
+    assert {5, 400, 555} <= {pk.index for pk in picks if pk.reason == "anomalous"}
+    typical = [pk.index for pk in picks if pk.reason == "typical"]
+    assert any(i < 300 for i in typical) and any(i >= 300 for i in typical), "both clusters"
+
+
+def test_metrics_against_hand_computed_values() -> None:
+    y = np.array([1, 0, 1, 0, 0, 1])
+    s = np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    # ranked: 1 0 1 0 0 1 -> AP = (1/1 + 2/3 + 3/6) / 3
+    assert average_precision(y, s) == pytest.approx((1 + 2 / 3 + 0.5) / 3)
+    # positive/negative pairs ranked right: 0.9>all 3 neg, 0.7>2, 0.1>0 -> 5 of 9
+    assert roc_auc(y, s) == pytest.approx(5 / 9)
+    assert precision_at_recall(y, s, 0.9) == pytest.approx(0.5)
+    report = classification_report(y, s, threshold=0.5)
+    assert report["confusion"] == [[2, 1], [1, 2]]
+    assert report["precision"] == pytest.approx(2 / 3) and report["recall"] == pytest.approx(2 / 3)
+    assert report["f1"] == pytest.approx(2 / 3) and report["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_temperature_scaling_softens_overconfident_logits() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.random(400) < 0.5
+    logits = np.where(y, 1.0, -1.0) * 8 + rng.standard_normal(400) * 8  # overconfident
+    assert fit_temperature(logits, y.astype(float)) > 1.5
