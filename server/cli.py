@@ -294,7 +294,7 @@ def demo(
         Path | None,
         typer.Option(help="A webKnossos dataset with a ground_truth.csv (default: make one)."),
     ] = None,
-    rounds: Annotated[int, typer.Option(min=1, max=20, help="Rounds of labelling.")] = 4,
+    rounds: Annotated[int, typer.Option(min=1, max=20, help="Rounds of labelling.")] = 5,
     port: Annotated[int, typer.Option(help="Port of the API and pages.")] = 8000,
     exit_at_end: Annotated[
         bool, typer.Option("--exit", help="Stop when the rounds are done instead of serving.")

@@ -25,9 +25,9 @@ from server.errors import ArtifactLoopError, InvalidInput
 DEMO_SETTINGS = {
     "ARTIFACT_LOOP_PRETRAIN_PATCHES": "1500",
     "ARTIFACT_LOOP_PRETRAIN_EPOCHS": "4",
-    "ARTIFACT_LOOP_TRAIN_EPOCHS": "12",
+    "ARTIFACT_LOOP_TRAIN_EPOCHS": "40",
     "ARTIFACT_LOOP_RETRAIN_EVERY": "50",
-    "ARTIFACT_LOOP_BATCH_SIZE": "40",
+    "ARTIFACT_LOOP_BATCH_SIZE": "50",
     "ARTIFACT_LOOP_AUDIT_SIZE": "150",
 }
 
@@ -266,6 +266,11 @@ def _open_tasks(sim: httpx.Client, dataset_id: int) -> int:
             "total"
         ]
     )
+
+
+def _busy(http: httpx.Client, dataset_id: int) -> bool:
+    jobs = http.get("/jobs", params={"dataset_id": dataset_id, "limit": 20}).json()["items"]
+    return any(j["state"] in ("queued", "running") for j in jobs)
 
 
 def _ready_versions(http: httpx.Client, dataset_id: int) -> int:

@@ -255,6 +255,15 @@ def reap_stale_jobs(
                 )
                 requeued.append(job.id)
         kinds = {job.id: job.kind for job in stale}
+        if stale:
+            # a model the lost attempt was writing will never be finished
+            from server.db.tables import ModelVersion
+
+            session.execute(
+                update(ModelVersion)
+                .where(ModelVersion.job_id.in_(list(kinds)), ModelVersion.status == "training")
+                .values(status="failed")
+            )
     for job_id in requeued:
         sender.send(job_id=job_id, kind=kinds[job_id])
     return requeued

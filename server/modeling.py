@@ -174,6 +174,7 @@ def train_classifier(
         autoencoder=ae,
         types=types if use_types else None,
         epochs=int(params.get("epochs", settings.train_epochs)),
+        patience=int(params.get("patience", 10)),
         seed=int(params.get("seed", 0)),
         device=settings.device,
         progress=on_epoch,

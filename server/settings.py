@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     # Models (a job's params override these)
     pretrain_patches: int = 2000
     pretrain_epochs: int = 6
-    train_epochs: int = 12
+    train_epochs: int = 40  # an upper bound: early stopping ends most trainings sooner
 
     # Workers
     visibility_timeout_s: int = 6 * 3600
