@@ -269,8 +269,13 @@ def _open_tasks(sim: httpx.Client, dataset_id: int) -> int:
 
 
 def _busy(http: httpx.Client, dataset_id: int) -> bool:
-    jobs = http.get("/jobs", params={"dataset_id": dataset_id, "limit": 20}).json()["items"]
-    return any(j["state"] in ("queued", "running") for j in jobs)
+    """Jobs under way, looked at twice: a finished training may start the next one."""
+    for _ in range(2):
+        jobs = http.get("/jobs", params={"dataset_id": dataset_id, "limit": 20}).json()["items"]
+        if any(j["state"] in ("queued", "running") for j in jobs):
+            return True
+        time.sleep(2.0)
+    return False
 
 
 def _ready_versions(http: httpx.Client, dataset_id: int) -> int:
@@ -302,20 +307,22 @@ def _show_versions(console: Console, http: httpx.Client, dataset_id: int) -> Non
     table = Table(
         "version",
         "kind",
-        "labels used",
+        "labels",
         "audit n",
-        "audit F1",
-        "audit PR-AUC",
-        "precision @ recall 0.9",
+        "F1",
+        "PR-AUC",
+        "P@R0.9",
         "active",
-        title="model versions",
+        title="model versions (metrics on the audit set)",
     )
     for v in sorted(items, key=lambda v: v["id"]):
+        if v["status"] != "ready":
+            continue  # a training cut short when the demo stopped
         a = v["metrics"].get("audit") or {}
         fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
         table.add_row(
             str(v["id"]),
-            v["kind"],
+            "autoencoder" if v["kind"] == "ae" else "classifier",
             str(v["label_count"]) if v["kind"] == "classifier" else "-",
             str(a.get("n", "-")),
             fmt(a.get("f1")),
