@@ -289,6 +289,59 @@ def up(
 
 @app.command()
 @friendly_errors
+def simulate(
+    dataset_dir: Annotated[Path, typer.Argument(help="webKnossos dataset with ground_truth.csv.")],
+    strategy: Annotated[str, typer.Option(help="Comma-separated strategies.")] = (
+        "random,uncertainty,recon,hybrid"
+    ),
+    budget: Annotated[int, typer.Option(min=1, help="Labels per run.")] = 400,
+    batch: Annotated[int, typer.Option(min=1, help="Labels per round.")] = 25,
+    seeds: Annotated[int, typer.Option(min=1, help="Repetitions with other seeds.")] = 5,
+    out: Annotated[Path, typer.Option(help="Folder for results.json and the plot.")] = Path(
+        "simulation"
+    ),
+    quick: Annotated[bool, typer.Option("--quick", help="A tiny run (for tests).")] = False,
+) -> None:
+    """Offline benchmark: acquisition strategies vs. random sampling, ground truth as oracle."""
+    from dataclasses import replace
+
+    from rich.progress import Progress
+
+    from server.simulate import SimulationConfig, quick_config, run_simulation
+
+    strategies = tuple(s.strip() for s in strategy.split(",") if s.strip())
+    if quick:
+        config = quick_config(strategies)
+    else:
+        config = replace(
+            SimulationConfig(), strategies=strategies, budget=budget, batch=batch, seeds=seeds
+        )
+    with Progress(console=err_console) as progress:
+        bar = progress.add_task("simulating", total=None)
+
+        def report(message: str, done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total, description=message)
+
+        results = run_simulation(dataset_dir, out_dir=out, config=config, progress=report)
+    table = Table("strategy", "labels to F1 0.8", "labels to F1 0.9", "final F1", "final PR-AUC")
+    for name, s in results["strategies"].items():
+        reach = s["labels_to_f1"]
+        table.add_row(
+            name,
+            str(reach["0.8"] or "not reached"),
+            str(reach["0.9"] or "not reached"),
+            f"{s['final_f1']:.3f}",
+            f"{s['final_pr_auc']:.3f}",
+        )
+    console.print(table)
+    console.print(
+        f"wrote {out / 'results.json'} and {out / 'learning_curves.png'} "
+        f"in {results['seconds']:.0f} s"
+    )
+
+
+@app.command()
+@friendly_errors
 def demo(
     dataset: Annotated[
         Path | None,
