@@ -15,7 +15,7 @@ from server.datasets import grid_of, register_dataset
 from server.db import migrate
 from server.db.base import make_engine, make_sessionmaker, session_scope
 from server.db.tables import AnnotationTask, Label, ModelVersion
-from tests.conftest import write_test_dataset
+from server.synth import make_synthetic_dataset
 from tests.processes import api_server, service_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("web")
     url = f"sqlite:///{root / 'db.sqlite'}"
     migrate.upgrade(url)
-    write_test_dataset(root / "ds", shape=(700, 560, 3))
+    make_synthetic_dataset(root / "ds", seed=1, shape=(700, 3), artifact_rate=3.0)
     engine = make_engine(url)
     with session_scope(make_sessionmaker(engine)) as session:
         _, admin = create_token(session, name="ada", role="admin")
