@@ -197,9 +197,12 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
     @torch.no_grad()
-    def dense(self, tile: torch.Tensor, *, patch: int = 140, stride: int = 35) -> torch.Tensor:
+    def dense(
+        self, tile: torch.Tensor, *, patch: int = 140, stride: int = 35, temperature: float = 1.0
+    ) -> torch.Tensor:
         """p(artifact) for every patch position of a large tile at ``stride``, from one
         encoder pass: pooling windows over the deepest feature map replace per-patch passes.
+        Logits are divided by ``temperature`` (the calibration fitted after training).
 
         Returns (n, 1, rows, cols); patch (i, j) has its top-left at (i*stride, j*stride).
         """
@@ -213,7 +216,7 @@ class Classifier(nn.Module):
         n, c, h, w = pooled.shape
         flat = pooled.permute(0, 2, 3, 1).reshape(-1, c)
         logits, _ = self.head(flat)
-        return torch.sigmoid(logits).reshape(n, 1, h, w)
+        return torch.sigmoid(logits / temperature).reshape(n, 1, h, w)
 
     def load_encoder_from(self, autoencoder: Autoencoder) -> None:
         self.encoder.load_state_dict(autoencoder.encoder.state_dict())

@@ -45,24 +45,33 @@ def synth(
     ] = "small",
 ) -> None:
     """Write a synthetic mSEM dataset with injected artifacts and its ground truth."""
-    from rich.progress import Progress
+    from rich.progress import Progress, TaskID
 
     from server.synth import make_synthetic_dataset
 
-    if size not in ("small", "medium", "large"):
-        raise typer.BadParameter("size must be small, medium or large", param_hint="--size")
-    with Progress(console=err_console, transient=True) as progress:
-        bar = progress.add_task(f"writing {size} dataset", total=None)
+    # the bar starts with the first section, so bad input (checked before) prints one line
+    progress = Progress(console=err_console, transient=True)
+    bar: list[TaskID] = []
 
-        def report(done: int, total: int) -> None:
-            progress.update(bar, completed=done, total=total)
+    def report(done: int, total: int) -> None:
+        if not bar:
+            progress.start()
+            bar.append(progress.add_task(f"writing {size} dataset", total=total))
+        progress.update(bar[0], completed=done, total=total)
 
+    try:
         summary = make_synthetic_dataset(out_dir, seed=seed, size=size, progress=report)  # type: ignore[arg-type]
+    finally:
+        if bar:  # stopping a bar that never started prints an empty line
+            progress.stop()
     console.print(
         f"wrote {summary.path}: {summary.n_patches:,} patches of 140 x 140, "
         f"{summary.n_artifact_patches:,} with artifacts "
         f"({summary.n_artifact_patches / max(summary.n_patches, 1):.1%}) in {summary.seconds:.1f} s"
     )
+    if summary.per_type:
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in summary.per_type.items())
+        console.print(f"artifact patches by type: {kinds}", highlight=False)
     console.print(f"ground truth: {Path(summary.path) / 'ground_truth.csv'}")
 
 

@@ -549,12 +549,117 @@ def handle_propose(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
     return {"proposed": added, "audit_set": audit_count, "model_version_id": version_id}
 
 
+def _classifier_for(session: Session, *, dataset_id: int, params: dict[str, Any]) -> ModelVersion:
+    version_id = params.get("model_version_id")
+    if version_id is None:
+        version = active_model(session, dataset_id=dataset_id, kind="classifier")
+        if version is None:
+            raise InvalidInput("no classifier yet: label some patches and train first")
+        return version
+    version = session.get(ModelVersion, int(version_id))
+    if version is None or version.dataset_id != dataset_id:
+        raise NotFound(f"no model version {version_id} for this dataset")
+    if version.kind != "classifier" or version.status != "ready" or not version.weights_path:
+        raise InvalidInput(f"model version {version_id} is not a ready classifier")
+    return version
+
+
+def handle_predict(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
+    """Plan a dense prediction and cut it into shard-aligned chunk jobs (see server.predict).
+
+    A retried predict job re-sends the chunks that are not done instead of planning anew."""
+    from server import predict
+
+    dataset = _load_dataset(rt, job)
+    with write_transaction(rt.sessions) as session:
+        existing = list(session.scalars(select(Job).where(Job.parent_id == job.id)))
+        if existing:
+            pending = [c.id for c in existing if c.state in ("queued", "failed", "cancelled")]
+            for child in existing:
+                if child.state in ("failed", "cancelled"):
+                    child.state, child.error, child.attempts = "queued", None, 0
+            plan_dict = dict(job.params["plan"])
+    if existing:
+        for child_id in pending:
+            sender.send(job_id=child_id, kind="predict_chunk")
+        return {DETACHED: True, "chunks": len(existing), "output": plan_dict["out_path"]}
+
+    with write_transaction(rt.sessions) as session:
+        version = _classifier_for(session, dataset_id=dataset.id, params=job.params)
+        version_id = version.id
+        threshold = float((version.config or {}).get("threshold", 0.5))
+    plan = predict.make_plan(
+        dataset,
+        job.params,
+        out_root=rt.settings.data_dir / "predictions" / f"job-{job.id}",
+        threshold=threshold,
+    )
+    predict.create_output(plan, voxel_size=tuple(dataset.voxel_size))  # type: ignore[arg-type]
+    blocks = predict.chunks(plan)
+    with write_transaction(rt.sessions) as session:
+        children = [
+            jobs.create_job(
+                session,
+                kind="predict_chunk",
+                dataset_id=dataset.id,
+                parent_id=job.id,
+                params={"model_version_id": version_id, "chunk": i, "block": list(block)},
+                requested_by="loop",
+            )
+            for i, block in enumerate(blocks)
+        ]
+        job_row = session.get(Job, job.id)
+        assert job_row is not None
+        job_row.params = {**job.params, "model_version_id": version_id, "plan": plan.to_dict()}
+        job_row.message = f"predicting {len(blocks)} chunks"
+        child_ids = [c.id for c in children]
+    for child_id in child_ids:
+        sender.send(job_id=child_id, kind="predict_chunk")
+    return {DETACHED: True, "chunks": len(blocks), "output": plan.out_path}
+
+
+def handle_predict_chunk(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
+    from server import modeling, predict
+    from server.simulate import load_truth
+
+    dataset = _load_dataset(rt, job)
+    with write_transaction(rt.sessions) as session:
+        parent = session.get(Job, job.parent_id) if job.parent_id is not None else None
+        if parent is None or "plan" not in (parent.params or {}):
+            raise NotFound(f"predict chunk {job.id} has no planned parent job")
+        plan = predict.Plan.from_dict(parent.params["plan"])
+        version = session.get(ModelVersion, int(job.params["model_version_id"]))
+        if version is None or not version.weights_path:
+            raise NotFound(f"model version {job.params['model_version_id']} has no weights")
+        weights = Path(version.weights_path)
+    classifier, temperature = modeling.load_classifier(weights, settings=rt.settings)
+    block = tuple(int(v) for v in job.params["block"])
+    truth = None
+    if (Path(dataset.path) / "ground_truth.csv").is_file():
+        truth = load_truth(Path(dataset.path))
+    with open_source(dataset) as source:
+        prob = predict.predict_block(
+            source,
+            classifier,
+            plan=plan,
+            block=block,  # type: ignore[arg-type]
+            norm=(dataset.norm_mean, dataset.norm_std),
+            temperature=temperature,
+        )
+    predict.write_block(plan, block, prob)  # type: ignore[arg-type]
+    summary = predict.block_summary(plan, block, prob, truth)  # type: ignore[arg-type]
+    predict.save_summary(predict.chunk_file(plan, int(job.params["chunk"])), summary)
+    return {"cells": summary["cells"], "artifact_cells": summary["artifact_cells"]}
+
+
 HANDLERS: dict[str, Handler] = {
     "pretrain": handle_pretrain,
     "train": handle_train,
     "score": handle_score,
     "score_chunk": handle_score_chunk,
     "propose": handle_propose,
+    "predict": handle_predict,
+    "predict_chunk": handle_predict_chunk,
 }
 
 
@@ -575,8 +680,8 @@ def after_job(rt: Runtime, *, job_id: int, sender: JobSender) -> None:
                 params={"model_version_id": result["model_version_id"]},
                 requested_by="loop",
             )
-        elif job.kind == "score_chunk" and job.parent_id is not None:
-            _chunk_finished(session, sender=sender, parent_id=job.parent_id)
+        elif job.kind in ("score_chunk", "predict_chunk") and job.parent_id is not None:
+            _chunk_finished(rt, session, sender=sender, parent_id=job.parent_id)
     if job is not None and job.kind == "train" and job.dataset_id is not None:
         # labels that arrived during training may already justify the next round
         labels_added(
@@ -587,7 +692,7 @@ def after_job(rt: Runtime, *, job_id: int, sender: JobSender) -> None:
         )
 
 
-def _chunk_finished(session: Session, *, sender: JobSender, parent_id: int) -> None:
+def _chunk_finished(rt: Runtime, session: Session, *, sender: JobSender, parent_id: int) -> None:
     parent = (
         session.scalar(select(Job).where(Job.id == parent_id).with_for_update())
         if _is_pg(session)
@@ -605,9 +710,13 @@ def _chunk_finished(session: Session, *, sender: JobSender, parent_id: int) -> N
     total = sum(states.values())
     done = states.get("succeeded", 0)
     parent.progress = done / max(total, 1)
-    parent.message = f"{done} of {total} chunks scored"
+    verb = "predicted" if parent.kind == "predict" else "scored"
+    parent.message = f"{done} of {total} chunks {verb}"
     parent.heartbeat_at = utcnow()
     if done < total:
+        return
+    if parent.kind == "predict":
+        _predict_finished(rt, session, parent, chunks=total)
         return
     parent.state = "succeeded"
     parent.finished_at = utcnow()
@@ -620,6 +729,38 @@ def _chunk_finished(session: Session, *, sender: JobSender, parent_id: int) -> N
         dataset_id=parent.dataset_id,
         params={"model_version_id": parent.params.get("model_version_id")},
         requested_by="loop",
+    )
+
+
+def _predict_finished(rt: Runtime, session: Session, parent: Job, *, chunks: int) -> None:
+    """All chunks are written: merge their clusters into the NML and write the report."""
+    from server import predict
+
+    dataset = session.get(Dataset, parent.dataset_id)
+    plan = predict.Plan.from_dict(parent.params["plan"])
+    try:
+        report = predict.finish(
+            plan,
+            n_chunks=chunks,
+            dataset_name=dataset.name if dataset is not None else "dataset",
+            voxel_size=tuple(dataset.voxel_size) if dataset is not None else (1, 1, 1),
+        )
+    except Exception as exc:  # a missing or unreadable chunk summary
+        log.exception("finishing predict job %s failed", parent.id)
+        parent.state, parent.error = "failed", f"{type(exc).__name__}: {exc}"
+        parent.finished_at = utcnow()
+        return
+    parent.state = "succeeded"
+    parent.finished_at = utcnow()
+    parent.progress = 1.0
+    parent.result = {
+        **report,
+        "chunks": chunks,
+        "model_version_id": parent.params.get("model_version_id"),
+    }
+    gt = report.get("ground_truth")
+    parent.message = f"{report['clusters']} artifact clusters" + (
+        f"; patch PR-AUC {gt['pr_auc']}" if gt and gt.get("pr_auc") is not None else ""
     )
 
 

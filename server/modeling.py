@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,21 @@ def _examples(
 
 
 # -- scoring ----------------------------------------------------------------------------------
+def load_classifier(weights: Path, *, settings: Settings) -> tuple[Any, float]:
+    """A classifier checkpoint (eval mode, on the configured device's CPU fallback) and its
+    calibration temperature; cached per process, since chunk jobs reuse the same one."""
+    _threads(settings)
+    return _load_classifier(str(weights))
+
+
+@lru_cache(maxsize=2)
+def _load_classifier(path: str) -> tuple[Any, float]:
+    from models.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(Path(path))
+    return model, float(meta["extra"].get("temperature", 1.0))
+
+
 def score_chunk(
     *,
     source: PatchSource,

@@ -170,6 +170,7 @@ def run_simulation(
                         total,
                     )
             curves[strategy].append(curve)
+            _write_partial(out_dir, curves, seed=seed, strategy=strategy)
 
     results = _summarise(
         curves,
@@ -181,8 +182,19 @@ def run_simulation(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / "results.partial.json").unlink(missing_ok=True)
     _plot(results, out_dir / "learning_curves.png")
     return results
+
+
+def _write_partial(
+    out_dir: Path, curves: dict[str, list[list[dict[str, Any]]]], *, seed: int, strategy: str
+) -> None:
+    """Curves finished so far, so an interrupted run keeps what it measured."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "results.partial.json.tmp"
+    tmp.write_text(json.dumps({"last": {"seed": seed, "strategy": strategy}, "curves": curves}))
+    tmp.replace(out_dir / "results.partial.json")
 
 
 def _acquire(

@@ -1,15 +1,22 @@
 """Synthetic multi-beam SEM data with injected artifacts and their ground truth.
 
 No public mSEM dataset carries artifact labels, so benchmarks and tests use this one: EM-like
-tissue (cell outlines, cell bodies, organelles, noise, slow change from section to section,
-brightness differences between the beam tiles of a multi-beam SEM) plus artifacts of the kinds
-seen in practice, each with random shape, size, strength and position, many of them subtle.
+tissue (cell outlines, nuclei of cell bodies, organelles, detector noise, slow change from
+section to section, brightness differences between the hexagonal beam fields of a multi-beam
+SEM) plus artifacts of the kinds seen in practice, each with random shape, size, strength and
+position, about a third of them subtle.
 
 Written as a webKnossos Zarr3 dataset: layer ``color`` (uint8, mags 1, 2-2-1, 4-4-1), layer
-``artifact_mask`` (uint8 segmentation, value = artifact type id, 0 = clean) and
-``ground_truth.csv`` with one row per 140 x 140 grid patch (``x,y,z,w,h,label,type``). A patch
-is ``artifact`` when at least :data:`MIN_COVERAGE` of its pixels belong to an artifact, so a
-sliver at its border does not count; its type is the type covering most of it.
+``artifact_mask`` (uint8 segmentation, value = artifact type id of ``models.vocab``, 0 = clean,
+same mags; coarser mags keep the largest id of each block so thin scratches survive) and
+``ground_truth.csv`` with one row per 140 x 140 grid patch (``x,y,z,w,h,label,type``, z-major
+like :class:`server.grid.Grid`).
+
+Ground-truth rule: an additive artifact (charging disc or ring, horseshoe arc, scratch) covers
+the pixels it changes by at least :data:`VISIBLE_DELTA` grey levels; debris covers its opaque
+part, a missing tile, a defocused region or a mis-exposed beam field all of its area. A patch is
+``artifact`` when artifacts cover at least :data:`MIN_COVERAGE` of its pixels (so a sliver at
+its border does not count); its type is the one covering most of it.
 """
 
 from __future__ import annotations
@@ -30,8 +37,12 @@ from server.errors import InvalidInput
 Size = Literal["small", "medium", "large"]
 PATCH = 140
 VOXEL_SIZE = (32, 32, 35)
-MIN_COVERAGE = 0.02  # share of a patch's pixels an artifact must cover to make it an artifact
-Z_BLOCK = 32  # sections written at once: one shard deep
+MIN_COVERAGE = 0.02  # share of a patch's pixels artifacts must cover to make it an artifact
+VISIBLE_DELTA = 15.0  # grey levels an additive artifact must add to a pixel to cover it
+NOISE_SIGMA = 9.0  # detector noise, grey levels
+SUBTLE_SHARE = 0.35  # share of artifacts drawn with the weak end of their strength range
+BEAM_RADIUS = 190  # px from centre to corner of a hexagonal beam field (~12 um at 32 nm)
+_BLOCK_BYTES = 256 * 1024 * 1024  # largest (x, y, z) block of sections held before writing
 
 # (width = height in pixels, sections): small <= 5,000 patches, medium ~20,000.
 SHAPES: dict[str, tuple[int, int]] = {
@@ -39,15 +50,17 @@ SHAPES: dict[str, tuple[int, int]] = {
     "medium": (2800, 50),  # 20 x 20 x 50 = 20,000 patches
     "large": (5600, 64),  # 40 x 40 x 64 = 102,400 patches
 }
-KINDS = ("circular", "horseshoe", "scratch", "debris", "missing", "defocus")
-# Expected artifacts per megapixel of section, per kind; tuned so ~5% of patches are hit.
+KINDS = ("circular", "horseshoe", "scratch", "debris", "contrast", "defocus", "missing")
+# Expected artifacts per megapixel of section, per kind; tuned so ~5% of patches are hit and
+# every kind gets a fair share of them.
 RATE_PER_MPX = {
-    "circular": 0.2,
+    "circular": 0.17,
     "horseshoe": 0.17,
-    "scratch": 0.045,
-    "debris": 0.28,
-    "missing": 0.04,
-    "defocus": 0.07,
+    "scratch": 0.05,
+    "debris": 0.33,
+    "contrast": 0.02,
+    "defocus": 0.04,
+    "missing": 0.03,
 }
 
 
@@ -57,7 +70,10 @@ class SynthSummary:
     n_patches: int
     n_artifact_patches: int
     seconds: float
-    per_type: dict[str, int] = field(default_factory=dict)
+    per_type: dict[str, int] = field(default_factory=dict)  # artifact patches by dominant type
+    n_artifacts: dict[str, int] = field(default_factory=dict)  # artifacts injected, by type
+    n_subtle: int = 0  # of the injected artifacts, how many were drawn subtle
+    shape: tuple[int, int, int] = (0, 0, 0)  # (x, y, z) voxels at mag 1
 
 
 def make_synthetic_dataset(
@@ -69,15 +85,17 @@ def make_synthetic_dataset(
     shape: tuple[int, int] | None = None,
     artifact_rate: float = 1.0,
 ) -> SynthSummary:
-    """Write the dataset to ``out_dir`` (must not exist or be empty). ``shape`` overrides the
-    size preset with (width in pixels, number of sections) for quick tests; ``artifact_rate``
-    scales how many artifacts are injected (1.0: about 5% of patches)."""
+    """Write the dataset to ``out_dir`` (must not exist or be empty); the same ``seed`` gives
+    the same pixels and ground truth. ``shape`` overrides the size preset with (width = height
+    in pixels, a multiple of 140; number of sections), for quick tests; ``artifact_rate`` scales
+    how many artifacts are injected (1.0: about 5% of patches). ``progress(done, total)`` is
+    called after each section."""
     from server.wk import wk
 
     start = time.perf_counter()
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise InvalidInput(f"{out} exists and is not empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInput(f"{out} exists and is not an empty folder")
     if shape is None:
         if size not in SHAPES:
             raise InvalidInput(f"unknown size {size!r}: use small, medium or large")
@@ -85,7 +103,15 @@ def make_synthetic_dataset(
     width, depth = shape
     if width < PATCH or width % PATCH or depth < 1:
         raise InvalidInput(f"width must be a positive multiple of {PATCH}, sections >= 1")
+    if artifact_rate < 0:
+        raise InvalidInput("artifact_rate must be >= 0")
 
+    # Thin shards, one block of sections deep: the library's default 1024^3 shard would be
+    # rewritten for every block and made writes ~30x slower.
+    z_block = 32
+    while z_block > 1 and width * width * z_block > _BLOCK_BYTES:
+        z_block //= 2
+    chunk_shape, shard_shape = (32, 32, z_block), (1024, 1024, z_block)
     ds = wk.Dataset(out, voxel_size=VOXEL_SIZE)
     color = ds.add_layer("color", wk.COLOR_CATEGORY, dtype="uint8", data_format="zarr3")
     mask = ds.add_layer(
@@ -95,66 +121,134 @@ def make_synthetic_dataset(
         largest_segment_id=max(artifact_type_id(k) for k in KINDS),
         data_format="zarr3",
     )
-    chunks = {"chunk_shape": (32, 32, Z_BLOCK), "shard_shape": (1024, 1024, Z_BLOCK)}
-    mags = {
-        1: color.add_mag(1, **chunks),
-        2: color.add_mag("2-2-1", **chunks),
-        4: color.add_mag("4-4-1", **chunks),
+    factors = (1, 2, 4)
+    color_mags = {
+        f: color.add_mag(_mag(f), chunk_shape=chunk_shape, shard_shape=shard_shape) for f in factors
     }
-    mask_mag = mask.add_mag(1, **chunks)
+    mask_mags = {
+        f: mask.add_mag(_mag(f), chunk_shape=chunk_shape, shard_shape=shard_shape) for f in factors
+    }
 
-    tissue = _Tissue(np.random.default_rng([seed, 1]), width)
+    tissue = _Tissue(np.random.default_rng([seed, 1]), width=width, depth=depth)
+    beams = _BeamFields(np.random.default_rng([seed, 3]), width=width)
     rng = np.random.default_rng([seed, 2])
+    noise_rng = np.random.default_rng([seed, 4])
+    counts = _artifact_counts(
+        np.random.default_rng([seed, 5]), width=width, depth=depth, rate=artifact_rate
+    )
     rows: list[tuple[int, int, int, int, int, str, str]] = []
     per_type: dict[str, int] = {}
+    injected = {kind: 0 for kind in KINDS}
+    n_subtle = 0
     n_tiles = width // PATCH
-    for z0 in range(0, depth, Z_BLOCK):
-        z1 = min(depth, z0 + Z_BLOCK)
-        block = np.empty((width, width, z1 - z0), dtype=np.uint8)
-        mask_block = np.zeros((width, width, z1 - z0), dtype=np.uint8)
+    for z0 in range(0, depth, z_block):
+        z1 = min(depth, z0 + z_block)
+        blocks = {f: np.empty((width // f, width // f, z1 - z0), np.uint8) for f in factors}
+        mask_blocks = {f: np.empty((width // f, width // f, z1 - z0), np.uint8) for f in factors}
         for z in range(z0, z1):
-            image = tissue.section(z)
-            labels = np.zeros(image.shape, dtype=np.uint8)
-            _inject_artifacts(image, labels, rng, rate=artifact_rate)
+            tile_ids, gain = beams.section(z)
+            canvas = _Canvas(
+                image=tissue.section(z) * gain,
+                labels=np.zeros((width, width), dtype=np.uint8),
+                tile_ids=tile_ids,
+                rng=rng,
+            )
+            for kind in KINDS:
+                if kind == "defocus":  # the detector adds its noise after the beam
+                    noise = noise_rng.standard_normal(canvas.image.shape, dtype=np.float32)
+                    canvas.image += np.float32(NOISE_SIGMA) * noise
+                for _ in range(counts[z, KINDS.index(kind)]):
+                    subtle = bool(rng.random() < SUBTLE_SHARE)
+                    PAINTERS[kind](canvas, subtle)
+                    injected[kind] += 1
+                    n_subtle += subtle
             # arrays are (y, x) here; webKnossos wants (x, y, z)
-            block[:, :, z - z0] = np.clip(image, 0, 255).astype(np.uint8).T
-            mask_block[:, :, z - z0] = labels.T
-            rows.extend(_ground_truth(labels, z=z, n_tiles=n_tiles, per_type=per_type))
+            np.clip(canvas.image, 0, 255, out=canvas.image)
+            section = np.rint(canvas.image).astype(np.uint8).T
+            labels = canvas.labels.T
+            for f in factors:
+                blocks[f][:, :, z - z0] = _downsample_mean(section, f)
+                mask_blocks[f][:, :, z - z0] = _downsample_max(labels, f)
+            rows.extend(_ground_truth(canvas.labels, z=z, n_tiles=n_tiles, per_type=per_type))
             if progress is not None:
                 progress(z + 1, depth)
-        mags[1].write(block, absolute_offset=(0, 0, z0), allow_resize=True)
-        mask_mag.write(mask_block, absolute_offset=(0, 0, z0), allow_resize=True)
-        for factor in (2, 4):
-            mags[factor].write(
-                _downsample(block, factor), absolute_offset=(0, 0, z0), allow_resize=True
-            )
+        for f in factors:
+            color_mags[f].write(blocks[f], absolute_offset=(0, 0, z0), allow_resize=True)
+            mask_mags[f].write(mask_blocks[f], absolute_offset=(0, 0, z0), allow_resize=True)
 
     with (out / "ground_truth.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["x", "y", "z", "w", "h", "label", "type"])
         writer.writerows(rows)
-    n_artifact = sum(1 for r in rows if r[5] == "artifact")
     return SynthSummary(
         path=out,
         n_patches=len(rows),
-        n_artifact_patches=n_artifact,
+        n_artifact_patches=sum(1 for r in rows if r[5] == "artifact"),
         seconds=time.perf_counter() - start,
         per_type=dict(sorted(per_type.items())),
+        n_artifacts=injected,
+        n_subtle=n_subtle,
+        shape=(width, width, depth),
     )
 
 
-class _Tissue:
-    """EM-like sections that change slowly with z."""
+def _artifact_counts(
+    rng: np.random.Generator, *, width: int, depth: int, rate: float
+) -> np.ndarray:
+    """How many artifacts of each kind go into each section, ``(depth, len(KINDS))``: Poisson
+    draws, plus one of each kind that drew none so every kind is present when ``rate > 0``."""
+    expected = np.array([RATE_PER_MPX[k] for k in KINDS]) * width * width / 1e6 * rate
+    counts = rng.poisson(np.broadcast_to(expected, (depth, len(KINDS))))
+    if rate > 0:
+        for k in np.flatnonzero(counts.sum(axis=0) == 0):
+            counts[rng.integers(depth), k] += 1
+    return counts
 
-    def __init__(self, rng: np.random.Generator, width: int) -> None:
+
+def _mag(factor: int) -> str:
+    return "1" if factor == 1 else f"{factor}-{factor}-1"
+
+
+# -- tissue --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Nucleus:
+    cx: float
+    cy: float
+    cz: float
+    radius: float  # px in x and y at its equator
+    radius_z: float  # sections
+    aspect: float
+    angle: float
+
+
+class _Tissue:
+    """EM-like sections (noise-free, ``(y, x)`` float32) that change slowly with z."""
+
+    def __init__(self, rng: np.random.Generator, *, width: int, depth: int) -> None:
         self.width = width
         self.rng = rng
-        coarse = width // 8
         # two fields per structure, blended by z, so neighbouring sections look alike
-        self.cells = [self._field(coarse, 2.2) for _ in range(2)]
+        self.cells = [self._field(width // 8, 2.2) for _ in range(2)]
         self.bodies = [self._field(width // 64 + 2, 1.5) for _ in range(2)]
         self.organelles = [self._field(width // 4, 1.8) for _ in range(2)]
-        self.tiles = self._beam_tiles(width)
+        self.phase = rng.uniform(0, 2 * np.pi)
+        # nuclei of cell bodies: ellipsoids a few micrometres across, cut by every section
+        n = rng.poisson(0.35 * width * width / 1e6 * max(1.0, depth / 40)) + 1
+        self.nuclei = []
+        for _ in range(n):
+            radius = rng.uniform(90, 170)
+            radius_z = radius * VOXEL_SIZE[0] / VOXEL_SIZE[2]
+            self.nuclei.append(
+                _Nucleus(
+                    cx=rng.uniform(0, width),
+                    cy=rng.uniform(0, width),
+                    cz=rng.uniform(-0.5 * radius_z, depth + 0.5 * radius_z),
+                    radius=radius,
+                    radius_z=radius_z,
+                    aspect=rng.uniform(0.75, 1.0),
+                    angle=rng.uniform(0, np.pi),
+                )
+            )
 
     def _field(self, n: int, sigma: float) -> np.ndarray:
         f = ndimage.gaussian_filter(self.rng.standard_normal((n, n)).astype(np.float32), sigma)
@@ -163,174 +257,343 @@ class _Tissue:
     def _upsample(self, f: np.ndarray) -> np.ndarray:
         return ndimage.zoom(f, self.width / f.shape[0], order=1)[: self.width, : self.width]
 
-    def _beam_tiles(self, width: int) -> np.ndarray:
-        """Gain per pixel: hexagonally packed beam fields, each a little brighter or darker."""
-        tile = 280
-        yy, xx = np.mgrid[0:width, 0:width]
-        row = yy // int(tile * 0.866)
-        col = (xx + (row % 2) * (tile // 2)) // tile
-        ids = row * 1000 + col
-        unique, inverse = np.unique(ids, return_inverse=True)
-        gains = self.rng.normal(1.0, 0.06, size=unique.size).astype(np.float32)
-        return gains[inverse].reshape(width, width)
-
     def section(self, z: int) -> np.ndarray:
-        t = z * 0.07
-        a, b = np.cos(t), np.sin(t)
+        t = self.phase + z * 0.07
+        a, b = np.float32(np.cos(t)), np.float32(np.sin(t))
         cells = self._upsample(a * self.cells[0] + b * self.cells[1])
-        membranes = np.exp(-((cells / 0.18) ** 2))
-        bodies = self._upsample(a * self.bodies[0] + b * self.bodies[1])
+        membranes = np.exp(-((cells / np.float32(0.18)) ** 2))
         organelles = self._upsample(a * self.organelles[0] + b * self.organelles[1])
-        dark_spots = np.clip(organelles - 1.6, 0, None) * 2.5
-        image = 160.0 + 18.0 * bodies - 85.0 * membranes - 60.0 * np.clip(dark_spots, 0, 1)
-        image = image * self.tiles
-        image += self.rng.normal(0, 9.0, size=image.shape).astype(np.float32)
-        return image.astype(np.float32)
+        bodies = self._upsample(a * self.bodies[0] + b * self.bodies[1])
+        image = 160.0 + 18.0 * bodies
+        image -= 60.0 * np.clip((organelles - 1.6) * 2.5, 0, 1)
+        outside = np.ones_like(image)
+        nucleus_terms: list[tuple[slice, slice, np.ndarray]] = []
+        for nucleus in self.nuclei:
+            cut = self._nucleus(nucleus, z, organelles, outside)
+            if cut is not None:
+                nucleus_terms.append(cut)
+        image -= 85.0 * membranes * outside
+        for ys, xs, term in nucleus_terms:
+            image[ys, xs] += term
+        return image.astype(np.float32, copy=False)
+
+    def _nucleus(
+        self, n: _Nucleus, z: int, texture: np.ndarray, outside: np.ndarray
+    ) -> tuple[slice, slice, np.ndarray] | None:
+        """The nucleus' cut at section ``z``: blanks cell outlines inside (``outside``) and
+        returns its envelope and chromatin as a term to add."""
+        h = 1.0 - ((z - n.cz) / n.radius_z) ** 2
+        if h <= 0.05:
+            return None
+        r = n.radius * np.sqrt(h)
+        ys, xs, dy, dx = _window(self.width, self.width, n.cy, n.cx, r + 8)
+        if dy.size == 0 or dx.size == 0:
+            return None
+        c, s = np.cos(n.angle), np.sin(n.angle)
+        u = dx * c + dy * s
+        v = (dy * c - dx * s) / n.aspect
+        d = np.sqrt(u**2 + v**2)
+        inside = np.clip(r - d + 0.5, 0, 1)  # soft edge, 1 inside
+        outside[ys, xs] *= 1 - inside
+        chromatin = np.clip(texture[ys, xs] - 0.6, 0, 1.5)
+        rim = np.exp(-(((r - d) / 6.0) ** 2)) * inside
+        envelope = np.exp(-(((d - r) / 1.6) ** 2))
+        term = inside * (-10.0 - 22.0 * chromatin - 18.0 * rim) - 55.0 * envelope
+        return ys, xs, term.astype(np.float32)
 
 
-def _inject_artifacts(
-    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *, rate: float
-) -> None:
-    megapixels = image.size / 1e6
-    for kind in KINDS:
-        for _ in range(rng.poisson(RATE_PER_MPX[kind] * megapixels * rate)):
-            subtle = rng.random() < 0.35
-            region = PAINTERS[kind](image, rng, subtle)
-            labels[region & (labels == 0)] = artifact_type_id(kind)
+class _BeamFields:
+    """Gain per pixel from hexagonally packed beam fields: each field a little brighter or
+    darker than its neighbours and a little darker towards its rim. Every section is imaged
+    at its own stage position, so the pattern shifts from section to section."""
+
+    def __init__(self, rng: np.random.Generator, *, width: int) -> None:
+        self.rng = rng
+        self.width = width
+        self.margin = int(2 * BEAM_RADIUS * 1.8)
+        n = width + self.margin
+        vignette = rng.uniform(0.02, 0.05)
+        self.ids = np.empty((n, n), dtype=np.int32)
+        self.falloff = np.empty((n, n), dtype=np.float32)
+        for y0 in range(0, n, 256):  # in bands: bounded memory for large sections
+            q, r, rim = _hex_cells(np.arange(y0, min(n, y0 + 256)), np.arange(n))
+            # rows of hexagons are offset by half a cell: fold (q, r) into one id
+            self.ids[y0 : y0 + q.shape[0]] = (r + 64) * 4096 + (q + 2048)
+            self.falloff[y0 : y0 + q.shape[0]] = 1 - vignette * rim
+        _, inverse = np.unique(self.ids, return_inverse=True)
+        self.ids = inverse.reshape(n, n).astype(np.int32)
+        self.n_ids = int(self.ids.max()) + 1
+
+    def section(self, z: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(tile_ids, gain)`` of section ``z``, both ``(y, x)``."""
+        sy, sx = self.rng.integers(0, self.margin, size=2)
+        ids = self.ids[sy : sy + self.width, sx : sx + self.width]
+        drift = 1 + 0.03 * np.sin(z * 0.05)
+        gains = (drift * self.rng.normal(1.0, 0.025, self.n_ids)).astype(np.float32)
+        gain = gains[ids] * self.falloff[sy : sy + self.width, sx : sx + self.width]
+        return ids, gain
 
 
-def _disc(shape: tuple[int, ...], cy: float, cx: float) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.ogrid[0 : shape[0], 0 : shape[1]]
-    return yy - cy, xx - cx
+def _hex_cells(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Axial coordinates ``(q, r)`` of the pointy-top hexagon of radius :data:`BEAM_RADIUS`
+    holding each pixel, and the pixel's squared distance from its centre in radii."""
+    yy = rows.astype(np.float64)[:, None]
+    xx = cols.astype(np.float64)[None, :]
+    q = (np.sqrt(3) / 3 * xx - yy / 3) / BEAM_RADIUS
+    r = np.broadcast_to(2 / 3 * yy / BEAM_RADIUS, q.shape)
+    s = -q - r
+    rq, rr, rs = np.rint(q), np.rint(r), np.rint(s)
+    dq, dr, ds = np.abs(rq - q), np.abs(rr - r), np.abs(rs - s)
+    fix_q = (dq > dr) & (dq > ds)
+    fix_r = ~fix_q & (dr > ds)
+    rq = np.where(fix_q, -rr - rs, rq)
+    rr = np.where(fix_r, -rq - rs, rr)
+    cx = BEAM_RADIUS * np.sqrt(3) * (rq + rr / 2)
+    cy = BEAM_RADIUS * 1.5 * rr
+    rim = ((xx - cx) ** 2 + (yy - cy) ** 2) / BEAM_RADIUS**2
+    return rq.astype(np.int32), rr.astype(np.int32), rim.astype(np.float32)
 
 
-def _paint_circular(image: np.ndarray, rng: np.random.Generator, subtle: bool) -> np.ndarray:
+# -- artifacts -----------------------------------------------------------------------------
+@dataclass
+class _Canvas:
+    image: np.ndarray  # float32 (y, x), painted in place
+    labels: np.ndarray  # uint8 (y, x): artifact type id, 0 = clean
+    tile_ids: np.ndarray  # beam field of each pixel
+    rng: np.random.Generator
+
+
+def _window(
+    height: int, width: int, cy: float, cx: float, reach: float
+) -> tuple[slice, slice, np.ndarray, np.ndarray]:
+    """The part of the image within ``reach`` of ``(cy, cx)``, with offsets from the centre
+    as a column (dy) and a row (dx)."""
+    y0, y1 = max(0, int(cy - reach)), min(height, int(cy + reach) + 1)
+    x0, x1 = max(0, int(cx - reach)), min(width, int(cx + reach) + 1)
+    dy = (np.arange(y0, max(y0, y1), dtype=np.float32) - np.float32(cy))[:, None]
+    dx = (np.arange(x0, max(x0, x1), dtype=np.float32) - np.float32(cx))[None, :]
+    return slice(y0, max(y0, y1)), slice(x0, max(x0, x1)), dy, dx
+
+
+def _mark(canvas: _Canvas, ys: slice, xs: slice, region: np.ndarray, kind: str) -> None:
+    canvas.labels[ys, xs][region] = artifact_type_id(kind)
+
+
+def _add(canvas: _Canvas, ys: slice, xs: slice, delta: np.ndarray, kind: str) -> None:
+    """Add ``delta`` and mark where it changes the image visibly."""
+    canvas.image[ys, xs] += delta
+    _mark(canvas, ys, xs, np.abs(delta) >= VISIBLE_DELTA, kind)
+
+
+def _paint_circular(canvas: _Canvas, subtle: bool) -> None:
     """Charging: a bright disc or ring with a soft edge."""
-    h, w = image.shape
-    r = rng.uniform(35, 120)
+    rng = canvas.rng
+    h, w = canvas.image.shape
+    r = rng.uniform(30, 120)
     cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-    dy, dx = _disc(image.shape, cy, cx)
+    strength = rng.uniform(30, 45) if subtle else rng.uniform(50, 100)
+    ring = rng.random() < 0.5
+    thickness = rng.uniform(5, 14)
+    ys, xs, dy, dx = _window(h, w, cy, cx, r + 3 * thickness + 12)
     dist = np.sqrt(dy**2 + dx**2)
-    strength = rng.uniform(18, 30) if subtle else rng.uniform(40, 90)
-    if rng.random() < 0.5:  # ring
-        thickness = rng.uniform(6, 16)
+    if ring:
         profile = np.exp(-(((dist - r) / thickness) ** 2))
-    else:  # disc
-        profile = 1.0 / (1.0 + np.exp((dist - r) / 4.0))
-    image += strength * profile
-    return profile > 0.3
+    else:
+        edge = rng.uniform(3, 10)
+        profile = 1.0 / (1.0 + np.exp(np.clip((dist - r) / edge, -30, 30)))
+    _add(canvas, ys, xs, (strength * profile).astype(np.float32), "circular")
 
 
-def _paint_horseshoe(image: np.ndarray, rng: np.random.Generator, subtle: bool) -> np.ndarray:
-    """An arc of a ring, open on one side."""
-    h, w = image.shape
+def _paint_horseshoe(canvas: _Canvas, subtle: bool) -> None:
+    """An arc of a ring, open on one side, fading towards its ends."""
+    rng = canvas.rng
+    h, w = canvas.image.shape
     r = rng.uniform(40, 110)
     cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-    dy, dx = _disc(image.shape, cy, cx)
-    dist = np.sqrt(dy**2 + dx**2)
-    angle = np.arctan2(dy, dx)
+    thickness = rng.uniform(4, 10)
     opening = rng.uniform(0, 2 * np.pi)
     span = rng.uniform(np.pi * 0.9, np.pi * 1.6)
-    in_arc = np.mod(angle - opening, 2 * np.pi) < span
-    thickness = rng.uniform(7, 18)
-    profile = np.exp(-(((dist - r) / thickness) ** 2)) * in_arc
-    sign = 1 if rng.random() < 0.6 else -1
-    strength = rng.uniform(18, 30) if subtle else rng.uniform(45, 90)
-    image += sign * strength * profile
-    return profile > 0.3
+    sign = 1 if rng.random() < 0.8 else -1
+    strength = rng.uniform(32, 48) if subtle else rng.uniform(55, 110)
+    ys, xs, dy, dx = _window(h, w, cy, cx, r + 3 * thickness)
+    dist = np.sqrt(dy**2 + dx**2)
+    along = np.mod(np.arctan2(dy, dx) - opening, 2 * np.pi) / span  # 0..1 on the arc
+    taper = np.clip(np.sin(np.pi * np.clip(along, 0, 1)) * 5, 0, 1) * (along <= 1)
+    profile = np.exp(-(((dist - r) / thickness) ** 2)) * taper
+    _add(canvas, ys, xs, (sign * strength * profile).astype(np.float32), "horseshoe")
 
 
-def _paint_scratch(image: np.ndarray, rng: np.random.Generator, subtle: bool) -> np.ndarray:
-    """A long thin line across several patches."""
-    h, w = image.shape
+def _paint_scratch(canvas: _Canvas, subtle: bool) -> None:
+    """A long thin straight line across several patches."""
+    rng = canvas.rng
+    h, w = canvas.image.shape
     length = rng.uniform(400, 1400)
-    y0, x0 = rng.uniform(0, h), rng.uniform(0, w)
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
     theta = rng.uniform(0, np.pi)
-    y1, x1 = y0 + length * np.sin(theta), x0 + length * np.cos(theta)
-    dy, dx = _disc(image.shape, y0, x0)
-    vy, vx = (y1 - y0) / length, (x1 - x0) / length
+    width = rng.uniform(2.0, 4.5)
+    strength = rng.uniform(35, 50) if subtle else rng.uniform(60, 120)
+    sign = 1 if rng.random() < 0.7 else -1
+    vy, vx = np.sin(theta), np.cos(theta)
+    y_lo, y_hi = sorted((cy - vy * length / 2, cy + vy * length / 2))
+    x_lo, x_hi = sorted((cx - vx * length / 2, cx + vx * length / 2))
+    pad = 3 * width
+    ys = slice(max(0, int(y_lo - pad)), min(h, int(y_hi + pad) + 1))
+    xs = slice(max(0, int(x_lo - pad)), min(w, int(x_hi + pad) + 1))
+    if ys.stop <= ys.start or xs.stop <= xs.start:
+        return
+    dy = (np.arange(ys.start, ys.stop, dtype=np.float32) - np.float32(cy))[:, None]
+    dx = (np.arange(xs.start, xs.stop, dtype=np.float32) - np.float32(cx))[None, :]
     along = dy * vy + dx * vx
     across = np.abs(dy * vx - dx * vy)
-    width = rng.uniform(2.0, 5.0)
-    profile = np.exp(-((across / width) ** 2)) * ((along > 0) & (along < length))
-    strength = rng.uniform(25, 40) if subtle else rng.uniform(60, 120)
-    image += (1 if rng.random() < 0.7 else -1) * strength * profile
-    return profile > 0.3
+    # a knife mark: its depth wanders a little along the line
+    wobble = 1 + 0.25 * np.sin(along / rng.uniform(40, 120) + rng.uniform(0, 2 * np.pi))
+    profile = np.exp(-((across / width) ** 2)) * (np.abs(along) < length / 2) * wobble
+    _add(canvas, ys, xs, (sign * strength * profile).astype(np.float32), "scratch")
 
 
-def _paint_debris(image: np.ndarray, rng: np.random.Generator, subtle: bool) -> np.ndarray:
-    """An opaque irregular blob."""
-    h, w = image.shape
-    r = rng.uniform(18, 70)
+def _paint_debris(canvas: _Canvas, subtle: bool) -> None:
+    """A dirt particle: an irregular, textured, mostly opaque blob."""
+    rng = canvas.rng
+    h, w = canvas.image.shape
+    r = rng.uniform(22, 70)
     cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-    dy, dx = _disc(image.shape, cy, cx)
-    lobes, phase = rng.integers(2, 6), rng.uniform(0, 2 * np.pi)
-    dist = np.sqrt(dy**2 + dx**2) * (1 + 0.25 * np.sin(lobes * np.arctan2(dy, dx) + phase))
-    blob = dist < r
-    level = rng.uniform(60, 110) if subtle else rng.uniform(5, 45)
-    opacity = rng.uniform(0.5, 0.7) if subtle else rng.uniform(0.85, 1.0)
-    image[blob] = (1 - opacity) * image[blob] + opacity * level
-    return blob
+    ys, xs, dy, dx = _window(h, w, cy, cx, 1.6 * r + 4)
+    if dy.size == 0 or dx.size == 0:
+        return
+    angle = np.arctan2(dy, dx)
+    wobble = np.ones_like(angle)
+    for harmonic in (2, 3, 5):
+        wobble += rng.uniform(0, 0.3 / harmonic * 2) * np.sin(
+            harmonic * angle + rng.uniform(0, 2 * np.pi)
+        )
+    dist = np.sqrt(dy**2 + dx**2) / wobble
+    alpha = np.clip((r - dist) / 2.0 + 0.5, 0, 1)
+    if subtle:  # a thin, translucent film: the tissue shows through
+        level, opacity = rng.uniform(15, 45), rng.uniform(0.45, 0.65)
+    else:
+        level, opacity = rng.uniform(5, 45), rng.uniform(0.85, 1.0)
+    grain = ndimage.gaussian_filter(rng.standard_normal(alpha.shape).astype(np.float32), 2.0)
+    fill = level + 40.0 * grain
+    if not subtle and rng.random() < 0.4:  # charging at the particle's edge
+        fill = fill + 70.0 * np.exp(-(((dist - r) / 3.0) ** 2))
+    window = canvas.image[ys, xs]
+    a = (opacity * alpha).astype(np.float32)
+    window += a * (fill.astype(np.float32) - window)
+    _mark(canvas, ys, xs, alpha >= 0.5, "debris")
 
 
-def _paint_missing(image: np.ndarray, rng: np.random.Generator, subtle: bool) -> np.ndarray:
-    """A missing or mis-exposed beam tile: a constant rectangle."""
-    h, w = image.shape
+def _paint_contrast(canvas: _Canvas, subtle: bool) -> None:
+    """A badly exposed beam field: its brightness and contrast are off."""
+    rng = canvas.rng
+    h, w = canvas.image.shape
+    region = canvas.tile_ids == canvas.tile_ids[int(rng.integers(h)), int(rng.integers(w))]
+    ys_idx, xs_idx = np.nonzero(region)
+    ys = slice(int(ys_idx.min()), int(ys_idx.max()) + 1)
+    xs = slice(int(xs_idx.min()), int(xs_idx.max()) + 1)
+    region = region[ys, xs]
+    # under-exposed fields come out dark and flat, over-exposed ones bright and clipped
+    if subtle:
+        gain = rng.uniform(0.6, 0.72) if rng.random() < 0.5 else rng.uniform(1.3, 1.45)
+    else:
+        gain = rng.uniform(0.3, 0.5) if rng.random() < 0.5 else rng.uniform(1.55, 1.9)
+    window = canvas.image[ys, xs]
+    window[region] *= np.float32(gain)
+    _mark(canvas, ys, xs, region, "contrast")
+
+
+def _paint_defocus(canvas: _Canvas, subtle: bool) -> None:
+    """A blurred region, either a rectangle or one whole beam field out of focus. The detector
+    noise stays, weaker than around it."""
+    rng = canvas.rng
+    h, w = canvas.image.shape
+    if rng.random() < 0.5:
+        th, tw = int(rng.uniform(150, 380)), int(rng.uniform(150, 380))
+        y0, x0 = int(rng.uniform(0, h - min(th, h))), int(rng.uniform(0, w - min(tw, w)))
+        ys, xs = slice(y0, min(h, y0 + th)), slice(x0, min(w, x0 + tw))
+        region = np.ones((ys.stop - ys.start, xs.stop - xs.start), dtype=bool)
+    else:
+        tid = canvas.tile_ids[int(rng.integers(h)), int(rng.integers(w))]
+        full = canvas.tile_ids == tid
+        ys_idx, xs_idx = np.nonzero(full)
+        ys = slice(int(ys_idx.min()), int(ys_idx.max()) + 1)
+        xs = slice(int(xs_idx.min()), int(xs_idx.max()) + 1)
+        region = full[ys, xs]
+    sigma = rng.uniform(3.0, 4.5) if subtle else rng.uniform(5.0, 9.0)
+    window = canvas.image[ys, xs]
+    blurred = ndimage.gaussian_filter(window, sigma, mode="nearest")
+    blurred += np.float32(NOISE_SIGMA * 0.4) * rng.standard_normal(blurred.shape, dtype=np.float32)
+    window[region] = blurred[region]
+    _mark(canvas, ys, xs, region, "defocus")
+
+
+def _paint_missing(canvas: _Canvas, subtle: bool) -> None:
+    """A missing or blank beam tile: a constant rectangle."""
+    rng = canvas.rng
+    h, w = canvas.image.shape
     th, tw = int(rng.uniform(100, 320)), int(rng.uniform(100, 320))
-    y0, x0 = int(rng.uniform(0, h - th)), int(rng.uniform(0, w - tw))
-    value = rng.uniform(120, 175) if subtle else rng.choice([0.0, 255.0, rng.uniform(20, 230)])
-    image[y0 : y0 + th, x0 : x0 + tw] = value
-    region = np.zeros(image.shape, dtype=bool)
-    region[y0 : y0 + th, x0 : x0 + tw] = True
-    return region
+    y0, x0 = int(rng.uniform(0, h - min(th, h))), int(rng.uniform(0, w - min(tw, w)))
+    if subtle:
+        value = rng.uniform(110, 175)
+    else:
+        value = float(rng.choice([0.0, 255.0, rng.uniform(20, 230)]))
+    ys, xs = slice(y0, min(h, y0 + th)), slice(x0, min(w, x0 + tw))
+    canvas.image[ys, xs] = value
+    canvas.labels[ys, xs] = artifact_type_id("missing")
 
 
-def _paint_defocus(image: np.ndarray, rng: np.random.Generator, subtle: bool) -> np.ndarray:
-    """A blurred region."""
-    h, w = image.shape
-    th, tw = int(rng.uniform(150, 380)), int(rng.uniform(150, 380))
-    y0, x0 = int(rng.uniform(0, h - th)), int(rng.uniform(0, w - tw))
-    sigma = rng.uniform(2.0, 3.0) if subtle else rng.uniform(3.5, 7.0)
-    window = image[y0 : y0 + th, x0 : x0 + tw]
-    image[y0 : y0 + th, x0 : x0 + tw] = ndimage.gaussian_filter(window, sigma)
-    region = np.zeros(image.shape, dtype=bool)
-    region[y0 : y0 + th, x0 : x0 + tw] = True
-    return region
-
-
-PAINTERS: dict[str, Callable[[np.ndarray, np.random.Generator, bool], np.ndarray]] = {
+PAINTERS: dict[str, Callable[[_Canvas, bool], None]] = {
     "circular": _paint_circular,
     "horseshoe": _paint_horseshoe,
     "scratch": _paint_scratch,
     "debris": _paint_debris,
-    "missing": _paint_missing,
+    "contrast": _paint_contrast,
     "defocus": _paint_defocus,
+    "missing": _paint_missing,
 }
 
 
+# -- ground truth and mags -----------------------------------------------------------------
 def _ground_truth(
     labels: np.ndarray, *, z: int, n_tiles: int, per_type: dict[str, int]
 ) -> list[tuple[int, int, int, int, int, str, str]]:
     """One row per grid patch of section ``z`` (row-major y then x, like the grid)."""
     n_types = len(ARTIFACT_TYPES) + 1
-    tiles = labels.reshape(n_tiles, PATCH, n_tiles, PATCH).transpose(0, 2, 1, 3)
-    tiles = tiles.reshape(n_tiles, n_tiles, PATCH * PATCH)
-    counts = np.stack([(tiles == t).sum(axis=2) for t in range(1, n_types)], axis=2)
-    covered = counts.sum(axis=2)
+    tiles = (
+        labels.reshape(n_tiles, PATCH, n_tiles, PATCH)
+        .transpose(0, 2, 1, 3)
+        .reshape(n_tiles * n_tiles, PATCH * PATCH)
+    )
+    offsets = (np.arange(tiles.shape[0]) * n_types)[:, None]
+    counts = np.bincount((tiles + offsets).ravel(), minlength=tiles.shape[0] * n_types)
+    counts = counts.reshape(-1, n_types)[:, 1:]
+    covered = counts.sum(axis=1)
+    dominant = np.argmax(counts, axis=1) + 1
     rows = []
-    for ty in range(n_tiles):
-        for tx in range(n_tiles):
-            if covered[ty, tx] >= MIN_COVERAGE * PATCH * PATCH:
-                kind = artifact_type_name(int(np.argmax(counts[ty, tx])) + 1)
-                per_type[kind] = per_type.get(kind, 0) + 1
-                rows.append((tx * PATCH, ty * PATCH, z, PATCH, PATCH, "artifact", kind))
-            else:
-                rows.append((tx * PATCH, ty * PATCH, z, PATCH, PATCH, "clean", ""))
+    for i in range(tiles.shape[0]):
+        ty, tx = divmod(i, n_tiles)
+        if covered[i] >= MIN_COVERAGE * PATCH * PATCH:
+            kind = artifact_type_name(int(dominant[i]))
+            assert kind is not None
+            per_type[kind] = per_type.get(kind, 0) + 1
+            rows.append((tx * PATCH, ty * PATCH, z, PATCH, PATCH, "artifact", kind))
+        else:
+            rows.append((tx * PATCH, ty * PATCH, z, PATCH, PATCH, "clean", ""))
     return rows
 
 
-def _downsample(block: np.ndarray, factor: int) -> np.ndarray:
-    x, y, z = block.shape
-    view = block[: x - x % factor, : y - y % factor].astype(np.float32)
-    view = view.reshape(x // factor, factor, y // factor, factor, z).mean(axis=(1, 3))
-    return np.round(view).astype(np.uint8)
+def _downsample_mean(section: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each ``factor`` x ``factor`` block of a 2-D uint8 section."""
+    if factor == 1:
+        return section
+    x, y = section.shape[0] // factor, section.shape[1] // factor
+    view = section[: x * factor, : y * factor].reshape(x, factor, y, factor)
+    return np.rint(view.mean(axis=(1, 3), dtype=np.float32)).astype(np.uint8)
+
+
+def _downsample_max(section: np.ndarray, factor: int) -> np.ndarray:
+    """Largest value of each block: a thin artifact stays visible in coarse mags."""
+    if factor == 1:
+        return section
+    x, y = section.shape[0] // factor, section.shape[1] // factor
+    view = section[: x * factor, : y * factor].reshape(x, factor, y, factor)
+    return view.max(axis=(1, 3))

@@ -27,6 +27,50 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for(predicate, what: str, timeout: float = 300, every: float = 0.5):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def pg_redis_env(
+    pg_url: str, data_dir: Path, *, redis_db: int, **extra: str
+) -> tuple[dict[str, str], str]:
+    """A migrated PostgreSQL database with an admin token, an empty Redis database as the
+    broker, and the environment for services using them (small pretraining, trainings only
+    on request). Returns the environment and the admin token."""
+    import redis
+
+    from server.auth import create_token
+    from server.db import migrate
+    from server.db.base import make_engine, make_sessionmaker, session_scope
+
+    broker = f"redis://127.0.0.1:6379/{redis_db}"
+    redis.Redis.from_url(broker).flushdb()
+    migrate.upgrade(pg_url)
+    engine = make_engine(pg_url)
+    with session_scope(make_sessionmaker(engine)) as session:
+        _, secret = create_token(session, name="admin", role="admin")
+    engine.dispose()
+    env = service_env(
+        ARTIFACT_LOOP_DATABASE_URL=pg_url,
+        ARTIFACT_LOOP_BROKER_URL=broker,
+        ARTIFACT_LOOP_DATA_DIR=str(data_dir),
+        ARTIFACT_LOOP_PRETRAIN_PATCHES="200",
+        ARTIFACT_LOOP_PRETRAIN_EPOCHS="2",
+        ARTIFACT_LOOP_RETRAIN_EVERY="100000",
+        **extra,
+    )
+    return env, secret
+
+
 def service_env(**values: str) -> dict[str, str]:
     env = {**os.environ, "WEBKNOSSOS_SKIP_VERSION_CHECK": "True", "PYTHONUNBUFFERED": "1"}
     env.update(values)

@@ -28,7 +28,11 @@ router = APIRouter(tags=["jobs"])
 def start(
     dataset_id: DatasetId, body: JobCreate, session: SessionDep, state: StateDep, user: AdminUser
 ) -> StartedJobOut:
-    get_dataset(session, dataset_id)
+    dataset = get_dataset(session, dataset_id)
+    if body.kind == "predict":
+        from server.predict import validate_params
+
+        validate_params(dataset, body.params or {})
     if body.kind in ("predict", "sync"):
         from server.loop import HANDLERS
 

@@ -11,7 +11,7 @@ import torch
 from models import acquisition as acq
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.metrics import average_precision, classification_report, precision_at_recall, roc_auc
-from models.networks import Autoencoder, Classifier, ClassifierConfig
+from models.networks import Autoencoder, Classifier, ClassifierConfig, Encoder, EncoderConfig
 from models.scoring import score_stream
 from models.training import fit_temperature, pretrain_autoencoder, train_classifier
 
@@ -32,6 +32,30 @@ def test_shapes() -> None:
     assert logit.shape == (3,) and types is not None and types.shape == (3, 4)
     dense = clf.dense(torch.from_numpy(patches(1)[:, :, :, :]).repeat(1, 1, 2, 2), stride=35)
     assert dense.shape[:2] == (1, 1) and dense.shape[2] == dense.shape[3] >= 5
+
+
+def test_fully_convolutional_encoder_equals_per_patch_encoder_at_patch_centres() -> None:
+    """One pass over a tile gives every patch's centre features: at offsets that are a
+    multiple of the encoder's total stride (16), the tile's deepest feature map, cropped, is
+    the patch's own map wherever the receptive field stays inside the patch (its centre);
+    only the border, which sees the patch's zero padding, differs."""
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig()).eval()
+    for module in encoder.modules():  # non-trivial normalisation, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    tile = torch.randn(1, 1, 400, 400)
+    with torch.no_grad():
+        dense = encoder(tile)[-1]
+        for top, left in [(0, 0), (16, 32), (128, 240), (256, 256)]:
+            own = encoder(tile[:, :, top : top + 140, left : left + 140])[-1]
+            assert own.shape[-2:] == (8, 8)
+            crop = dense[:, :, top // 16 : top // 16 + 8, left // 16 : left // 16 + 8]
+            centre = slice(2, 7)  # receptive field (73 px) inside the 140 px patch
+            torch.testing.assert_close(
+                crop[:, :, centre, centre], own[:, :, centre, centre], rtol=1e-5, atol=1e-5
+            )
 
 
 def test_one_training_step_of_each_network() -> None:

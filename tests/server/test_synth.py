@@ -1,4 +1,4 @@
-"""The synthetic mSEM dataset: deterministic, readable, with consistent ground truth."""
+"""The synthetic mSEM dataset: deterministic, readable, with ground truth that matches its mask."""
 
 from __future__ import annotations
 
@@ -7,16 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from models.vocab import ARTIFACT_TYPES, artifact_type_name
+from server import synth
+from server.errors import InvalidInput
+from server.grid import Grid
 from server.patches import PatchSource
-from server.synth import PATCH, make_synthetic_dataset
+from server.synth import MIN_COVERAGE, PATCH, SynthSummary, make_synthetic_dataset
+
+REQUIRED_KINDS = {"circular", "horseshoe", "scratch", "debris", "missing", "defocus"}
+TINY = (840, 3)  # 6 x 6 x 3 patches: fast enough to make several times
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("synth") / "a"
-    make_synthetic_dataset(path, seed=5, shape=(840, 6), artifact_rate=3.0)
-    return path
+def small(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synth") / "small", seed=0)
 
 
 def _truth(path: Path) -> list[dict[str, str]]:
@@ -24,47 +30,159 @@ def _truth(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_same_seed_same_data_other_seed_other_data(tiny: Path, tmp_path: Path) -> None:
-    again = make_synthetic_dataset(tmp_path / "b", seed=5, shape=(840, 6), artifact_rate=3.0)
-    other = make_synthetic_dataset(tmp_path / "c", seed=6, shape=(840, 6), artifact_rate=3.0)
-    region = ((0, 0, 0), (840, 840))
-    with (
-        PatchSource.open(tiny, layer="color", mag=1) as a,
-        PatchSource.open(again.path, layer="color", mag=1) as b,
-        PatchSource.open(other.path, layer="color", mag=1) as c,
-    ):
-        first = a.read_region(*region)
-        assert np.array_equal(first, b.read_region(*region))
-        assert not np.array_equal(first, c.read_region(*region))
-    assert _truth(tiny) == _truth(again.path)
+def _section(path: Path, layer: str, z: int, *, mag: int = 1) -> np.ndarray:
+    with PatchSource.open(path, layer=layer, mag=f"{mag}-{mag}-1") as source:
+        x, y, _ = source.info.bbox_size
+        return source.read_region((0, 0, z), (x // mag, y // mag))
 
 
-def test_ground_truth_matches_the_mask_layer(tiny: Path) -> None:
-    rows = _truth(tiny)
-    assert len(rows) == 6 * 6 * 6 and list(rows[0]) == ["x", "y", "z", "w", "h", "label", "type"]
-    with PatchSource.open(tiny, layer="artifact_mask", mag=1) as mask:
-        for row in rows:
-            x, y, z = int(row["x"]), int(row["y"]), int(row["z"])
-            patch = mask.read_region((x, y, z), (PATCH, PATCH))
-            covered = (patch > 0).mean()
-            assert (row["label"] == "artifact") == (covered >= 0.02), row
-    assert {r["type"] for r in rows if r["label"] == "artifact"} <= {
-        "circular",
-        "horseshoe",
-        "scratch",
-        "debris",
-        "missing",
-        "defocus",
-    }
-
-
-def test_default_prevalence_and_every_kind(tmp_path: Path) -> None:
-    summary = make_synthetic_dataset(tmp_path / "p", seed=0, shape=(1960, 8))
-    share = summary.n_artifact_patches / summary.n_patches
-    assert 0.02 <= share <= 0.09, share
+def test_small_has_the_promised_layout(small: SynthSummary) -> None:
     from server.wk import wk
 
-    ds = wk.Dataset.open(summary.path)
-    assert ds.get_layer("color").dtype == np.uint8
-    assert sorted(m.to_layer_name() for m in ds.get_layer("color").mags) == ["1", "2-2-1", "4-4-1"]
+    assert small.n_patches == 14 * 14 * 20 <= 5000
+    assert small.shape == (1960, 1960, 20)
+    ds = wk.Dataset.open(small.path)
     assert tuple(ds.voxel_size) == (32, 32, 35)
+    for name in ("color", "artifact_mask"):
+        layer = ds.get_layer(name)
+        assert layer.dtype_per_channel == np.uint8
+        assert layer.data_format.value == "zarr3"
+        assert sorted(m.to_layer_name() for m in layer.mags) == ["1", "2-2-1", "4-4-1"]
+        assert layer.bounding_box.size.to_tuple() == (1960, 1960, 20)
+    assert ds.get_layer("color").category == "color"
+    assert ds.get_layer("artifact_mask").category == "segmentation"
+
+
+def test_prevalence_about_five_percent_and_every_kind_present(small: SynthSummary) -> None:
+    share = small.n_artifact_patches / small.n_patches
+    assert 0.03 <= share <= 0.075, share
+    assert set(small.per_type) >= REQUIRED_KINDS
+    assert set(small.per_type) <= set(ARTIFACT_TYPES)
+    assert sum(small.per_type.values()) == small.n_artifact_patches
+    # a fair share is subtle, and no kind is a token presence
+    assert 0.15 <= small.n_subtle / sum(small.n_artifacts.values()) <= 0.6
+    assert min(small.per_type[k] for k in REQUIRED_KINDS) >= 3
+    rows = _truth(small.path)
+    assert sum(r["label"] == "artifact" for r in rows) == small.n_artifact_patches
+    assert all((r["label"] == "artifact") == bool(r["type"]) for r in rows)
+
+
+def test_ground_truth_follows_the_grid_and_matches_the_mask(small: SynthSummary) -> None:
+    rows = _truth(small.path)
+    assert list(rows[0]) == ["x", "y", "z", "w", "h", "label", "type"]
+    with PatchSource.open(small.path) as source:
+        info = source.info
+    grid = Grid(offset=info.bbox_offset, size=info.bbox_size, patch=PATCH, stride=PATCH)
+    assert len(rows) == len(grid) == small.n_patches
+    origins = np.array([[int(r["x"]), int(r["y"]), int(r["z"])] for r in rows])
+    assert np.array_equal(origins, grid.origins(np.arange(len(grid))))
+    assert {(r["w"], r["h"]) for r in rows} == {(str(PATCH), str(PATCH))}
+
+    n = small.shape[0] // PATCH
+    for z in range(small.shape[2]):
+        mask = _section(small.path, "artifact_mask", z)
+        tiles = mask.reshape(n, PATCH, n, PATCH).transpose(0, 2, 1, 3).reshape(n * n, -1)
+        for i, row in enumerate(rows[z * n * n : (z + 1) * n * n]):
+            counts = np.bincount(tiles[i], minlength=len(ARTIFACT_TYPES) + 1)[1:]
+            is_artifact = counts.sum() >= MIN_COVERAGE * PATCH * PATCH
+            assert (row["label"] == "artifact") == is_artifact, row
+            if is_artifact:
+                assert row["type"] == artifact_type_name(int(np.argmax(counts)) + 1), row
+
+
+def test_coarser_mags_are_downsampled_from_mag_1(small: SynthSummary) -> None:
+    z = 7
+    color = _section(small.path, "color", z).astype(np.float32)
+    mask = _section(small.path, "artifact_mask", z)
+    for f in (2, 4):
+        w = color.shape[0] // f
+        expected = np.rint(color.reshape(w, f, w, f).mean(axis=(1, 3))).astype(np.uint8)
+        assert np.array_equal(_section(small.path, "color", z, mag=f), expected)
+        pooled = mask.reshape(w, f, w, f).max(axis=(1, 3))
+        assert np.array_equal(_section(small.path, "artifact_mask", z, mag=f), pooled)
+
+
+def test_looks_like_tissue_not_like_constants(small: SynthSummary) -> None:
+    section = _section(small.path, "color", 3).astype(np.float32)
+    mask = _section(small.path, "artifact_mask", 3)
+    clean = section[mask == 0]
+    assert 120 < clean.mean() < 170 and 20 < clean.std() < 50
+    # detector noise: neighbouring pixels differ even in clean tissue
+    assert np.abs(np.diff(section, axis=1))[mask[:, 1:] == 0].mean() > 5
+
+
+def test_same_seed_same_data_other_seed_other_data(tmp_path: Path) -> None:
+    made = {
+        name: make_synthetic_dataset(tmp_path / name, seed=seed, shape=TINY, artifact_rate=3.0)
+        for name, seed in (("a", 11), ("b", 11), ("c", 12))
+    }
+    region = ((0, 0, 0), (TINY[0], TINY[0]))
+    data = {}
+    for name, summary in made.items():
+        with (
+            PatchSource.open(summary.path, layer="color") as color,
+            PatchSource.open(summary.path, layer="artifact_mask") as mask,
+        ):
+            data[name] = (
+                color.read_region(*region).tobytes() + mask.read_region(*region).tobytes(),
+                (summary.path / "ground_truth.csv").read_bytes(),
+            )
+    assert data["a"] == data["b"]
+    assert data["a"][0] != data["c"][0]
+    assert made["a"].per_type == made["b"].per_type
+
+
+def test_refuses_a_non_empty_folder_and_bad_shapes(tmp_path: Path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "file").write_text("x")
+    with pytest.raises(InvalidInput, match="not an empty folder"):
+        make_synthetic_dataset(tmp_path / "full", shape=TINY)
+    with pytest.raises(InvalidInput, match="multiple of 140"):
+        make_synthetic_dataset(tmp_path / "odd", shape=(150, 2))
+    with pytest.raises(InvalidInput, match="unknown size"):
+        make_synthetic_dataset(tmp_path / "huge", size="huge")  # type: ignore[arg-type]
+
+
+def test_opens_and_registers_as_a_dataset(small: SynthSummary, sqlite_url: str) -> None:
+    from server.datasets import grid_of, open_source, register_dataset
+    from server.db import migrate
+    from server.db.base import make_engine, make_sessionmaker, session_scope
+
+    migrate.upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            dataset = register_dataset(session, name="synthetic", path=str(small.path))
+            grid = grid_of(dataset)
+            assert len(grid) == small.n_patches
+            assert 120 < dataset.norm_mean < 170 and dataset.norm_std > 10
+            rows = _truth(small.path)
+            artifacts = [i for i, r in enumerate(rows) if r["label"] == "artifact"]
+            picked = [*artifacts[:5], 0, 1]
+            with open_source(dataset) as source:
+                batch = source.read_patches(grid.origins(picked))
+                for patch, origin in zip(batch, grid.origins(picked), strict=True):
+                    x, y, z = (int(v) for v in origin)
+                    assert np.array_equal(patch, source.read_region((x, y, z), (PATCH, PATCH)))
+    finally:
+        engine.dispose()
+
+
+def test_cli_synth_prints_its_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.cli import app
+
+    monkeypatch.setitem(synth.SHAPES, "small", TINY)
+    runner = CliRunner()
+    result = runner.invoke(app, ["synth", str(tmp_path / "s"), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert "108 patches of 140 x 140" in said and "with artifacts" in said
+    assert "ground_truth.csv" in said and "artifact patches by type:" in said
+    assert (tmp_path / "s" / "ground_truth.csv").is_file()
+
+    again = runner.invoke(app, ["synth", str(tmp_path / "s")])
+    assert again.exit_code == 1
+    assert "not an empty folder" in " ".join(again.output.split())
+    assert "Traceback" not in again.output
+    bad = runner.invoke(app, ["synth", str(tmp_path / "t"), "--size", "huge"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
