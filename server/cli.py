@@ -361,6 +361,10 @@ def demo(
     exit_at_end: Annotated[
         bool, typer.Option("--exit", help="Stop when the rounds are done instead of serving.")
     ] = False,
+    predict: Annotated[
+        bool,
+        typer.Option(help="End with a dense prediction of the whole dataset (webKnossos layers)."),
+    ] = True,
 ) -> None:
     """The loop on a laptop: synthetic data, the embedded stack, a simulated annotator."""
     from server.demo import run_demo
@@ -373,6 +377,7 @@ def demo(
         rounds=rounds,
         port=port,
         keep_serving=not exit_at_end,
+        predict=predict,
     )
 
 

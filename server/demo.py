@@ -40,6 +40,7 @@ def run_demo(
     rounds: int,
     port: int,
     keep_serving: bool,
+    predict: bool = True,
 ) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     if dataset is None:
@@ -72,6 +73,8 @@ def run_demo(
         sim = httpx.Client(base_url=f"{base}/api/v1", headers=annotator, timeout=60)
         _play(console, http, sim, dataset_id=dataset_id, truth=truth, rounds=rounds, procs=procs)
         _show_versions(console, http, dataset_id)
+        if predict:
+            _predict(console, http, dataset_id=dataset_id, procs=procs)
         console.print(
             f"\nlabeling page: {base}/label   dashboard: {base}/dashboard   API: {base}/docs\n"
             f"admin token (paste it into the pages): {admin['Authorization'].split()[1]}"
@@ -300,6 +303,43 @@ def _wait(done, http, dataset_id, progress, bar, procs, timeout: float = 900) ->
         if time.monotonic() > deadline:
             raise ArtifactLoopError("the loop made no progress for 15 minutes")
         time.sleep(1.0)
+
+
+def _predict(
+    console: Console,
+    http: httpx.Client,
+    *,
+    dataset_id: int,
+    procs: dict[str, subprocess.Popen[bytes]],
+) -> None:
+    """The active classifier's dense map over the whole dataset, as webKnossos layers."""
+    job = http.post(f"/datasets/{dataset_id}/jobs", json={"kind": "predict"}).json()["job"]
+    with console.status("predicting the whole dataset ...") as status:
+        deadline = time.monotonic() + 1800
+        while True:
+            _check_alive(procs)
+            j = http.get(f"/jobs/{job['id']}").json()
+            if j["state"] in ("succeeded", "failed", "cancelled"):
+                break
+            status.update(f"predicting the whole dataset: {j['message']}")
+            if time.monotonic() > deadline:
+                raise ArtifactLoopError("the prediction took longer than 30 minutes")
+            time.sleep(1.0)
+    if j["state"] != "succeeded":
+        raise ArtifactLoopError(f"predict job {j['id']} {j['state']}: {j['error']}")
+    r = j["result"]
+    gt = r.get("ground_truth") or {}
+    console.print(
+        f"\nprediction: {r['clusters']} artifact clusters, {r['artifact_cells']:,} of "
+        f"{r['cells']:,} cells above p={r['threshold']:.2f}"
+        + (
+            f"; patch-level PR-AUC {gt['pr_auc']:.3f} over {gt['patches']:,} patches"
+            if gt.get("pr_auc") is not None
+            else ""
+        )
+        + f"\n  webKnossos dataset with layers artifact_prob + artifact_mask: {r['output']}"
+        f"\n  review the clusters in webKnossos: {r['nml']}"
+    )
 
 
 def _show_versions(console: Console, http: httpx.Client, dataset_id: int) -> None:

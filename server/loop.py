@@ -652,6 +652,27 @@ def handle_predict_chunk(rt: Runtime, job: Job, sender: JobSender) -> dict[str, 
     return {"cells": summary["cells"], "artifact_cells": summary["artifact_cells"]}
 
 
+def handle_sync(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
+    """Push proposals to webKnossos, import finished annotations, cancel answered tasks."""
+    from server import wk_sync
+
+    dataset = _load_dataset(rt, job)
+    report = wk_sync.sync(rt.sessions, rt.settings, dataset, job.params)
+    if report.labels_added:
+        labels_added(
+            session_factory=rt.sessions,
+            sender=sender,
+            dataset_id=dataset.id,
+            retrain_every=rt.settings.retrain_every,
+        )
+    if report.errors:
+        # what could be imported is kept (one transaction per annotation); say what was not
+        raise InvalidInput(
+            f"{len(report.errors)} annotation(s) not imported: " + "; ".join(report.errors)
+        )
+    return report.to_dict()
+
+
 HANDLERS: dict[str, Handler] = {
     "pretrain": handle_pretrain,
     "train": handle_train,
@@ -660,6 +681,7 @@ HANDLERS: dict[str, Handler] = {
     "propose": handle_propose,
     "predict": handle_predict,
     "predict_chunk": handle_predict_chunk,
+    "sync": handle_sync,
 }
 
 
@@ -682,6 +704,8 @@ def after_job(rt: Runtime, *, job_id: int, sender: JobSender) -> None:
             )
         elif job.kind in ("score_chunk", "predict_chunk") and job.parent_id is not None:
             _chunk_finished(rt, session, sender=sender, parent_id=job.parent_id)
+        elif job.kind == "propose" and job.dataset_id is not None:
+            _push_to_webknossos(session, sender=sender, dataset_id=job.dataset_id)
     if job is not None and job.kind == "train" and job.dataset_id is not None:
         # labels that arrived during training may already justify the next round
         labels_added(
@@ -690,6 +714,39 @@ def after_job(rt: Runtime, *, job_id: int, sender: JobSender) -> None:
             dataset_id=job.dataset_id,
             retrain_every=rt.settings.retrain_every,
         )
+
+
+def periodic_sync(rt: Runtime, sender: JobSender) -> list[int]:
+    """A sync job for every dataset linked to webKnossos that has none waiting or running."""
+    from server.wk_sync import link_of
+
+    if not rt.settings.wk_url or rt.settings.wk_token is None:
+        return []
+    started = []
+    with write_transaction(rt.sessions) as session:
+        for dataset in session.scalars(select(Dataset)):
+            if link_of(dataset) is None:
+                continue
+            if jobs.active_jobs(session, dataset_id=dataset.id, kinds=("sync",)):
+                continue
+            job = jobs.start_job(
+                session, sender=sender, kind="sync", dataset_id=dataset.id, requested_by="schedule"
+            ).job
+            started.append(job.id)
+    return started
+
+
+def _push_to_webknossos(session: Session, *, sender: JobSender, dataset_id: int) -> None:
+    """New proposals of a dataset that pushes tasks to webKnossos go there at once."""
+    from server.wk_sync import link_of
+
+    dataset = session.get(Dataset, dataset_id)
+    link = link_of(dataset) if dataset is not None else None
+    if link is None or not link.get("push"):
+        return
+    if jobs.active_jobs(session, dataset_id=dataset_id, kinds=("sync",)):
+        return
+    jobs.start_job(session, sender=sender, kind="sync", dataset_id=dataset_id, requested_by="loop")
 
 
 def _chunk_finished(rt: Runtime, session: Session, *, sender: JobSender, parent_id: int) -> None:

@@ -10,7 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +41,17 @@ class Settings(BaseSettings):
     pretrain_patches: int = 2000
     pretrain_epochs: int = 6
     train_epochs: int = 40  # an upper bound: early stopping ends most trainings sooner
+
+    # webKnossos server (optional): where tasks are pushed and annotations pulled from.
+    # The token is never returned by the API nor logged.
+    wk_url: str | None = None
+    wk_token: SecretStr | None = None
+    wk_timeout_s: int = 60
+    wk_sync_every_s: int = 300  # periodic sync of linked datasets; 0 = on demand only
+    wk_team: str | None = None  # team owning the task type and projects (default: the first)
+    wk_task_type: str = "artifact-loop patch"
+    wk_project_prefix: str = "artifact-loop"
+    wk_context_px: int = 70  # context around a pushed patch, each side, at the dataset's mag
 
     # Workers
     visibility_timeout_s: int = 6 * 3600

@@ -59,15 +59,15 @@ def pg_redis_env(
     with session_scope(make_sessionmaker(engine)) as session:
         _, secret = create_token(session, name="admin", role="admin")
     engine.dispose()
-    env = service_env(
-        ARTIFACT_LOOP_DATABASE_URL=pg_url,
-        ARTIFACT_LOOP_BROKER_URL=broker,
-        ARTIFACT_LOOP_DATA_DIR=str(data_dir),
-        ARTIFACT_LOOP_PRETRAIN_PATCHES="200",
-        ARTIFACT_LOOP_PRETRAIN_EPOCHS="2",
-        ARTIFACT_LOOP_RETRAIN_EVERY="100000",
-        **extra,
-    )
+    values = {
+        "ARTIFACT_LOOP_DATABASE_URL": pg_url,
+        "ARTIFACT_LOOP_BROKER_URL": broker,
+        "ARTIFACT_LOOP_DATA_DIR": str(data_dir),
+        "ARTIFACT_LOOP_PRETRAIN_PATCHES": "200",
+        "ARTIFACT_LOOP_PRETRAIN_EPOCHS": "2",
+        "ARTIFACT_LOOP_RETRAIN_EVERY": "100000",
+    }
+    env = service_env(**{**values, **extra})
     return env, secret
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import traceback
 from datetime import timedelta
 from functools import lru_cache
@@ -136,6 +137,7 @@ def reap_jobs(*, own_worker: str | None = None) -> list[int]:
 
 def _reaper_loop(worker: str) -> None:
     first = True
+    next_sync = time.monotonic() + 10
     while True:
         try:
             ids = reap_jobs(own_worker=worker if first else None)
@@ -143,8 +145,19 @@ def _reaper_loop(worker: str) -> None:
                 log.warning("requeued jobs of lost workers: %s", ids)
         except Exception:
             log.warning("reaping stale jobs failed", exc_info=True)
+        every = runtime().settings.wk_sync_every_s
+        if every > 0 and time.monotonic() >= next_sync:
+            next_sync = time.monotonic() + every
+            try:
+                from server.loop import periodic_sync
+
+                started = periodic_sync(runtime(), sender())
+                if started:
+                    log.info("periodic webKnossos sync jobs: %s", started)
+            except Exception:
+                log.warning("starting periodic webKnossos syncs failed", exc_info=True)
         first = False
-        threading.Event().wait(30)
+        threading.Event().wait(min(30, every) if every > 0 else 30)
 
 
 @worker_ready.connect

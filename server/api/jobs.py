@@ -33,6 +33,10 @@ def start(
         from server.predict import validate_params
 
         validate_params(dataset, body.params or {})
+    if body.kind == "sync":
+        from server.wk_sync import check_sync
+
+        check_sync(state.runtime.settings, dataset, body.params or {})
     if body.kind in ("predict", "sync"):
         from server.loop import HANDLERS
 

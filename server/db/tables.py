@@ -239,3 +239,46 @@ class Label(Base):
         Index("ix_labels_position", "dataset_id", "z", "y", "x"),
         Index("ix_labels_dataset_id_id", "dataset_id", "id"),
     )
+
+
+WK_TASK_STATES = ("open", "finished", "cancelled")
+
+
+class WkTask(Base):
+    """A proposed patch pushed to a webKnossos server as a task."""
+
+    __tablename__ = "wk_tasks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    task_id: Mapped[int | None] = mapped_column(
+        ForeignKey("annotation_tasks.id", ondelete="SET NULL"), index=True
+    )
+    wk_task_id: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(20), default="open")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(_in("state", WK_TASK_STATES), name="state"),
+        UniqueConstraint("dataset_id", "wk_task_id", name="uq_wk_tasks_task"),
+        Index("ix_wk_tasks_open", "dataset_id", "state"),
+    )
+
+
+class WkAnnotation(Base):
+    """A webKnossos annotation imported by a sync: imported again only when it changed."""
+
+    __tablename__ = "wk_annotations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    annotation_id: Mapped[str] = mapped_column(String(100))
+    wk_task_id: Mapped[str | None] = mapped_column(String(100))
+    modified: Mapped[int] = mapped_column(BigInteger)  # the server's timestamp (ms)
+    labels_added: Mapped[int] = mapped_column(Integer, default=0)
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "annotation_id", name="uq_wk_annotations_annotation"),
+    )

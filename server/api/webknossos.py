@@ -1,0 +1,87 @@
+"""The link between a dataset and its copy on a webKnossos server: tasks pushed, annotations
+pulled. The server's URL and token are service settings and never appear here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+
+from server.api.deps import AdminUser, CurrentUser, DatasetId, SessionDep, StateDep
+from server.datasets import get_dataset
+from server.db.tables import WkAnnotation, WkTask
+from server.wk_sync import link_of, validate_link
+
+router = APIRouter(tags=["webknossos"])
+
+
+class WebknossosLink(BaseModel):
+    dataset_id: str = Field(
+        min_length=1, max_length=200, description="The dataset's id on the webKnossos server"
+    )
+    push: bool = Field(default=False, description="Push proposed patches as webKnossos tasks")
+    instances: int = Field(default=1, ge=1, le=10, description="Annotators per pushed task")
+
+
+class WebknossosStatus(BaseModel):
+    server: str | None = Field(description="The configured webKnossos server, if any")
+    link: dict[str, Any] | None
+    tasks: dict[str, int] = Field(description="Pushed tasks by state")
+    annotations_imported: int
+    labels_from_annotations: int
+
+
+def _status(session: SessionDep, state: StateDep, dataset_id: int) -> WebknossosStatus:
+    dataset = get_dataset(session, dataset_id)
+    tasks = dict(
+        session.execute(
+            select(WkTask.state, func.count(WkTask.id))
+            .where(WkTask.dataset_id == dataset_id)
+            .group_by(WkTask.state)
+        ).all()
+    )
+    imported, labels = session.execute(
+        select(
+            func.count(WkAnnotation.id), func.coalesce(func.sum(WkAnnotation.labels_added), 0)
+        ).where(WkAnnotation.dataset_id == dataset_id)
+    ).one()
+    return WebknossosStatus(
+        server=state.runtime.settings.wk_url,
+        link=link_of(dataset),
+        tasks={s: int(tasks.get(s, 0)) for s in ("open", "finished", "cancelled")},
+        annotations_imported=int(imported),
+        labels_from_annotations=int(labels),
+    )
+
+
+@router.get(
+    "/datasets/{dataset_id}/webknossos",
+    response_model=WebknossosStatus,
+    summary="The dataset's webKnossos link, pushed tasks and imported annotations",
+)
+def get_link(
+    dataset_id: DatasetId, session: SessionDep, state: StateDep, _user: CurrentUser
+) -> WebknossosStatus:
+    return _status(session, state, dataset_id)
+
+
+@router.put(
+    "/datasets/{dataset_id}/webknossos",
+    response_model=WebknossosStatus,
+    summary="Link the dataset to its copy on the webKnossos server (admin)",
+    description='Then `POST /datasets/{id}/jobs` with `{"kind": "sync"}` pushes proposals '
+    "(when `push` is true) and imports finished annotations; workers also sync periodically.",
+)
+def put_link(
+    dataset_id: DatasetId,
+    body: WebknossosLink,
+    session: SessionDep,
+    state: StateDep,
+    _user: AdminUser,
+) -> WebknossosStatus:
+    dataset = get_dataset(session, dataset_id)
+    dataset.settings = {**(dataset.settings or {}), "webknossos": validate_link(body.model_dump())}
+    session.flush()
+    return _status(session, state, dataset_id)

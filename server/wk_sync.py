@@ -1,0 +1,408 @@
+"""webKnossos server integration: push proposed patches as tasks, pull finished annotations.
+
+A dataset is linked to its copy on a webKnossos server (``settings["webknossos"]``: the
+server's dataset id, whether to push tasks, instances per task). The server URL and token
+are the service's settings; the token is only ever handed to the ``webknossos`` library.
+
+A ``sync`` job (queue ``io``; on demand, after each proposal and periodically):
+
+1. pushes open proposals that are not on the server yet as tasks of the project
+   ``<prefix>-<dataset>`` (task type and project created once), one task per patch with its
+   bounding box plus context;
+2. downloads every finished annotation of the project's tasks, and annotations given by id
+   or URL, and imports each with the label-file conventions (:mod:`server.label_import`),
+   one transaction per annotation; an annotation is imported again only when its
+   ``modified`` time changed, and the import's idempotency keys keep labels from counting
+   twice;
+3. deletes pushed tasks whose patch was labelled elsewhere (in the web page or the API)
+   before anyone finished them in webKnossos.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from server.db.base import utcnow, write_transaction
+from server.db.tables import AnnotationTask, Dataset, WkAnnotation, WkTask
+from server.errors import ArtifactLoopError, InvalidInput, ServiceUnavailable
+from server.settings import Settings
+from server.wk import wk
+
+log = logging.getLogger(__name__)
+
+EXPERIENCE_DOMAIN = "artifact-loop"
+
+
+class WebknossosError(ArtifactLoopError):
+    """The webKnossos server refused or could not be reached."""
+
+    status_code = 502
+
+
+@dataclass
+class SyncReport:
+    pushed: int = 0
+    cancelled: int = 0
+    annotations_seen: int = 0
+    annotations_imported: int = 0
+    annotations_unchanged: int = 0
+    labels_added: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pushed": self.pushed,
+            "cancelled": self.cancelled,
+            "annotations_seen": self.annotations_seen,
+            "annotations_imported": self.annotations_imported,
+            "annotations_unchanged": self.annotations_unchanged,
+            "labels_added": self.labels_added,
+            "errors": self.errors,
+        }
+
+
+def link_of(dataset: Dataset) -> dict[str, Any] | None:
+    link = (dataset.settings or {}).get("webknossos")
+    return link if isinstance(link, dict) and link.get("dataset_id") else None
+
+
+def validate_link(body: dict[str, Any]) -> dict[str, Any]:
+    dataset_id = body.get("dataset_id")
+    if not isinstance(dataset_id, str) or not dataset_id.strip() or len(dataset_id) > 200:
+        raise InvalidInput("dataset_id must be the dataset's id on the webKnossos server")
+    instances = body.get("instances", 1)
+    if not isinstance(instances, int) or isinstance(instances, bool) or not 1 <= instances <= 10:
+        raise InvalidInput("instances must be an integer from 1 to 10")
+    push = body.get("push", False)
+    if not isinstance(push, bool):
+        raise InvalidInput("push must be true or false")
+    return {"dataset_id": dataset_id.strip(), "push": push, "instances": instances}
+
+
+def project_name(settings: Settings, dataset: Dataset) -> str:
+    return f"{settings.wk_project_prefix}-{dataset.name}"
+
+
+@contextmanager
+def server(settings: Settings) -> Iterator[None]:
+    """The library's context for the configured server, with its failures as clear errors."""
+    from webknossos.client.api_client.errors import ApiClientError
+
+    if not settings.wk_url or settings.wk_token is None:
+        raise InvalidInput(
+            "no webKnossos server configured: set ARTIFACT_LOOP_WK_URL and ARTIFACT_LOOP_WK_TOKEN"
+        )
+    url = settings.wk_url.rstrip("/")
+    try:
+        with wk.webknossos_context(
+            url=url, token=settings.wk_token.get_secret_value(), timeout=settings.wk_timeout_s
+        ):
+            yield
+    except httpx.TransportError as exc:
+        raise ServiceUnavailable(
+            f"webKnossos server {url} is unreachable ({type(exc).__name__})"
+        ) from None
+    except ApiClientError as exc:
+        text = str(exc)
+        if "401" in text or "403" in text:
+            raise WebknossosError(
+                f"webKnossos server {url} refused the token (401/403): check ARTIFACT_LOOP_WK_TOKEN"
+            ) from None
+        first = next((line for line in text.splitlines() if line.strip()), text)
+        raise WebknossosError(f"webKnossos server {url}: {first}") from None
+
+
+# -- push ------------------------------------------------------------------------------------------
+def _ensure_project(settings: Settings, dataset: Dataset) -> tuple[str, str]:
+    """The task type's id and the project's name, created on first use."""
+    from webknossos.client.api_client.errors import UnexpectedStatusError
+
+    teams = wk.Team.get_list()
+    if not teams:
+        raise WebknossosError("the webKnossos user is in no team: add it to one")
+    team = (
+        next((t for t in teams if t.name == settings.wk_team), None)
+        if settings.wk_team
+        else teams[0]
+    )
+    if team is None:
+        raise InvalidInput(f"webKnossos has no team {settings.wk_team!r}")
+    try:
+        task_type = wk.TaskType.get_by_name(settings.wk_task_type)
+    except ValueError:
+        task_type = wk.TaskType.create(
+            name=settings.wk_task_type,
+            description=(
+                "Is there an imaging artifact in the box? Draw a bounding box named "
+                "'artifact:<type>' (or 'artifact') over it, or one named 'clean' over the "
+                "whole box, then finish the task."
+            ),
+            team=team,
+            tracing_type="skeleton",
+        )
+    name = project_name(settings, dataset)
+    try:
+        wk.Project.get_by_name(name)
+    except UnexpectedStatusError:
+        wk.Project.create(name=name, team=team, priority=100, paused=False, expected_time=2)
+    return task_type.task_type_id, name
+
+
+def push_proposals(sessions: sessionmaker[Session], settings: Settings, dataset: Dataset) -> int:
+    """Open proposals not yet on the server become tasks; returns how many."""
+    link = link_of(dataset)
+    if link is None or not link.get("push"):
+        return 0
+    with write_transaction(sessions) as session:
+        pushed = select(WkTask.task_id).where(
+            WkTask.dataset_id == dataset.id, WkTask.task_id.is_not(None)
+        )
+        todo = [
+            (t.id, t.x, t.y, t.z, t.w, t.h)
+            for t in session.scalars(
+                select(AnnotationTask)
+                .where(
+                    AnnotationTask.dataset_id == dataset.id,
+                    AnnotationTask.kind == "proposal",
+                    AnnotationTask.status == "open",
+                    AnnotationTask.id.not_in(pushed),
+                )
+                .order_by(AnnotationTask.rank, AnnotationTask.id)
+            )
+        ]
+    if not todo:
+        return 0
+    from server.patches import parse_mag
+
+    mag = parse_mag(dataset.mag)
+    cx, cy = settings.wk_context_px * mag[0], settings.wk_context_px * mag[1]
+    task_type_id, project = _ensure_project(settings, dataset)
+    count = 0
+    for task_id, x, y, z, w, h in todo:
+        created = wk.Task.create(
+            task_type_id=task_type_id,
+            project_name=project,
+            needed_experience_domain=EXPERIENCE_DOMAIN,
+            needed_experience_value=0,
+            starting_position=(x + w // 2, y + h // 2, z),
+            dataset_id=str(link["dataset_id"]),
+            instances=int(link.get("instances", 1)),
+            bounding_box=wk.BoundingBox((x - cx, y - cy, z), (w + 2 * cx, h + 2 * cy, 1)),
+        )
+        with write_transaction(sessions) as session:  # recorded one by one: a crash loses none
+            for remote in created:
+                session.add(
+                    WkTask(dataset_id=dataset.id, task_id=task_id, wk_task_id=remote.task_id)
+                )
+        count += len(created)
+    return count
+
+
+# -- pull ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Finished:
+    annotation_id: str
+    modified: int
+    owner: str | None
+    wk_task_id: str | None
+
+
+def _finished_annotations(settings: Settings, dataset: Dataset) -> list[_Finished]:
+    from webknossos.client.api_client.errors import UnexpectedStatusError
+
+    try:
+        project = wk.Project.get_by_name(project_name(settings, dataset))
+    except UnexpectedStatusError:
+        return []  # nothing pushed yet
+    out = []
+    for task in project.get_tasks(fetch_all=True):
+        if task.status.finished_instance_count == 0:
+            continue
+        for info in task.get_annotation_infos():
+            if str(info.state.value).lower() == "finished":
+                out.append(_Finished(info.id, int(info.modified or 0), info.owner_id, task.task_id))
+    return out
+
+
+def _annotation_ref(value: str) -> str:
+    """An annotation id from an id or a webKnossos annotation URL."""
+    text = value.strip()
+    if "/annotations/" in text:
+        text = text.split("/annotations/", 1)[1].split("/")[0].split("#")[0].split("?")[0]
+        if "-" in text and not text.replace("-", "").isalnum():
+            raise InvalidInput(f"cannot read an annotation id from {value!r}")
+    if not text or not text.replace("-", "").replace("_", "").isalnum() or len(text) > 100:
+        raise InvalidInput(f"{value!r} is not a webKnossos annotation id or URL")
+    return text
+
+
+def _explicit_annotations(refs: list[str]) -> list[_Finished]:
+    from webknossos.client.context import _get_api_client
+
+    client = _get_api_client()
+    out = []
+    for ref in refs:
+        info = client.annotation_info(annotation_id=ref)
+        owner = info.owner.id if info.owner is not None else None
+        out.append(_Finished(info.id, int(info.modified or 0), owner, None))
+    return out
+
+
+def _download(annotation_id: str) -> tuple[str, bytes]:
+    """The annotation file exactly as the server gives it (``.nml`` or ``.zip``, volume data
+    left out): the label importer reads it and explains what is wrong with a bad one."""
+    from webknossos.client.context import _get_api_client
+
+    data, filename = _get_api_client().annotation_download(
+        annotation_id=annotation_id, skip_volume_data=True
+    )
+    return filename or f"{annotation_id}.nml", data
+
+
+def pull_annotations(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    dataset: Dataset,
+    *,
+    ids: list[str],
+    report: SyncReport,
+) -> None:
+    from server.label_import import import_label_file
+
+    candidates = _finished_annotations(settings, dataset) if link_of(dataset) else []
+    candidates += _explicit_annotations(ids)
+    report.annotations_seen = len(candidates)
+    for item in candidates:
+        with write_transaction(sessions) as session:
+            seen = session.scalar(
+                select(WkAnnotation).where(
+                    WkAnnotation.dataset_id == dataset.id,
+                    WkAnnotation.annotation_id == item.annotation_id,
+                )
+            )
+            if seen is not None and seen.modified == item.modified:
+                report.annotations_unchanged += 1
+                continue
+        filename, data = _download(item.annotation_id)
+        try:
+            with write_transaction(sessions) as session:
+                ds = session.get(Dataset, dataset.id)
+                assert ds is not None
+                imported = import_label_file(
+                    session,
+                    dataset=ds,
+                    filename=filename,
+                    data=data,
+                    annotator=f"webknossos:{item.owner or 'unknown'}",
+                    source="webknossos",
+                )
+                row = session.scalar(
+                    select(WkAnnotation).where(
+                        WkAnnotation.dataset_id == dataset.id,
+                        WkAnnotation.annotation_id == item.annotation_id,
+                    )
+                )
+                if row is None:
+                    row = WkAnnotation(
+                        dataset_id=dataset.id,
+                        annotation_id=item.annotation_id,
+                        wk_task_id=item.wk_task_id,
+                        labels_added=0,
+                    )
+                    session.add(row)
+                row.modified = item.modified
+                row.labels_added += imported.added
+                row.imported_at = utcnow()
+                if item.wk_task_id is not None:
+                    _task_finished(session, dataset_id=dataset.id, wk_task_id=item.wk_task_id)
+        except InvalidInput as exc:
+            report.errors.append(f"annotation {item.annotation_id}: {exc}")
+            continue
+        report.annotations_imported += 1
+        report.labels_added += imported.added
+
+
+def _task_finished(session: Session, *, dataset_id: int, wk_task_id: str) -> None:
+    pushed = session.scalar(
+        select(WkTask).where(WkTask.dataset_id == dataset_id, WkTask.wk_task_id == wk_task_id)
+    )
+    if pushed is None:
+        return
+    pushed.state, pushed.updated_at = "finished", utcnow()
+    if pushed.task_id is not None:
+        task = session.get(AnnotationTask, pushed.task_id)
+        if task is not None and task.status in ("open", "leased", "expired"):
+            task.status, task.updated_at = "labelled", utcnow()
+
+
+def cancel_labelled_elsewhere(
+    sessions: sessionmaker[Session], dataset: Dataset, *, report: SyncReport
+) -> None:
+    """Pushed tasks nobody finished in webKnossos whose patch was answered elsewhere."""
+    from webknossos.client.api_client.errors import UnexpectedStatusError
+
+    with write_transaction(sessions) as session:
+        stale = [
+            (p.id, p.wk_task_id)
+            for p in session.scalars(
+                select(WkTask)
+                .join(AnnotationTask, AnnotationTask.id == WkTask.task_id)
+                .where(
+                    WkTask.dataset_id == dataset.id,
+                    WkTask.state == "open",
+                    AnnotationTask.status.in_(("labelled", "skipped", "retired")),
+                )
+            )
+        ]
+    for row_id, wk_task_id in stale:
+        try:
+            remote = wk.Task.get_by_id(wk_task_id)
+            if remote.status.finished_instance_count > 0:
+                continue  # its annotation is on its way in
+            remote.delete()
+        except UnexpectedStatusError:
+            pass  # already gone on the server
+        with write_transaction(sessions) as session:
+            row = session.get(WkTask, row_id)
+            if row is not None:
+                row.state, row.updated_at = "cancelled", utcnow()
+        report.cancelled += 1
+
+
+def check_sync(settings: Settings, dataset: Dataset, params: dict[str, Any]) -> list[str]:
+    """The annotation ids a sync imports besides the project's; raises InvalidInput for a
+    sync that cannot work (no server configured, nothing linked, malformed references)."""
+    if not settings.wk_url or settings.wk_token is None:
+        raise InvalidInput(
+            "no webKnossos server configured: set ARTIFACT_LOOP_WK_URL and ARTIFACT_LOOP_WK_TOKEN"
+        )
+    refs = params.get("annotations") or []
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise InvalidInput("annotations must be a list of annotation ids or URLs")
+    if link_of(dataset) is None and not refs:
+        raise InvalidInput(
+            f"dataset {dataset.name!r} is not linked to a webKnossos dataset: "
+            "PUT /datasets/{id}/webknossos first, or give annotations to import"
+        )
+    return [_annotation_ref(r) for r in refs]
+
+
+def sync(
+    sessions: sessionmaker[Session], settings: Settings, dataset: Dataset, params: dict[str, Any]
+) -> SyncReport:
+    ids = check_sync(settings, dataset, params)
+    report = SyncReport()
+    with server(settings):
+        report.pushed = push_proposals(sessions, settings, dataset)
+        pull_annotations(sessions, settings, dataset, ids=ids, report=report)
+        if link_of(dataset) is not None:
+            cancel_labelled_elsewhere(sessions, dataset, report=report)
+    return report

@@ -1,0 +1,193 @@
+"""The webKnossos cycle against a local server that speaks the library's REST API:
+proposals pushed as tasks -> annotators finish some in "webKnossos" (files made by the real
+library) -> sync -> labels in the database, each exactly once -> retraining. Plus a patch
+labelled in the web page whose task gets cancelled, an annotation given by id, a broken
+annotation, and a wrong token. PostgreSQL + Redis, real API and worker processes."""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.synth import make_synthetic_dataset
+from server.wk import wk
+from tests.processes import api_server, celery_worker, pg_redis_env, wait_for
+from tests.wkserver import serve
+
+TOKEN = "wk-secret-token"
+
+
+def _nml(dataset: str, voxel: list[float], box: tuple[int, int, int, int, int], name: str) -> bytes:
+    """What an annotator saves: one user bounding box named by its class over the patch."""
+    x, y, z, w, h = box
+    annotation = wk.Annotation(name="task", dataset_name=dataset, voxel_size=tuple(voxel))
+    annotation.user_bounding_boxes.append(wk.BoundingBox((x, y, z), (w, h, 1)).with_name(name))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "annotation.nml"
+        annotation.save(path)
+        return path.read_bytes()
+
+
+def _run_sync(http: httpx.Client, ds: int, params: dict | None = None) -> dict:
+    job = http.post(f"/datasets/{ds}/jobs", json={"kind": "sync", "params": params or {}}).json()[
+        "job"
+    ]
+    return wait_for(
+        lambda: (
+            (j := http.get(f"/jobs/{job['id']}").json())["state"] in ("succeeded", "failed") and j
+        ),
+        "the sync job",
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_push_finish_sync_retrain(pg_url: str, tmp_path: Path) -> None:
+    dataset = tmp_path / "ds"
+    make_synthetic_dataset(dataset, seed=6, shape=(840, 6), artifact_rate=3.0)
+    with (dataset / "ground_truth.csv").open() as fh:
+        truth = {
+            (int(r["x"]), int(r["y"]), int(r["z"])): (r["label"], r["type"])
+            for r in csv.DictReader(fh)
+        }
+    with serve(TOKEN) as fake:
+        env, secret = pg_redis_env(
+            pg_url,
+            tmp_path / "data",
+            redis_db=13,
+            ARTIFACT_LOOP_WK_URL=fake.url,
+            ARTIFACT_LOOP_WK_TOKEN=TOKEN,
+            ARTIFACT_LOOP_WK_SYNC_EVERY_S="0",
+            ARTIFACT_LOOP_RETRAIN_EVERY="10",
+            ARTIFACT_LOOP_BATCH_SIZE="20",
+        )
+        with (
+            api_server(env, log=tmp_path / "api.log") as base,
+            celery_worker(env, queues="gpu,io", name="wk", log=tmp_path / "worker.log"),
+        ):
+            http = httpx.Client(
+                base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
+            )
+            r = http.post("/datasets", json={"name": "wk", "path": str(dataset)})
+            assert r.status_code == 201, r.text
+            ds = r.json()["id"]
+            voxel = r.json()["voxel_size"]
+
+            # not linked yet: the sync is refused before it reaches a worker
+            refused = http.post(f"/datasets/{ds}/jobs", json={"kind": "sync"})
+            assert refused.status_code == 422 and "not linked" in refused.json()["detail"]
+            link = http.put(
+                f"/datasets/{ds}/webknossos", json={"dataset_id": "wk-ds-1", "push": True}
+            )
+            assert link.status_code == 200, link.text
+            assert TOKEN not in link.text
+
+            # the cold-start proposals are pushed by themselves once they exist
+            wait_for(
+                lambda: http.get(f"/datasets/{ds}/webknossos").json()["tasks"]["open"] >= 20,
+                "proposals pushed as webKnossos tasks",
+            )
+            tasks = fake.tasks()
+            assert len(tasks) == 20
+            assert {t["datasetId"] for t in tasks} == {"wk-ds-1"}
+            bbox = tasks[0]["boundingBox"]
+            assert (bbox["width"], bbox["height"], bbox["depth"]) == (140 + 140, 140 + 140, 1)
+            assert sum(1 for r in fake.state.requests if r == "POST /taskTypes") == 1
+            assert sum(1 for r in fake.state.requests if r == "POST /projects") == 1
+
+            # someone answers one patch in the web page instead
+            open_tasks = http.get(
+                f"/datasets/{ds}/tasks", params={"status": "open", "limit": 100}
+            ).json()["items"]
+            elsewhere = open_tasks[0]
+            answer = http.post(f"/tasks/{elsewhere['id']}/label", json={"label": "clean"})
+            assert answer.status_code == 200, answer.text
+
+            # annotators finish 15 tasks in webKnossos (not the one answered elsewhere)
+            finished = {}
+            for task in tasks:
+                top = task["boundingBox"]["topLeft"]
+                patch = (top[0] + 70, top[1] + 70, top[2])
+                if (patch[0], patch[1]) == (elsewhere["x"], elsewhere["y"]) and patch[
+                    2
+                ] == elsewhere["z"]:
+                    cancelled_task = task["id"]
+                    continue
+                if len(finished) == 15:
+                    continue
+                label, kind = truth[patch]
+                name = f"artifact:{kind}" if label == "artifact" else "clean"
+                data = _nml("wk", voxel, (*patch, 140, 140), name)
+                finished[fake.finish(task["id"], filename="annotation.nml", data=data)] = label
+
+            first = _run_sync(http, ds)
+            assert first["state"] == "succeeded", first["error"]
+            assert first["result"]["annotations_imported"] == 15
+            assert first["result"]["labels_added"] == 15
+            assert first["result"]["cancelled"] == 1
+            assert cancelled_task not in {t["id"] for t in fake.tasks()}
+
+            labels = http.get(f"/datasets/{ds}/labels", params={"limit": 1000}).json()["items"]
+            from_wk = [lab for lab in labels if lab["source"] == "webknossos"]
+            assert len(from_wk) == 15
+            assert sorted(lab["label"] for lab in from_wk) == sorted(finished.values())
+
+            # again, and after an annotator re-saved one: nothing counts twice
+            fake.touch(next(iter(finished)))
+            again = _run_sync(http, ds)
+            assert again["state"] == "succeeded", again["error"]
+            assert again["result"]["labels_added"] == 0
+            # (a sync the loop started after the retraining may have re-read it first)
+            assert again["result"]["annotations_unchanged"] >= 14
+            status = http.get(f"/datasets/{ds}/webknossos").json()
+            assert status["annotations_imported"] == 15 and status["labels_from_annotations"] == 15
+
+            # the new labels started a retraining by themselves
+            trains = wait_for(
+                lambda: http.get(
+                    "/jobs", params={"dataset_id": ds, "kind": "train", "limit": 10}
+                ).json()["items"],
+                "a retraining",
+            )
+            assert trains[0]["requested_by"] == "loop"
+
+            # an annotation shared by id that is not an NML: a failed job with its reason
+            broken = fake.add_annotation(filename="broken.nml", data=b"<things><oops")
+            bad = _run_sync(http, ds, {"annotations": [broken]})
+            assert bad["state"] == "failed"
+            assert broken in bad["error"]
+
+    # the server went away: the sync fails and says so
+    gone = _unreachable_sync(pg_url, tmp_path, env, secret, ds)
+    assert gone["state"] == "failed" and "unreachable" in gone["error"]
+
+
+def _unreachable_sync(pg_url: str, tmp_path: Path, env: dict, secret: str, ds: int) -> dict:
+    with (
+        api_server(env, log=tmp_path / "api2.log") as base,
+        celery_worker(env, queues="gpu,io", name="wk2", log=tmp_path / "worker2.log"),
+    ):
+        http = httpx.Client(
+            base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
+        )
+        return _run_sync(http, ds)
+
+
+def test_wrong_token_and_unreachable_server_are_clear_errors(tmp_path: Path) -> None:
+    from server.errors import ServiceUnavailable
+    from server.settings import Settings
+    from server.wk_sync import WebknossosError
+    from server.wk_sync import server as wk_server
+
+    with serve(TOKEN) as fake:
+        wrong = Settings(data_dir=tmp_path, wk_url=fake.url, wk_token="not-the-token")
+        with pytest.raises(WebknossosError, match="refused the token"), wk_server(wrong):
+            wk.Team.get_list()
+        url = fake.url
+    gone = Settings(data_dir=tmp_path, wk_url=url, wk_token=TOKEN)
+    with pytest.raises(ServiceUnavailable, match="unreachable"), wk_server(gone):
+        wk.Team.get_list()
