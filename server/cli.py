@@ -111,7 +111,13 @@ def _redact(url: str) -> str:
 @friendly_errors
 def dataset_add(
     name: Annotated[str, typer.Argument(help="Name to register the dataset under.")],
-    path: Annotated[str, typer.Argument(help="Path of a webKnossos dataset (Zarr3 or WKW).")],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="Path of a webKnossos dataset (Zarr3 or WKW), or its URL on the configured "
+            "webKnossos server (https://host/datasets/<name>-<id>/view)."
+        ),
+    ],
     layer: Annotated[str, typer.Option(help="Color layer to read patches from.")] = "color",
     mag: Annotated[str, typer.Option(help="Mag to cut patches at, e.g. 1 or 8-8-1.")] = "1",
     patch: Annotated[int, typer.Option(help="Patch size in pixels at that mag.")] = 140,

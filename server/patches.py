@@ -98,14 +98,20 @@ class PatchSource:
     ) -> PatchSource:
         mag_vec = parse_mag(mag)
         path_str = str(path)
-        if "://" not in path_str and not (Path(path_str) / "datasource-properties.json").is_file():
-            raise DatasetError(
-                f"{path_str} is not a webKnossos dataset (no datasource-properties.json found)"
-            )
-        try:
-            dataset = wk.Dataset.open(path_str)
-        except Exception as exc:  # the library raises many kinds here
-            raise DatasetError(f"cannot open webKnossos dataset at {path_str}: {exc}") from None
+        if is_webknossos_url(path_str):
+            dataset = _open_remote(path_str)
+        else:
+            if (
+                "://" not in path_str
+                and not (Path(path_str) / "datasource-properties.json").is_file()
+            ):
+                raise DatasetError(
+                    f"{path_str} is not a webKnossos dataset (no datasource-properties.json found)"
+                )
+            try:
+                dataset = wk.Dataset.open(path_str)
+            except Exception as exc:  # the library raises many kinds here
+                raise DatasetError(f"cannot open webKnossos dataset at {path_str}: {exc}") from None
         if layer not in dataset.layers:
             raise DatasetError(
                 f"dataset has no layer {layer!r} (layers: {', '.join(sorted(dataset.layers)) or 'none'})"
@@ -336,6 +342,34 @@ class _TensorStoreRead:
         dz, dy, dx = self._offset
         out[dz : dz + data.shape[0], dy : dy + data.shape[1], dx : dx + data.shape[2]] = data
         return out
+
+
+def is_webknossos_url(path: str) -> bool:
+    """``https://host/datasets/<name>-<id>/view``: a dataset on a webKnossos server."""
+    return path.startswith(("http://", "https://")) and "/datasets/" in path
+
+
+def _open_remote(url: str) -> Any:
+    """A dataset on the configured webKnossos server, read through its Zarr streaming."""
+    from server.settings import Settings
+
+    settings = Settings()  # read now: the server may be configured after start-up
+    if not settings.wk_url or settings.wk_token is None:
+        raise DatasetError(
+            f"{url} is on a webKnossos server: set ARTIFACT_LOOP_WK_URL and "
+            "ARTIFACT_LOOP_WK_TOKEN to read it"
+        )
+    server = settings.wk_url.rstrip("/")
+    if not url.startswith(server + "/"):
+        raise DatasetError(f"{url} is not on the configured webKnossos server {server}")
+    try:
+        with wk.webknossos_context(
+            url=server, token=settings.wk_token.get_secret_value(), timeout=settings.wk_timeout_s
+        ):
+            return wk.RemoteDataset.open(url)
+    except Exception as exc:  # unreachable, 401, unknown dataset: the library raises many kinds
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise DatasetError(f"cannot open webKnossos dataset {url}: {first}") from None
 
 
 def _open_tensorstore(mag_view: Any) -> Any:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -68,6 +69,7 @@ class FakeWebknossos:
 
     def __init__(self, token: str) -> None:
         self.state = State(token=token)
+        self.datasets: dict[str, Path] = {}
         self.lock = threading.Lock()
         self.url = ""
 
@@ -113,9 +115,63 @@ class FakeWebknossos:
             self.state.annotations[annotation.id] = annotation
             return annotation.id
 
+    def add_dataset(self, dataset_id: str, path: Path) -> None:
+        """A local dataset folder served as the datastore's Zarr streaming of ``dataset_id``."""
+        with self.lock:
+            self.datasets[dataset_id] = path
+
+    def _dataset_json(self, dataset_id: str) -> dict[str, Any]:
+        return {
+            "id": dataset_id,
+            "name": dataset_id,
+            "isPublic": False,
+            "folderId": "f-1",
+            "allowedTeams": [TEAM],
+            "tags": [],
+            "directoryName": dataset_id,
+            "owningOrganization": ORG,
+            "dataStore": {"url": self.url, "name": "localhost", "allowsUpload": True},
+            # properties come from the Zarr streaming route, as for a dataset being converted
+            "dataSource": {"id": {"name": dataset_id, "team": ORG}, "status": "streaming only"},
+            "created": 0.0,
+        }
+
+    def _zarr_file(self, path: str, range_header: str | None) -> tuple[int, Any, dict[str, str]]:
+        match = re.fullmatch(r"/data/v\d+/zarr/([^/]+)/(.*)", path)
+        if match is None or match.group(1) not in self.datasets:
+            return 404, {"messages": [{"error": "Dataset not found"}]}, {}
+        root = self.datasets[match.group(1)].resolve()
+        file = (root / unquote(match.group(2))).resolve()
+        if root not in file.parents or not file.is_file():
+            return 404, {"messages": [{"error": "not found"}]}, {}
+        data = file.read_bytes()
+        if range_header and range_header.startswith("bytes="):
+            start_text, _, end_text = range_header[6:].partition("-")
+            if start_text == "":  # suffix range: the last n bytes
+                start, end = max(0, len(data) - int(end_text)), len(data) - 1
+            else:
+                start = int(start_text)
+                end = int(end_text) if end_text else len(data) - 1
+            end = min(end, len(data) - 1)
+            return (
+                206,
+                data[start : end + 1],
+                {
+                    "Content-Range": f"bytes {start}-{end}/{len(data)}",
+                    "Accept-Ranges": "bytes",
+                },
+            )
+        return 200, data, {"Accept-Ranges": "bytes"}
+
     # -- the API -------------------------------------------------------------------------------
     def handle(
-        self, method: str, path: str, query: dict[str, str], body: Any, token: str | None
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        body: Any,
+        token: str | None,
+        range_header: str | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         if path == "/api/buildinfo":
             return (
@@ -128,6 +184,10 @@ class FakeWebknossos:
                 },
                 {},
             )
+        if path.startswith("/data/"):
+            if token != self.state.token:
+                return 401, {"messages": [{"error": "Unauthorized"}]}, {}
+            return self._zarr_file(path, range_header)
         match = re.fullmatch(r"/api(?:/v\d+)?(/.*)", path)
         if match is None:
             return 404, {"messages": [{"error": f"no route {path}"}]}, {}
@@ -144,6 +204,10 @@ class FakeWebknossos:
         s = self.state
         if method == "GET" and route == "/user":
             return 200, USER, {}
+        if m := re.fullmatch(r"/datasets/([^/]+)", route):
+            if m.group(1) not in self.datasets:
+                return 404, {"messages": [{"error": "Dataset not found"}]}, {}
+            return 200, self._dataset_json(m.group(1)), {}
         if method == "GET" and route == "/teams":
             return 200, [TEAM], {}
         if route == "/taskTypes":
@@ -273,7 +337,12 @@ def _handler(fake: FakeWebknossos) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else None
             status, payload, headers = fake.handle(
-                method, url.path, query, body, self.headers.get("X-Auth-Token")
+                method,
+                url.path,
+                query,
+                body,
+                self.headers.get("X-Auth-Token") or query.get("token"),
+                self.headers.get("Range"),
             )
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)

@@ -41,7 +41,12 @@ class DatasetCreate(BaseModel):
     )
 
     name: str = Field(min_length=1, max_length=200)
-    path: str = Field(min_length=1, max_length=4000, description="Local webKnossos dataset folder.")
+    path: str = Field(
+        min_length=1,
+        max_length=4000,
+        description="Local webKnossos dataset folder, or the dataset's URL on the configured "
+        "webKnossos server (read through its Zarr streaming).",
+    )
     layer: str = Field(default="color", min_length=1, max_length=200)
     mag: str = Field(default="1", min_length=1, max_length=50, description="e.g. 1 or 8-8-1")
     patch: int = Field(default=140, ge=8, le=4096, description="Patch size in pixels at the mag.")
