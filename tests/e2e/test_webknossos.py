@@ -191,3 +191,29 @@ def test_wrong_token_and_unreachable_server_are_clear_errors(tmp_path: Path) -> 
     gone = Settings(data_dir=tmp_path, wk_url=url, wk_token=TOKEN)
     with pytest.raises(ServiceUnavailable, match="unreachable"), wk_server(gone):
         wk.Team.get_list()
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("5f3a9c0e1d2b3c4d5e6f7a8b", "5f3a9c0e1d2b3c4d5e6f7a8b"),
+        ("https://wk.example.org/annotations/5f3a9c0e1d2b3c4d5e6f7a8b", "5f3a9c0e1d2b3c4d5e6f7a8b"),
+        (
+            "https://wk.example.org/annotations/5f3a9c0e1d2b3c4d5e6f7a8b#2000,3000,15",
+            "5f3a9c0e1d2b3c4d5e6f7a8b",
+        ),
+    ],
+)
+def test_annotations_are_given_by_id_or_url(ref: str, expected: str) -> None:
+    from server.wk_sync import _annotation_ref
+
+    assert _annotation_ref(ref) == expected
+
+
+@pytest.mark.parametrize("ref", ["", "not an id!", "https://wk.example.org/annotations/"])
+def test_malformed_annotation_references_are_refused(ref: str) -> None:
+    from server.errors import InvalidInput
+    from server.wk_sync import _annotation_ref
+
+    with pytest.raises(InvalidInput):
+        _annotation_ref(ref)
