@@ -311,12 +311,16 @@ def block_summary(
     prob: np.ndarray,
     truth: tuple[np.ndarray, np.ndarray] | None,
 ) -> dict[str, Any]:
-    """Clusters of above-threshold cells (26-connected) and ground-truth patch scores."""
+    """Clusters of above-threshold cells (8-connected within a section: artifacts of mSEM
+    are per section, and boxes one section deep are what a reviewer steps through) and
+    ground-truth patch scores."""
     from scipy import ndimage
 
     cw, ch = plan.cell_px
     mask = prob >= plan.threshold
-    labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    in_section = np.zeros((3, 3, 3), dtype=bool)
+    in_section[:, :, 1] = True
+    labels, _ = ndimage.label(mask, structure=in_section)
     clusters = []
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -415,7 +419,7 @@ def finish(plan: Plan, *, n_chunks: int, dataset_name: str, voxel_size: Any) -> 
         artifact_cells += summary["artifact_cells"]
         scores += summary["truth_scores"]
     cw, ch = plan.cell_px
-    clusters = merge_boxes(boxes, gap=(cw, ch, 1)) if boxes else []
+    clusters = merge_boxes(boxes, gap=(cw, ch, 0)) if boxes else []
     clusters.sort(key=lambda b: (b[2], b[1], b[0]))
     nml = Path(plan.out_path) / "artifacts.nml"
     annotation = wk.Annotation(
