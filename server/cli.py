@@ -255,6 +255,13 @@ def up(
     import subprocess
     import time
 
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C and `kill` both stop cleanly, also when started from a shell that ignores
+    # SIGINT for background jobs (an ignored SIGINT is inherited across exec)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop)
     runtime = _runtime()  # creates/migrates the embedded database
     settings = runtime.settings
     runtime.close()
