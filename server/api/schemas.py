@@ -199,10 +199,24 @@ class ModelVersionDetail(ModelVersionOut):
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"kind": "train", "params": {}}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"kind": "train", "params": {}},
+                {"kind": "predict", "params": {"stride": 32, "bbox": [0, 0, 0, 2048, 2048, 8]}},
+                {"kind": "sync", "params": {"annotations": ["<annotation id or URL>"]}},
+            ]
+        }
+    )
 
     kind: Literal["pretrain", "train", "score", "propose", "predict", "sync"]
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="train: epochs, patience. predict: model_version_id, stride (16/32/64), "
+        "threshold, bbox [x, y, z, w, h, d] in mag-1 voxels, sections_per_chunk. "
+        "sync: annotations (webKnossos annotation ids or URLs to import besides the "
+        "linked project's finished tasks).",
+    )
 
 
 class JobOut(Orm):
