@@ -620,7 +620,6 @@ def handle_predict(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
 
 def handle_predict_chunk(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
     from server import modeling, predict
-    from server.simulate import load_truth
 
     dataset = _load_dataset(rt, job)
     with write_transaction(rt.sessions) as session:
@@ -634,9 +633,7 @@ def handle_predict_chunk(rt: Runtime, job: Job, sender: JobSender) -> dict[str, 
         weights = Path(version.weights_path)
     classifier, temperature = modeling.load_classifier(weights, settings=rt.settings)
     block = tuple(int(v) for v in job.params["block"])
-    truth = None
-    if (Path(dataset.path) / "ground_truth.csv").is_file():
-        truth = load_truth(Path(dataset.path))
+    truth = predict.ground_truth(dataset.path)
     with open_source(dataset) as source:
         prob = predict.predict_block(
             source,
@@ -722,18 +719,13 @@ def periodic_sync(rt: Runtime, sender: JobSender) -> list[int]:
 
     if not rt.settings.wk_url or rt.settings.wk_token is None:
         return []
-    started = []
     with write_transaction(rt.sessions) as session:
-        for dataset in session.scalars(select(Dataset)):
-            if link_of(dataset) is None:
-                continue
-            if jobs.active_jobs(session, dataset_id=dataset.id, kinds=("sync",)):
-                continue
-            job = jobs.start_job(
-                session, sender=sender, kind="sync", dataset_id=dataset.id, requested_by="schedule"
-            ).job
-            started.append(job.id)
-    return started
+        started = [
+            _start_sync(session, sender=sender, dataset_id=dataset.id, requested_by="schedule")
+            for dataset in session.scalars(select(Dataset))
+            if link_of(dataset) is not None
+        ]
+    return [job_id for job_id in started if job_id is not None]
 
 
 def _push_to_webknossos(session: Session, *, sender: JobSender, dataset_id: int) -> None:
@@ -742,11 +734,19 @@ def _push_to_webknossos(session: Session, *, sender: JobSender, dataset_id: int)
 
     dataset = session.get(Dataset, dataset_id)
     link = link_of(dataset) if dataset is not None else None
-    if link is None or not link.get("push"):
-        return
+    if link is not None and link.get("push"):
+        _start_sync(session, sender=sender, dataset_id=dataset_id, requested_by="loop")
+
+
+def _start_sync(
+    session: Session, *, sender: JobSender, dataset_id: int, requested_by: str
+) -> int | None:
+    """Start a sync of the dataset unless one is waiting or running; the new job's id."""
     if jobs.active_jobs(session, dataset_id=dataset_id, kinds=("sync",)):
-        return
-    jobs.start_job(session, sender=sender, kind="sync", dataset_id=dataset_id, requested_by="loop")
+        return None
+    return jobs.start_job(
+        session, sender=sender, kind="sync", dataset_id=dataset_id, requested_by=requested_by
+    ).job.id
 
 
 def _chunk_finished(rt: Runtime, session: Session, *, sender: JobSender, parent_id: int) -> None:
@@ -767,17 +767,21 @@ def _chunk_finished(rt: Runtime, session: Session, *, sender: JobSender, parent_
     total = sum(states.values())
     done = states.get("succeeded", 0)
     parent.progress = done / max(total, 1)
-    verb = "predicted" if parent.kind == "predict" else "scored"
+    verb, finish = _CHUNKED[parent.kind]
     parent.message = f"{done} of {total} chunks {verb}"
     parent.heartbeat_at = utcnow()
     if done < total:
         return
-    if parent.kind == "predict":
-        _predict_finished(rt, session, parent, chunks=total)
-        return
+    finish(rt, session, sender, parent, total)
+
+
+def _score_finished(
+    rt: Runtime, session: Session, sender: JobSender, parent: Job, chunks: int
+) -> None:
+    """All chunks are scored: the version proposes the next batch."""
     parent.state = "succeeded"
     parent.finished_at = utcnow()
-    parent.result = {"chunks": total, "model_version_id": parent.params.get("model_version_id")}
+    parent.result = {"chunks": chunks, "model_version_id": parent.params.get("model_version_id")}
     session.flush()
     jobs.start_job(
         session,
@@ -789,7 +793,9 @@ def _chunk_finished(rt: Runtime, session: Session, *, sender: JobSender, parent_
     )
 
 
-def _predict_finished(rt: Runtime, session: Session, parent: Job, *, chunks: int) -> None:
+def _predict_finished(
+    rt: Runtime, session: Session, sender: JobSender, parent: Job, chunks: int
+) -> None:
     """All chunks are written: merge their clusters into the NML and write the report."""
     from server import predict
 
@@ -819,6 +825,13 @@ def _predict_finished(rt: Runtime, session: Session, parent: Job, *, chunks: int
     parent.message = f"{report['clusters']} artifact clusters" + (
         f"; patch PR-AUC {gt['pr_auc']}" if gt and gt.get("pr_auc") is not None else ""
     )
+
+
+# parent kind -> (what its chunks do, what happens when all are done)
+_CHUNKED: dict[str, tuple[str, Callable[[Runtime, Session, JobSender, Job, int], None]]] = {
+    "score": ("scored", _score_finished),
+    "predict": ("predicted", _predict_finished),
+}
 
 
 def _is_pg(session: Session) -> bool:

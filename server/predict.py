@@ -366,6 +366,22 @@ def block_summary(
     }
 
 
+def ground_truth(dataset_path: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The dataset's ``ground_truth.csv`` (origins, labels), if it has one; read once per
+    process (and again only when the file changes), not once per chunk."""
+    path = Path(dataset_path) / "ground_truth.csv"
+    if "://" in dataset_path or not path.is_file():
+        return None
+    return _ground_truth(str(path.parent), path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=2)
+def _ground_truth(folder: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    from server.simulate import load_truth
+
+    return load_truth(Path(folder))
+
+
 def chunk_file(plan: Plan, index: int) -> Path:
     return Path(plan.out_path) / "chunks" / f"chunk-{index:06d}.json"
 

@@ -74,19 +74,6 @@ def link_of(dataset: Dataset) -> dict[str, Any] | None:
     return link if isinstance(link, dict) and link.get("dataset_id") else None
 
 
-def validate_link(body: dict[str, Any]) -> dict[str, Any]:
-    dataset_id = body.get("dataset_id")
-    if not isinstance(dataset_id, str) or not dataset_id.strip() or len(dataset_id) > 200:
-        raise InvalidInput("dataset_id must be the dataset's id on the webKnossos server")
-    instances = body.get("instances", 1)
-    if not isinstance(instances, int) or isinstance(instances, bool) or not 1 <= instances <= 10:
-        raise InvalidInput("instances must be an integer from 1 to 10")
-    push = body.get("push", False)
-    if not isinstance(push, bool):
-        raise InvalidInput("push must be true or false")
-    return {"dataset_id": dataset_id.strip(), "push": push, "instances": instances}
-
-
 def project_name(settings: Settings, dataset: Dataset) -> str:
     return f"{settings.wk_project_prefix}-{dataset.name}"
 
@@ -237,8 +224,6 @@ def _annotation_ref(value: str) -> str:
     text = value.strip()
     if "/annotations/" in text:
         text = text.split("/annotations/", 1)[1].split("/")[0].split("#")[0].split("?")[0]
-        if "-" in text and not text.replace("-", "").isalnum():
-            raise InvalidInput(f"cannot read an annotation id from {value!r}")
     if not text or not text.replace("-", "").replace("_", "").isalnum() or len(text) > 100:
         raise InvalidInput(f"{value!r} is not a webKnossos annotation id or URL")
     return text
@@ -282,12 +267,7 @@ def pull_annotations(
     report.annotations_seen = len(candidates)
     for item in candidates:
         with write_transaction(sessions) as session:
-            seen = session.scalar(
-                select(WkAnnotation).where(
-                    WkAnnotation.dataset_id == dataset.id,
-                    WkAnnotation.annotation_id == item.annotation_id,
-                )
-            )
+            seen = _imported(session, dataset_id=dataset.id, annotation_id=item.annotation_id)
             if seen is not None and seen.modified == item.modified:
                 report.annotations_unchanged += 1
                 continue
@@ -304,12 +284,7 @@ def pull_annotations(
                     annotator=f"webknossos:{item.owner or 'unknown'}",
                     source="webknossos",
                 )
-                row = session.scalar(
-                    select(WkAnnotation).where(
-                        WkAnnotation.dataset_id == dataset.id,
-                        WkAnnotation.annotation_id == item.annotation_id,
-                    )
-                )
+                row = _imported(session, dataset_id=dataset.id, annotation_id=item.annotation_id)
                 if row is None:
                     row = WkAnnotation(
                         dataset_id=dataset.id,
@@ -328,6 +303,14 @@ def pull_annotations(
             continue
         report.annotations_imported += 1
         report.labels_added += imported.added
+
+
+def _imported(session: Session, *, dataset_id: int, annotation_id: str) -> WkAnnotation | None:
+    return session.scalar(
+        select(WkAnnotation).where(
+            WkAnnotation.dataset_id == dataset_id, WkAnnotation.annotation_id == annotation_id
+        )
+    )
 
 
 def _task_finished(session: Session, *, dataset_id: int, wk_task_id: str) -> None:

@@ -37,11 +37,6 @@ def start(
         from server.wk_sync import check_sync
 
         check_sync(state.runtime.settings, dataset, body.params or {})
-    if body.kind in ("predict", "sync"):
-        from server.loop import HANDLERS
-
-        if body.kind not in HANDLERS:
-            raise InvalidInput(f"{body.kind} jobs are not available in this version")
     started = jobs.start_job(
         session,
         sender=state.sender,

@@ -12,14 +12,17 @@ from sqlalchemy import func, select
 from server.api.deps import AdminUser, CurrentUser, DatasetId, SessionDep, StateDep
 from server.datasets import get_dataset
 from server.db.tables import WkAnnotation, WkTask
-from server.wk_sync import link_of, validate_link
+from server.wk_sync import link_of
 
 router = APIRouter(tags=["webknossos"])
 
 
 class WebknossosLink(BaseModel):
     dataset_id: str = Field(
-        min_length=1, max_length=200, description="The dataset's id on the webKnossos server"
+        min_length=1,
+        max_length=200,
+        pattern=r"^\S+$",
+        description="The dataset's id on the webKnossos server",
     )
     push: bool = Field(default=False, description="Push proposed patches as webKnossos tasks")
     instances: int = Field(default=1, ge=1, le=10, description="Annotators per pushed task")
@@ -82,6 +85,6 @@ def put_link(
     _user: AdminUser,
 ) -> WebknossosStatus:
     dataset = get_dataset(session, dataset_id)
-    dataset.settings = {**(dataset.settings or {}), "webknossos": validate_link(body.model_dump())}
+    dataset.settings = {**(dataset.settings or {}), "webknossos": body.model_dump()}
     session.flush()
     return _status(session, state, dataset_id)
