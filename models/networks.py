@@ -6,11 +6,14 @@ the config alone (see :mod:`models.checkpoint`).
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 @dataclass(frozen=True)
@@ -220,3 +223,42 @@ class Classifier(nn.Module):
 
     def load_encoder_from(self, autoencoder: Autoencoder) -> None:
         self.encoder.load_state_dict(autoencoder.encoder.state_dict())
+
+
+def for_inference(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for fast eval-mode forward passes: every conv + BatchNorm pair
+    folded into one conv, and channels-last memory on the CPU (4-5x the patches per second
+    on two cores; results equal to float rounding). The original stays untouched."""
+    fast = copy.deepcopy(model).eval()
+    for block in fast.modules():
+        if (
+            isinstance(block, nn.Sequential)
+            and len(block) >= 2
+            and isinstance(block[0], nn.Conv2d)
+            and isinstance(block[1], nn.BatchNorm2d)
+        ):
+            block[0] = fuse_conv_bn_eval(block[0], block[1])
+            block[1] = nn.Identity()
+    if next(fast.parameters()).device.type == "cpu":
+        fast = fast.to(memory_format=torch.channels_last)
+    return fast
+
+
+# rotations first: the first 4 views are the quarter turns, all 8 add the mirror images
+DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
+def dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """``x`` rotated by ``k`` quarter turns, then mirrored left-right if ``flip``."""
+    x = torch.rot90(x, k, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if flip else x
+
+
+def dihedral_views(x: torch.Tensor, n: int) -> Iterator[torch.Tensor]:
+    """The first ``n`` (1-8) of the flips/quarter turns of a batch, channels-last on the CPU
+    (for a model made by :func:`for_inference`)."""
+    if not 1 <= n <= len(DIHEDRAL):
+        raise ValueError(f"test-time views must be 1..{len(DIHEDRAL)}, got {n}")
+    for k, flip in DIHEDRAL[:n]:
+        view = dihedral(x, k, flip)
+        yield view.contiguous(memory_format=torch.channels_last) if x.is_cpu else view

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.networks import Autoencoder, Classifier
+from models.networks import Autoencoder, Classifier, dihedral_views, for_inference
 
 
 @dataclass
@@ -46,7 +46,10 @@ def score_batch(
     temperature: float = 1.0,
     recon_reference: dict[str, float] | None = None,
     mc_samples: int = 0,
+    tta: int = 1,
 ) -> Scores:
+    """Scores of one batch. ``tta`` > 1 averages the classifier's logits and features over
+    that many flips/quarter turns of each patch (use the ``tta`` it was calibrated with)."""
     n = len(x)
     nan = np.full(n, np.nan, dtype=np.float32)
     model = classifier if classifier is not None else autoencoder
@@ -55,31 +58,37 @@ def score_batch(
     xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
     p, entropy, margin, bald = nan, nan, nan, nan
     if classifier is not None:
-        classifier.eval()
-        feats = classifier.features(xb)
-        logit, _ = classifier.head(feats)
+        fast = for_inference(classifier)
+        views = max(1, tta)
+        feats = torch.zeros(0, device=dev)
+        logit = torch.zeros(n, device=dev)
+        for view in dihedral_views(xb, views):
+            f = fast.features(view)
+            feats = f if feats.numel() == 0 else feats + f
+            logit += fast.head(f)[0].float()
+        feats, logit = feats / views, logit / views
         p = torch.sigmoid(logit / temperature).float().cpu().numpy()
         entropy = binary_entropy(p)
         margin = 1 - np.abs(2 * p - 1)
         embedding = feats[:, : feats.shape[1] // 2].float().cpu().numpy()
         if mc_samples > 1:
-            classifier.head.train()  # dropout on, BatchNorm untouched (the head has none)
+            fast.head.train()  # dropout on, BatchNorm untouched (the head has none)
             samples = np.stack(
                 [
-                    torch.sigmoid(classifier.head(feats)[0] / temperature).float().cpu().numpy()
+                    torch.sigmoid(fast.head(feats)[0] / temperature).float().cpu().numpy()
                     for _ in range(mc_samples)
                 ]
             )
-            classifier.head.eval()
             bald = binary_entropy(samples.mean(0)) - binary_entropy(samples).mean(0)
     recon = nan
     if autoencoder is not None:
-        autoencoder.eval()
-        err = ((autoencoder(xb) - xb) ** 2).mean(dim=(1, 2, 3)).float().cpu().numpy()
+        fast_ae = for_inference(autoencoder)
+        xin = next(dihedral_views(xb, 1))
+        err = ((fast_ae(xin) - xb) ** 2).mean(dim=(1, 2, 3)).float().cpu().numpy()
         ref = recon_reference or {"median": 0.0, "mad": 1.0}
         recon = (err - ref["median"]) / (1.4826 * max(ref["mad"], 1e-9))
         if classifier is None:
-            embedding = autoencoder.embed(xb).float().cpu().numpy()
+            embedding = fast_ae.embed(xin).float().cpu().numpy()
     return Scores(
         p_artifact=np.asarray(p, np.float32),
         entropy=np.asarray(entropy, np.float32),
@@ -98,6 +107,7 @@ def score_stream(
     temperature: float = 1.0,
     recon_reference: dict[str, float] | None = None,
     mc_samples: int = 0,
+    tta: int = 1,
 ) -> Scores:
     """Score every batch; only the small per-patch results are kept."""
     parts = [
@@ -108,6 +118,7 @@ def score_stream(
             temperature=temperature,
             recon_reference=recon_reference,
             mc_samples=mc_samples,
+            tta=tta,
         )
         for b in batches
     ]

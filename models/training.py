@@ -18,7 +18,16 @@ import torch
 import torch.nn.functional as F
 
 from models.metrics import classification_report
-from models.networks import Autoencoder, AutoencoderConfig, Classifier, ClassifierConfig
+from models.networks import (
+    DIHEDRAL,
+    Autoencoder,
+    AutoencoderConfig,
+    Classifier,
+    ClassifierConfig,
+    dihedral,
+    dihedral_views,
+    for_inference,
+)
 
 Progress = Callable[[float, str, dict[str, Any]], None]
 
@@ -36,15 +45,20 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random flips, 90-degree rotations and brightness/contrast jitter, per batch."""
-    k = int(torch.randint(0, 4, (1,), generator=generator))
-    x = torch.rot90(x, k, dims=(2, 3))
-    if bool(torch.randint(0, 2, (1,), generator=generator)):
-        x = torch.flip(x, dims=(3,))
+    """Per patch: one of the 8 flips/quarter turns, and brightness/contrast jitter.
+
+    Drawn per patch rather than per batch, so every batch mixes orientations (a batch that
+    all points one way biases the BatchNorm statistics of that step)."""
     n = x.shape[0]
+    view = torch.randint(0, len(DIHEDRAL), (n,), generator=generator)
+    out = torch.empty_like(x)
+    for v, (k, flip) in enumerate(DIHEDRAL):
+        chosen = view == v
+        if bool(chosen.any()):
+            out[chosen] = dihedral(x[chosen], k, flip)
     gain = 1 + 0.15 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 2
     shift = 0.15 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 2
-    return x * gain.to(x.device) + shift.to(x.device)
+    return out * gain.to(x.device) + shift.to(x.device)
 
 
 # -- autoencoder ------------------------------------------------------------------------------
@@ -72,6 +86,9 @@ def pretrain_autoencoder(
     seed_everything(seed)
     dev = pick_device(device)
     model = Autoencoder(config).to(dev)
+    cpu = dev.type == "cpu"
+    if cpu:
+        model = model.to(memory_format=torch.channels_last)  # ~1.4x faster convs on the CPU
     n_val = max(1, int(len(patches) * val_fraction))
     order = np.random.default_rng(seed).permutation(len(patches))
     val, train = patches[order[:n_val]], patches[order[n_val:]]
@@ -82,11 +99,15 @@ def pretrain_autoencoder(
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
     history: list[dict[str, float]] = []
     best = (math.inf, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    shuffle = np.random.default_rng(seed + 1)
     for epoch in range(epochs):
         model.train()
         losses = []
+        epoch_order = shuffle.permutation(len(train))
         for start in range(0, len(train), batch_size):
-            xb = torch.from_numpy(train[start : start + batch_size]).to(dev)
+            xb = torch.from_numpy(train[epoch_order[start : start + batch_size]]).to(dev)
+            if cpu:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(dev.type, enabled=dev.type == "cuda"):
                 loss = F.mse_loss(model(xb), xb)
             opt.zero_grad(set_to_none=True)
@@ -114,6 +135,7 @@ def pretrain_autoencoder(
                 record,
             )
     model.load_state_dict(best[1])
+    model = model.to(memory_format=torch.contiguous_format).eval()
     errors = reconstruction_errors(model, val, batch_size=batch_size * 2)
     median = float(np.median(errors))
     mad = float(np.median(np.abs(errors - median))) or 1e-6
@@ -124,12 +146,14 @@ def pretrain_autoencoder(
 def reconstruction_errors(
     model: Autoencoder, patches: np.ndarray, *, batch_size: int = 64
 ) -> np.ndarray:
-    model.eval()
-    dev = next(model.parameters()).device
+    """Mean squared reconstruction error per patch."""
+    fast = for_inference(model)
+    dev = next(fast.parameters()).device
     out = []
     for start in range(0, len(patches), batch_size):
-        xb = torch.from_numpy(patches[start : start + batch_size]).to(dev)
-        out.append(((model(xb) - xb) ** 2).mean(dim=(1, 2, 3)).float().cpu().numpy())
+        xb = torch.from_numpy(np.asarray(patches[start : start + batch_size], np.float32))
+        xb = next(dihedral_views(xb.to(dev), 1))
+        out.append(((fast(xb) - xb) ** 2).mean(dim=(1, 2, 3)).float().cpu().numpy())
     return np.concatenate(out) if out else np.empty(0, np.float32)
 
 
@@ -141,6 +165,7 @@ class ClassifierResult:
     threshold: float
     history: list[dict[str, float]]
     validation: dict[str, Any] = field(default_factory=dict)
+    tta: int = 1  # views averaged for the calibration: score with as many
 
 
 def train_classifier(
@@ -150,13 +175,15 @@ def train_classifier(
     autoencoder: Autoencoder | None = None,
     types: np.ndarray | None = None,
     config: ClassifierConfig | None = None,
-    epochs: int = 40,
+    epochs: int = 60,
     frozen_epochs: int = 0,
     batch_size: int = 16,
     lr: float = 2e-3,
     encoder_lr_factor: float = 1.0,
     val_fraction: float = 0.2,
-    patience: int = 10,
+    patience: int = 20,
+    ema_decay: float = 0.99,
+    tta: int = 8,
     seed: int = 0,
     device: str = "auto",
     progress: Progress | None = None,
@@ -166,10 +193,15 @@ def train_classifier(
     The encoder starts from the autoencoder, may stay frozen for ``frozen_epochs`` and then
     trains at ``encoder_lr_factor`` times the head's rate (on the synthetic benchmark, full
     fine-tuning from the first epoch gave the best held-out F1: 0.73 vs 0.54 with 3 frozen
-    epochs and a 0.1 factor, 600 labels). Positives are rare: the loss
-    weighs them by the class ratio. Early stopping on the validation loss; afterwards a
-    temperature is fitted on the validation split so probabilities are calibrated.
+    epochs and a 0.1 factor, 600 labels). Positives are rare: every epoch draws half of its
+    batches' patches from the positives (with replacement) and half from the negatives.
+    The weights that are evaluated and kept are an exponential moving average (``ema_decay``
+    per step) of the trained ones, with early stopping on the validation loss. Afterwards a
+    temperature and a threshold are fitted on the validation split, on logits averaged over
+    ``tta`` flips/rotations (:func:`predict_logits`), the way the model is then used.
     """
+    from torch.optim.swa_utils import AveragedModel
+
     seed_everything(seed)
     dev = pick_device(device)
     y = np.asarray(labels, dtype=np.float32)
@@ -179,17 +211,27 @@ def train_classifier(
     model = Classifier(config).to(dev)
     if autoencoder is not None:
         model.load_encoder_from(autoencoder)
+    if dev.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)  # ~1.4x faster convs on the CPU
+    ema = (
+        AveragedModel(model, multi_avg_fn=_ema_with_warmup(ema_decay), use_buffers=True)
+        if ema_decay > 0
+        else None
+    )
+    kept = ema.module if ema is not None else model
     train_idx, val_idx = _stratified_split(y, val_fraction, seed)
     pos = max(float(y[train_idx].sum()), 1.0)
-    pos_weight = torch.tensor(max(1.0, (len(train_idx) - pos) / pos), device=dev)
-    head_params = list(model.head.parameters())
+    # the validation loss weighs classes equally, like the balanced batches
+    pos_weight = torch.tensor(max(1.0, (len(train_idx) - pos) / pos))
     opt = torch.optim.AdamW(
         [
-            {"params": head_params, "lr": lr},
+            {"params": list(model.head.parameters()), "lr": lr},
             {"params": model.encoder.parameters(), "lr": lr * encoder_lr_factor},
         ],
         weight_decay=1e-4,
     )
+    cuda = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     gen = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     best_loss, best_state, stale = math.inf, None, 0
@@ -203,29 +245,35 @@ def train_classifier(
         model.train()
         if frozen:
             model.encoder.eval()  # keep the AE's BatchNorm statistics while frozen
-        perm = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        order = balanced_order(y, train_idx, gen)
         losses = []
-        for start in range(0, len(perm), batch_size):
-            idx = perm[start : start + batch_size]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
             if len(idx) < 2:
                 continue
             xb = augment(xt[idx], gen).to(dev)
+            if not cuda:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             yb = yt[idx].to(dev)
-            logit, type_logits = model(xb)
-            loss = F.binary_cross_entropy_with_logits(logit, yb, pos_weight=pos_weight)
-            if type_logits is not None and tt is not None:
-                tb = tt[idx].to(dev)
-                typed = tb >= 0
-                if typed.any():
-                    loss = loss + 0.3 * F.cross_entropy(type_logits[typed], tb[typed])
+            with torch.autocast(dev.type, enabled=cuda):
+                logit, type_logits = model(xb)
+                loss = F.binary_cross_entropy_with_logits(logit.float(), yb)
+                if type_logits is not None and tt is not None:
+                    tb = tt[idx].to(dev)
+                    typed = tb >= 0
+                    if typed.any():
+                        loss = loss + 0.3 * F.cross_entropy(type_logits[typed].float(), tb[typed])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if ema is not None:
+                ema.update_parameters(model)
             losses.append(float(loss.detach()))
-        val_logits = predict_logits(model, patches[val_idx])
+        val_logits = predict_logits(kept, patches[val_idx])
         val_loss = float(
             F.binary_cross_entropy_with_logits(
-                torch.from_numpy(val_logits), yt[val_idx], pos_weight=pos_weight.cpu()
+                torch.from_numpy(val_logits), yt[val_idx], pos_weight=pos_weight
             )
         )
         record = {
@@ -240,19 +288,56 @@ def train_classifier(
             )
         if val_loss < best_loss - 1e-4:
             best_loss, stale = val_loss, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
         else:
             stale += 1
             if stale >= patience and epoch >= frozen_epochs:
                 break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    val_logits = predict_logits(model, patches[val_idx])
+    result = Classifier(config)
+    result.load_state_dict(best_state if best_state is not None else kept.state_dict())
+    result.to(dev).eval()
+    val_logits = predict_logits(result, patches[val_idx], tta=tta)
     temperature = fit_temperature(val_logits, y[val_idx])
     probs = 1 / (1 + np.exp(-val_logits / temperature))
     threshold = best_f1_threshold(y[val_idx], probs)
     validation = classification_report(y[val_idx], probs, threshold=threshold)
-    return ClassifierResult(model, temperature, threshold, history, validation)
+    return ClassifierResult(result, temperature, threshold, history, validation, tta)
+
+
+def _ema_with_warmup(decay: float) -> Callable[..., None]:
+    """EMA update whose decay ramps up, (1 + n) / (10 + n) after n steps, to ``decay``: with
+    few labels an epoch is a handful of steps, and a plain 0.99 would keep the untrained
+    head in the average for dozens of epochs (early stopping then picked near-random ones)."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        d = min(decay, (1 + float(n)) / (10 + float(n)))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # integer buffers (BatchNorm's batch counter): take the current value
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return update
+
+
+def balanced_order(y: np.ndarray, train_idx: np.ndarray, generator: torch.Generator) -> np.ndarray:
+    """One epoch's sample order, as long as ``train_idx``: half positives, drawn with
+    replacement (there are few), and half negatives without; shuffled together. With one
+    class only, a plain shuffle."""
+    pos = train_idx[y[train_idx] == 1]
+    neg = train_idx[y[train_idx] == 0]
+    n = len(train_idx)
+    if len(pos) == 0 or len(neg) == 0:
+        return train_idx[torch.randperm(n, generator=generator).numpy()]
+    n_pos = n // 2
+    picks = np.concatenate(
+        [
+            pos[torch.randint(len(pos), (n_pos,), generator=generator).numpy()],
+            neg[torch.randperm(len(neg), generator=generator).numpy()[: n - n_pos]],
+        ]
+    )
+    return picks[torch.randperm(len(picks), generator=generator).numpy()]
 
 
 def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -268,13 +353,26 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
 
 
 @torch.no_grad()
-def predict_logits(model: Classifier, patches: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
-    model.eval()
-    dev = next(model.parameters()).device
+def predict_logits(
+    model: Classifier, patches: np.ndarray, *, batch_size: int = 64, tta: int = 1
+) -> np.ndarray:
+    """Artifact logits of ``patches`` (n, 1, h, w), averaged over the first ``tta`` of the
+    8 flips/quarter turns (test-time augmentation: 8 views gave +0.02-0.03 PR-AUC on
+    held-out synthetic sections, for 8x the compute)."""
+    return tta_logits(for_inference(model), patches, batch_size=batch_size, tta=tta)
+
+
+def tta_logits(
+    fast: torch.nn.Module, patches: np.ndarray, *, batch_size: int = 64, tta: int = 1
+) -> np.ndarray:
+    """:func:`predict_logits` on a model already made by ``for_inference``."""
+    dev = next(fast.parameters()).device
     out = []
-    for start in range(0, len(patches), batch_size):
-        logit, _ = model(torch.from_numpy(patches[start : start + batch_size]).to(dev))
-        out.append(logit.float().cpu().numpy())
+    with torch.inference_mode():
+        for start in range(0, len(patches), batch_size):
+            xb = torch.from_numpy(np.asarray(patches[start : start + batch_size], np.float32))
+            views = [fast(view)[0].float() for view in dihedral_views(xb.to(dev), tta)]
+            out.append((torch.stack(views).mean(0)).cpu().numpy())
     return np.concatenate(out) if out else np.empty(0, np.float32)
 
 

@@ -11,9 +11,25 @@ import torch
 from models import acquisition as acq
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.metrics import average_precision, classification_report, precision_at_recall, roc_auc
-from models.networks import Autoencoder, Classifier, ClassifierConfig, Encoder, EncoderConfig
+from models.networks import (
+    DIHEDRAL,
+    Autoencoder,
+    Classifier,
+    ClassifierConfig,
+    Encoder,
+    EncoderConfig,
+    dihedral,
+    for_inference,
+)
 from models.scoring import score_stream
-from models.training import fit_temperature, pretrain_autoencoder, train_classifier
+from models.training import (
+    augment,
+    balanced_order,
+    fit_temperature,
+    predict_logits,
+    pretrain_autoencoder,
+    train_classifier,
+)
 
 torch.set_num_threads(1)
 
@@ -196,3 +212,69 @@ def test_temperature_scaling_softens_overconfident_logits() -> None:
     y = rng.random(400) < 0.5
     logits = np.where(y, 1.0, -1.0) * 8 + rng.standard_normal(400) * 8  # overconfident
     assert fit_temperature(logits, y.astype(float)) > 1.5
+
+
+def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine terms, as after training."""
+    torch.manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def test_inference_copy_gives_the_same_outputs() -> None:
+    """Folding BatchNorm into the convs and channels-last memory change speed, not results."""
+    x = torch.from_numpy(patches(4))
+    clf = _trained_looking(Classifier())
+    ae = _trained_looking(Autoencoder())
+    fast_clf, fast_ae = for_inference(clf), for_inference(ae)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast_clf.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in clf.modules()), "original kept"
+    with torch.no_grad():
+        torch.testing.assert_close(fast_clf(x)[0], clf(x)[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast_ae(x), ae(x), rtol=1e-4, atol=1e-4)
+
+
+def test_test_time_augmentation_over_all_eight_views_is_flip_invariant() -> None:
+    """Averaged over the 8 flips/quarter turns, a patch and any flipped copy score alike;
+    one view does not (the convolutions are not symmetric)."""
+    x = patches(3, seed=4)
+    clf = _trained_looking(Classifier())
+    plain = predict_logits(clf, x, tta=8)
+    one = predict_logits(clf, x, tta=1)
+    for k, flip in DIHEDRAL[1:]:
+        turned = dihedral(torch.from_numpy(x), k, flip).numpy()
+        np.testing.assert_allclose(predict_logits(clf, turned, tta=8), plain, atol=1e-4)
+    turned = dihedral(torch.from_numpy(x), 1, False).numpy()
+    assert not np.allclose(predict_logits(clf, turned, tta=1), one, atol=1e-4)
+    with pytest.raises(ValueError, match=r"1\.\.8"):
+        predict_logits(clf, x, tta=9)
+
+
+def test_augmentation_turns_each_patch_its_own_way() -> None:
+    """Every output is one of the 8 flips/quarter turns of its input (up to the brightness
+    and contrast jitter), and a batch mixes several of them."""
+    base = torch.from_numpy(patches(1, seed=5)).repeat(32, 1, 1, 1)
+    out = augment(base, torch.Generator().manual_seed(0))
+    views = torch.stack([dihedral(base[0], k, flip) for k, flip in DIHEDRAL])  # (8, 1, h, w)
+    seen = set()
+    for o in out:
+        corr = [float(np.corrcoef(o.flatten(), v.flatten())[0, 1]) for v in views]
+        best = int(np.argmax(corr))
+        assert corr[best] > 0.999
+        seen.add(best)
+    assert len(seen) >= 4
+
+
+def test_balanced_order_draws_half_positives() -> None:
+    y = np.array([1] * 5 + [0] * 95, dtype=np.float32)
+    train = np.arange(100)
+    order = balanced_order(y, train, torch.Generator().manual_seed(0))
+    assert len(order) == 100 and y[order].sum() == 50
+    assert set(order[y[order] == 0]).__len__() == 50, "negatives without replacement"
+    only_neg = balanced_order(np.zeros(10, np.float32), np.arange(10), torch.Generator())
+    assert sorted(only_neg.tolist()) == list(range(10))
