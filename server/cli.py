@@ -323,6 +323,9 @@ def simulate(
         "simulation"
     ),
     quick: Annotated[bool, typer.Option("--quick", help="A tiny run (for tests).")] = False,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Curves run side by side (0: one per CPU core).")
+    ] = 0,
 ) -> None:
     """Offline benchmark: acquisition strategies vs. random sampling, ground truth as oracle."""
     from dataclasses import replace
@@ -338,6 +341,8 @@ def simulate(
         config = replace(
             SimulationConfig(), strategies=strategies, budget=budget, batch=batch, seeds=seeds
         )
+    if workers:
+        config = replace(config, workers=workers)
     with Progress(console=err_console) as progress:
         bar = progress.add_task("simulating", total=None)
 

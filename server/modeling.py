@@ -175,7 +175,8 @@ def train_classifier(
         autoencoder=ae,
         types=types if use_types else None,
         epochs=int(params.get("epochs", settings.train_epochs)),
-        patience=int(params.get("patience", 10)),
+        patience=int(params.get("patience", 20)),
+        tta=settings.tta,
         seed=int(params.get("seed", 0)),
         device=settings.device,
         progress=on_epoch,
@@ -190,12 +191,14 @@ def train_classifier(
         "validation": result.validation,
         "temperature": result.temperature,
         "threshold": result.threshold,
+        "tta": result.tta,
     }
     if audit_labels:
         progress(0.92, "evaluating on the audit set")
         xa = _read(source, dataset, _label_origins(dataset, audit_labels))
         ya = np.asarray([lab.label == "artifact" for lab in audit_labels], dtype=bool)
-        pa = 1 / (1 + np.exp(-predict_logits(result.model, xa) / result.temperature))
+        logits = predict_logits(result.model, xa, tta=result.tta)
+        pa = 1 / (1 + np.exp(-logits / result.temperature))
         report = classification_report(ya, pa, threshold=result.threshold)
         report["examples"] = _examples(audit_labels, ya, pa, result.threshold)
         metrics["audit"] = report
@@ -208,6 +211,7 @@ def train_classifier(
         extra={
             "temperature": result.temperature,
             "threshold": result.threshold,
+            "tta": result.tta,
             "label_snapshot_id": snapshot_id,
             "ae_weights": str(ae_weights),
         },
@@ -254,8 +258,9 @@ def _examples(
 
 # -- scoring ----------------------------------------------------------------------------------
 def load_classifier(weights: Path, *, settings: Settings) -> tuple[Any, float]:
-    """A classifier checkpoint (eval mode, on the configured device's CPU fallback) and its
-    calibration temperature; cached per process, since chunk jobs reuse the same one."""
+    """A classifier checkpoint, made ready for fast forward passes (BatchNorm folded into the
+    convs, eval mode), and its calibration temperature; cached per process, since chunk jobs
+    reuse the same one."""
     _threads(settings)
     return _load_classifier(str(weights))
 
@@ -263,9 +268,10 @@ def load_classifier(weights: Path, *, settings: Settings) -> tuple[Any, float]:
 @lru_cache(maxsize=2)
 def _load_classifier(path: str) -> tuple[Any, float]:
     from models.checkpoint import load_checkpoint
+    from models.networks import for_inference
 
     model, meta = load_checkpoint(Path(path))
-    return model, float(meta["extra"].get("temperature", 1.0))
+    return for_inference(model), float(meta["extra"].get("temperature", 1.0))
 
 
 def score_chunk(
@@ -287,11 +293,12 @@ def score_chunk(
     from models.scoring import Scores, score_batch
 
     _threads(settings)
-    classifier, temperature = None, 1.0
+    classifier, temperature, tta = None, 1.0, 1
     autoencoder, reference = None, None
     if kind == "classifier":
         classifier, meta = load_checkpoint(weights)
         temperature = float(meta["extra"].get("temperature", 1.0))
+        tta = int(meta["extra"].get("tta", 1))  # score as it was calibrated
     if ae_weights is not None:
         autoencoder, ae_meta = load_checkpoint(ae_weights)
         reference = ae_meta["extra"].get("recon_reference")
@@ -305,6 +312,7 @@ def score_chunk(
                 autoencoder=autoencoder,
                 temperature=temperature,
                 recon_reference=reference,
+                tta=tta,
             )
         )
         progress(

@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     # Models (a job's params override these)
     pretrain_patches: int = 2000
     pretrain_epochs: int = 6
-    train_epochs: int = 40  # an upper bound: early stopping ends most trainings sooner
+    train_epochs: int = 60  # an upper bound: early stopping ends some trainings sooner
+    # flips/quarter turns averaged per patch when a classifier scores patches (1 = off): 8
+    # gave +0.02-0.03 PR-AUC on held-out sections, for 8x the scoring compute
+    tta: int = Field(default=8, ge=1, le=8)
 
     # webKnossos server (optional): where tasks are pushed and annotations pulled from.
     # The token is never returned by the API nor logged.
