@@ -182,6 +182,7 @@ def train_classifier(
     encoder_lr_factor: float = 1.0,
     val_fraction: float = 0.2,
     patience: int = 20,
+    min_epochs: int = 10,
     ema_decay: float = 0.99,
     tta: int = 8,
     seed: int = 0,
@@ -196,7 +197,9 @@ def train_classifier(
     epochs and a 0.1 factor, 600 labels). Positives are rare: every epoch draws half of its
     batches' patches from the positives (with replacement) and half from the negatives.
     The weights that are evaluated and kept are an exponential moving average (``ema_decay``
-    per step) of the trained ones, with early stopping on the validation loss. Afterwards a
+    per step) of the trained ones, with early stopping on the validation loss; the first
+    ``min_epochs`` are never kept (with few, hard actively-chosen labels the validation loss
+    can be lowest after one epoch, for a model that ranks typical patches at random). A
     temperature and a threshold are fitted on the validation split, on logits averaged over
     ``tta`` flips/rotations (:func:`predict_logits`), the way the model is then used.
     """
@@ -286,6 +289,8 @@ def train_classifier(
             progress(
                 (epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs}: loss {val_loss:.3f}", record
             )
+        if epoch + 1 < min(min_epochs, epochs):
+            continue
         if val_loss < best_loss - 1e-4:
             best_loss, stale = val_loss, 0
             best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
@@ -298,7 +303,7 @@ def train_classifier(
     result.to(dev).eval()
     val_logits = predict_logits(result, patches[val_idx], tta=tta)
     temperature = fit_temperature(val_logits, y[val_idx])
-    probs = 1 / (1 + np.exp(-val_logits / temperature))
+    probs = calibrated(val_logits, temperature)
     threshold = best_f1_threshold(y[val_idx], probs)
     validation = classification_report(y[val_idx], probs, threshold=threshold)
     return ClassifierResult(result, temperature, threshold, history, validation, tta)
@@ -374,6 +379,12 @@ def tta_logits(
             views = [fast(view)[0].float() for view in dihedral_views(xb.to(dev), tta)]
             out.append((torch.stack(views).mean(0)).cpu().numpy())
     return np.concatenate(out) if out else np.empty(0, np.float32)
+
+
+def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """p = sigmoid(logit / T) in float64: float32 rounds every logit/T above ~17 to 1.0 (float64: ~37),
+    and those ties would hide the ranking among confident predictions."""
+    return 1 / (1 + np.exp(-np.asarray(logits, np.float64) / temperature))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

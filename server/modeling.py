@@ -144,7 +144,7 @@ def train_classifier(
 ) -> Outcome:
     from models.checkpoint import load_checkpoint, save_checkpoint
     from models.metrics import classification_report
-    from models.training import predict_logits
+    from models.training import calibrated, predict_logits
     from models.training import train_classifier as train
     from models.vocab import ARTIFACT_TYPES
 
@@ -198,7 +198,7 @@ def train_classifier(
         xa = _read(source, dataset, _label_origins(dataset, audit_labels))
         ya = np.asarray([lab.label == "artifact" for lab in audit_labels], dtype=bool)
         logits = predict_logits(result.model, xa, tta=result.tta)
-        pa = 1 / (1 + np.exp(-logits / result.temperature))
+        pa = calibrated(logits, result.temperature)
         report = classification_report(ya, pa, threshold=result.threshold)
         report["examples"] = _examples(audit_labels, ya, pa, result.threshold)
         metrics["audit"] = report

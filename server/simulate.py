@@ -406,7 +406,7 @@ def _acquire(
 def _predict(model: Any, patches: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Calibrated p(artifact) of ``patches[indices]``, read in slices (a memory map)."""
     from models.networks import for_inference
-    from models.training import tta_logits
+    from models.training import calibrated, tta_logits
 
     clf, temperature, tta = model
     fast = for_inference(clf)
@@ -416,7 +416,7 @@ def _predict(model: Any, patches: np.ndarray, indices: np.ndarray) -> np.ndarray
             for s in range(0, len(indices), 512)
         ]
     )
-    return 1 / (1 + np.exp(-logits / temperature))
+    return calibrated(logits, temperature)
 
 
 def _train_and_test(

@@ -25,6 +25,7 @@ from models.scoring import score_stream
 from models.training import (
     augment,
     balanced_order,
+    calibrated,
     fit_temperature,
     predict_logits,
     pretrain_autoencoder,
@@ -86,6 +87,24 @@ def test_one_training_step_of_each_network() -> None:
         not torch.equal(before[k], v) for k, v in result.model.encoder.state_dict().items()
     )
     assert changed, "the encoder was fine-tuned, starting from the autoencoder"
+
+
+def test_early_stopping_never_keeps_the_first_epochs() -> None:
+    # labels that are noise: the validation loss is lowest at once, and patience 1 would stop
+    # after two epochs; the first min_epochs are not candidates, so training runs past them
+    x = patches(16, seed=3)
+    y = np.array([0, 1] * 8, dtype=np.float32)
+    result = train_classifier(
+        x, y, epochs=12, patience=1, min_epochs=6, batch_size=8, tta=1, device="cpu"
+    )
+    assert len(result.history) >= 7
+
+
+def test_calibrated_probabilities_keep_the_order_of_confident_logits() -> None:
+    logits = np.array([9.0, 12.0, 15.0, -40.0], dtype=np.float32)  # float32 sigmoid: 1, 1, 1
+    p = calibrated(logits, 0.5)
+    assert p.dtype == np.float64 and p[3] < p[0] < p[1] < p[2] < 1.0
+    np.testing.assert_allclose(calibrated(np.array([0.0, 2.0]), 2.0), [0.5, 1 / (1 + np.e**-1)])
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
