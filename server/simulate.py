@@ -77,6 +77,9 @@ def load_truth(dataset: Path) -> tuple[np.ndarray, np.ndarray]:
     return origins, labels
 
 
+_SCORING = ("uncertainty", "hybrid")  # strategies that run the classifier on the pool
+
+
 @dataclass(frozen=True)
 class _Shared:
     """What every curve reads: files written once by the main process (the patches as a
@@ -112,6 +115,9 @@ def run_simulation(
     started = time.perf_counter()
     rounds = -(-config.budget // config.batch)
     runs = [(seed, strategy) for seed in range(config.seeds) for strategy in config.strategies]
+    # the curves that score candidates every round take longest: start them first, so the
+    # last minutes are not one long curve on one core while the others idle
+    runs.sort(key=lambda run: run[1] not in _SCORING)
     total = len(runs) * rounds
 
     def setup(message: str) -> None:
