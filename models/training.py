@@ -166,6 +166,8 @@ class ClassifierResult:
     history: list[dict[str, float]]
     validation: dict[str, Any] = field(default_factory=dict)
     tta: int = 1  # views averaged for the calibration: score with as many
+    # temperature and threshold for single-view logits (dense prediction runs one view)
+    single_view: dict[str, float] = field(default_factory=dict)
 
 
 def train_classifier(
@@ -306,7 +308,15 @@ def train_classifier(
     probs = calibrated(val_logits, temperature)
     threshold = best_f1_threshold(y[val_idx], probs)
     validation = classification_report(y[val_idx], probs, threshold=threshold)
-    return ClassifierResult(result, temperature, threshold, history, validation, tta)
+    single = {"temperature": temperature, "threshold": threshold}
+    if tta > 1:  # averaged logits are milder than one view's: calibrate that view as well
+        one = predict_logits(result, patches[val_idx])
+        t1 = fit_temperature(one, y[val_idx])
+        single = {
+            "temperature": t1,
+            "threshold": best_f1_threshold(y[val_idx], calibrated(one, t1)),
+        }
+    return ClassifierResult(result, temperature, threshold, history, validation, tta, single)
 
 
 def _ema_with_warmup(decay: float) -> Callable[..., None]:

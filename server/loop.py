@@ -587,7 +587,8 @@ def handle_predict(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
     with write_transaction(rt.sessions) as session:
         version = _classifier_for(session, dataset_id=dataset.id, params=job.params)
         version_id = version.id
-        threshold = float((version.config or {}).get("threshold", 0.5))
+        config = version.config or {}  # dense maps are one view: its threshold, if recorded
+        threshold = float(config.get("single_view_threshold", config.get("threshold", 0.5)))
     plan = predict.make_plan(
         dataset,
         job.params,

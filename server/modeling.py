@@ -192,6 +192,7 @@ def train_classifier(
         "temperature": result.temperature,
         "threshold": result.threshold,
         "tta": result.tta,
+        "single_view": result.single_view,
     }
     if audit_labels:
         progress(0.92, "evaluating on the audit set")
@@ -212,6 +213,8 @@ def train_classifier(
             "temperature": result.temperature,
             "threshold": result.threshold,
             "tta": result.tta,
+            "single_view_temperature": result.single_view["temperature"],
+            "single_view_threshold": result.single_view["threshold"],
             "label_snapshot_id": snapshot_id,
             "ae_weights": str(ae_weights),
         },
@@ -222,6 +225,7 @@ def train_classifier(
             **result.model.config.to_dict(),
             "temperature": result.temperature,
             "threshold": result.threshold,
+            "single_view_threshold": result.single_view["threshold"],
         },
         metrics=metrics,
         weights_path=path,
@@ -259,8 +263,8 @@ def _examples(
 # -- scoring ----------------------------------------------------------------------------------
 def load_classifier(weights: Path, *, settings: Settings) -> tuple[Any, float]:
     """A classifier checkpoint, made ready for fast forward passes (BatchNorm folded into the
-    convs, eval mode), and its calibration temperature; cached per process, since chunk jobs
-    reuse the same one."""
+    convs, eval mode), and the calibration temperature of one view's logits (dense prediction
+    runs one view per cell); cached per process, since chunk jobs reuse the same one."""
     _threads(settings)
     return _load_classifier(str(weights))
 
@@ -271,7 +275,10 @@ def _load_classifier(path: str) -> tuple[Any, float]:
     from models.networks import for_inference
 
     model, meta = load_checkpoint(Path(path))
-    return for_inference(model), float(meta["extra"].get("temperature", 1.0))
+    extra = meta["extra"]  # one view per cell here: its own calibration, where recorded
+    return for_inference(model), float(
+        extra.get("single_view_temperature", extra.get("temperature", 1.0))
+    )
 
 
 def score_chunk(

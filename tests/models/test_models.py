@@ -83,6 +83,8 @@ def test_one_training_step_of_each_network() -> None:
     before = {k: v.clone() for k, v in ae.model.encoder.state_dict().items()}
     result = train_classifier(x, y, autoencoder=ae.model, epochs=1, batch_size=8, device="cpu")
     assert result.history and 0.25 <= result.temperature <= 8
+    assert result.tta == 8 and set(result.single_view) == {"temperature", "threshold"}
+    assert 0.25 <= result.single_view["temperature"] <= 8
     changed = any(
         not torch.equal(before[k], v) for k, v in result.model.encoder.state_dict().items()
     )
