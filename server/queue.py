@@ -56,6 +56,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "data_folder_out": folder,
             "processed_folder": str(settings.broker_dir / "processed"),
             "store_processed": False,
+            # exchange tables (broadcast, pidbox); kombu's default is ./control
+            "control_folder": str(settings.broker_dir / "control"),
         }
     return config
 
@@ -67,6 +69,7 @@ def make_celery(settings: Settings, *, include: Sequence[str] = ()) -> Any:
     if settings.broker_url.startswith("filesystem"):
         (settings.broker_dir / "queue").mkdir(parents=True, exist_ok=True)
         (settings.broker_dir / "processed").mkdir(parents=True, exist_ok=True)
+        (settings.broker_dir / "control").mkdir(parents=True, exist_ok=True)
     app = Celery("artifact_loop", include=list(include))
     app.conf.update(celery_config(settings))
     return app

@@ -145,3 +145,12 @@ def test_cancel_stops_progress(env) -> None:  # type: ignore[no-untyped-def]
         jobs.report_progress(sessions, job_id=job.id, progress=0.6)
     with session_scope(sessions) as session, pytest.raises(Conflict):
         jobs.cancel_job(session, job_id=job.id)
+
+
+def test_filesystem_broker_keeps_all_its_folders_in_the_data_dir(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", broker_url="filesystem://")
+    app = make_celery(settings)
+    options = app.conf.broker_transport_options
+    for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
+        assert Path(options[key]).is_relative_to(settings.broker_dir), key
+        assert Path(options[key]).is_dir(), key
