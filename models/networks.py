@@ -228,7 +228,10 @@ class Classifier(nn.Module):
 def for_inference(model: nn.Module) -> nn.Module:
     """A copy of ``model`` for fast eval-mode forward passes: every conv + BatchNorm pair
     folded into one conv, and channels-last memory on the CPU (4-5x the patches per second
-    on two cores; results equal to float rounding). The original stays untouched."""
+    on two cores; results equal to float rounding). The original stays untouched; a model
+    that already is such a copy is returned as it is."""
+    if getattr(model, "for_inference", False):
+        return model
     fast = copy.deepcopy(model).eval()
     for block in fast.modules():
         if (
@@ -241,6 +244,7 @@ def for_inference(model: nn.Module) -> nn.Module:
             block[1] = nn.Identity()
     if next(fast.parameters()).device.type == "cpu":
         fast = fast.to(memory_format=torch.channels_last)
+    fast.for_inference = True
     return fast
 
 

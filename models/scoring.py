@@ -59,14 +59,9 @@ def score_batch(
     p, entropy, margin, bald = nan, nan, nan, nan
     if classifier is not None:
         fast = for_inference(classifier)
-        views = max(1, tta)
-        feats = torch.zeros(0, device=dev)
-        logit = torch.zeros(n, device=dev)
-        for view in dihedral_views(xb, views):
-            f = fast.features(view)
-            feats = f if feats.numel() == 0 else feats + f
-            logit += fast.head(f)[0].float()
-        feats, logit = feats / views, logit / views
+        per_view = [fast.features(view) for view in dihedral_views(xb, max(1, tta))]
+        feats = torch.stack(per_view).mean(0)
+        logit = torch.stack([fast.head(f)[0].float() for f in per_view]).mean(0)
         p = torch.sigmoid(logit / temperature).float().cpu().numpy()
         entropy = binary_entropy(p)
         margin = 1 - np.abs(2 * p - 1)

@@ -373,14 +373,9 @@ def predict_logits(
 ) -> np.ndarray:
     """Artifact logits of ``patches`` (n, 1, h, w), averaged over the first ``tta`` of the
     8 flips/quarter turns (test-time augmentation: 8 views gave +0.02-0.03 PR-AUC on
-    held-out synthetic sections, for 8x the compute)."""
-    return tta_logits(for_inference(model), patches, batch_size=batch_size, tta=tta)
-
-
-def tta_logits(
-    fast: torch.nn.Module, patches: np.ndarray, *, batch_size: int = 64, tta: int = 1
-) -> np.ndarray:
-    """:func:`predict_logits` on a model already made by ``for_inference``."""
+    held-out synthetic sections, for 8x the compute). ``patches`` may be a memory map: it
+    is read a batch at a time."""
+    fast = for_inference(model)
     dev = next(fast.parameters()).device
     out = []
     with torch.inference_mode():
@@ -392,8 +387,8 @@ def tta_logits(
 
 
 def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """p = sigmoid(logit / T) in float64: float32 rounds every logit/T above ~17 to 1.0 (float64: ~37),
-    and those ties would hide the ranking among confident predictions."""
+    """p = sigmoid(logit / T) in float64: float32 rounds every logit/T above ~17 to 1.0
+    (float64: above ~37), and those ties would hide the order of confident predictions."""
     return 1 / (1 + np.exp(-np.asarray(logits, np.float64) / temperature))
 
 

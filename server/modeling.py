@@ -297,17 +297,20 @@ def score_chunk(
 ) -> dict[str, Any]:
     """Score grid patches ``start:stop`` and write them to ``out_file`` (.npz, atomically)."""
     from models.checkpoint import load_checkpoint
+    from models.networks import for_inference
     from models.scoring import Scores, score_batch
 
     _threads(settings)
     classifier, temperature, tta = None, 1.0, 1
     autoencoder, reference = None, None
     if kind == "classifier":
-        classifier, meta = load_checkpoint(weights)
+        model, meta = load_checkpoint(weights)
+        classifier = for_inference(model)  # once here, not once per batch
         temperature = float(meta["extra"].get("temperature", 1.0))
         tta = int(meta["extra"].get("tta", 1))  # score as it was calibrated
     if ae_weights is not None:
-        autoencoder, ae_meta = load_checkpoint(ae_weights)
+        ae_model, ae_meta = load_checkpoint(ae_weights)
+        autoencoder = for_inference(ae_model)
         reference = ae_meta["extra"].get("recon_reference")
     indices = np.arange(start, stop, dtype=np.int64)
     parts = []

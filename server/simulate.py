@@ -161,13 +161,8 @@ def run_simulation(
     )
     setup("scoring reconstruction errors and embeddings of every patch")
     fast_ae = for_inference(ae.model)
+    recon = reconstruction_errors(fast_ae, patches)  # reads the memory map batch by batch
     with torch.inference_mode():
-        recon = np.concatenate(
-            [
-                reconstruction_errors(ae.model, np.asarray(patches[s : s + 512], np.float32))
-                for s in range(0, len(patches), 512)
-            ]
-        )
         embed = np.concatenate(
             [
                 fast_ae.embed(torch.from_numpy(np.asarray(patches[s : s + 512], np.float32)))
@@ -412,13 +407,13 @@ def _acquire(
 def _predict(model: Any, patches: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Calibrated p(artifact) of ``patches[indices]``, read in slices (a memory map)."""
     from models.networks import for_inference
-    from models.training import calibrated, tta_logits
+    from models.training import calibrated, predict_logits
 
     clf, temperature, tta = model
     fast = for_inference(clf)
     logits = np.concatenate(
         [
-            tta_logits(fast, np.asarray(patches[indices[s : s + 512]], np.float32), tta=tta)
+            predict_logits(fast, patches[indices[s : s + 512]], tta=tta)
             for s in range(0, len(indices), 512)
         ]
     )

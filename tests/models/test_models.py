@@ -255,6 +255,7 @@ def test_inference_copy_gives_the_same_outputs() -> None:
     fast_clf, fast_ae = for_inference(clf), for_inference(ae)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast_clf.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in clf.modules()), "original kept"
+    assert for_inference(fast_clf) is fast_clf, "an inference copy is not copied again"
     with torch.no_grad():
         torch.testing.assert_close(fast_clf(x)[0], clf(x)[0], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(fast_ae(x), ae(x), rtol=1e-4, atol=1e-4)
