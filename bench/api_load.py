@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server.auth import create_token  # noqa: E402
-from server.datasets import grid_of, register_dataset  # noqa: E402
+from server.datasets.service import grid_of, register_dataset  # noqa: E402
 from server.db import migrate  # noqa: E402
 from server.db.base import make_engine, make_sessionmaker, session_scope  # noqa: E402
 from server.db.tables import AnnotationTask, Label  # noqa: E402
@@ -63,7 +63,7 @@ def drop_database(admin_url: str, url: str) -> None:
 
 
 def write_dataset(path: Path) -> None:
-    from server.wk import wk
+    from server.webknossos.lib import wk
 
     data = np.random.default_rng(0).integers(0, 256, size=(1400, 1400, 4), dtype=np.uint8)
     ds = wk.Dataset(path, voxel_size=(32, 32, 35))

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from server.grid import Grid
-from server.patches import PatchSource, _open_tensorstore
-from server.wk import wk
+from server.pixels.grid import Grid
+from server.pixels.source import PatchSource, _open_tensorstore
+from server.webknossos.lib import wk
 
 PATCH = 140
 
@@ -70,7 +70,7 @@ def main() -> None:
     tmp = None
     path = args.dataset
     if path is None:
-        from server.synth import make_synthetic_dataset
+        from server.sim.synth import make_synthetic_dataset
 
         tmp = tempfile.TemporaryDirectory()
         path = Path(tmp.name) / "synth"

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WEBKNOSSOS_SKIP_VERSION_CHECK", "True")
 
 from models.networks import Classifier  # noqa: E402
-from server.patches import PatchSource  # noqa: E402
+from server.pixels.source import PatchSource  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     tmp = None
     path = args.dataset
     if path is None:
-        from server.synth import make_synthetic_dataset
+        from server.sim.synth import make_synthetic_dataset
 
         tmp = tempfile.TemporaryDirectory()
         path = Path(tmp.name) / "synth"

@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.include_router(api_router, prefix="/api/v1")
-    from server.web import mount_pages
+    from server.web.pages import mount_pages
 
     mount_pages(app)
     return app

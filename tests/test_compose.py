@@ -48,7 +48,7 @@ def test_api_command_resolves_to_the_app() -> None:
 
 @pytest.mark.parametrize(("service", "queue"), [("worker-gpu", "gpu"), ("worker-io", "io")])
 def test_worker_commands_resolve_to_the_celery_app(service: str, queue: str) -> None:
-    from server.queue import JOB_QUEUE, TASK_RUN_JOB, TASK_RUN_JOB_IO
+    from server.jobs.queue import JOB_QUEUE, TASK_RUN_JOB, TASK_RUN_JOB_IO
 
     command = SERVICES[service]["command"]
     assert command[:2] == ["celery", "-A"]

@@ -8,7 +8,7 @@ Creating it connects to nothing; the broker URL comes from ``ARTIFACT_LOOP_BROKE
 
 from __future__ import annotations
 
-from server.queue import make_celery
+from server.jobs.queue import make_celery
 from server.settings import get_settings
 
 celery_app = make_celery(get_settings(), include=["worker.tasks"])

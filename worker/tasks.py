@@ -1,6 +1,6 @@
 """Thin Celery tasks: take a job id, claim the job, run its handler, record the outcome.
 
-All logic lives in ``server.loop``; all state lives in the database.
+All logic lives in ``server.pipeline.loop``; all state lives in the database.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready
 
-from server import jobs
 from server.errors import ArtifactLoopError, Conflict
-from server.queue import TASK_RUN_JOB, TASK_RUN_JOB_IO, CeleryJobSender
+from server.jobs import state as jobs
+from server.jobs.queue import TASK_RUN_JOB, TASK_RUN_JOB_IO, CeleryJobSender
 from server.runtime import Runtime
 from worker.app import celery_app
 
@@ -54,7 +54,7 @@ def run_io_job(self: Task, job_id: int) -> None:
 
 
 def _run(task: Task, job_id: int) -> None:
-    from server import loop
+    from server.pipeline import loop
 
     rt = runtime()
     name = f"{task.request.hostname or socket.gethostname()}"
@@ -149,7 +149,7 @@ def _reaper_loop(worker: str) -> None:
         if every > 0 and time.monotonic() >= next_sync:
             next_sync = time.monotonic() + every
             try:
-                from server.loop import periodic_sync
+                from server.pipeline.loop import periodic_sync
 
                 started = periodic_sync(runtime(), sender())
                 if started:

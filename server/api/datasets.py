@@ -8,8 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server import loop
-from server.annotation_tasks import get_task, task_counts
+from server.annotation.tasks import get_task, task_counts
 from server.api.deps import (
     AdminUser,
     CurrentUser,
@@ -20,11 +19,12 @@ from server.api.deps import (
     TaskId,
 )
 from server.api.schemas import DatasetCreate, DatasetDetail, DatasetOut, PageOf
-from server.datasets import BBox, get_dataset, grid_of, register_dataset
+from server.datasets.service import BBox, get_dataset, grid_of, register_dataset
 from server.db.tables import Dataset
 from server.errors import InvalidInput
-from server.labels import label_counts
-from server.patches import render_patch_png
+from server.labels.service import label_counts
+from server.pipeline import loop
+from server.pixels.source import render_patch_png
 
 router = APIRouter(tags=["datasets"])
 

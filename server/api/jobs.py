@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from sqlalchemy import func, select
 
-from server import jobs
 from server.api.deps import AdminUser, CurrentUser, DatasetId, JobId, PageDep, SessionDep, StateDep
 from server.api.schemas import JobCreate, JobOut, PageOf, StartedJobOut
-from server.datasets import get_dataset
+from server.datasets.service import get_dataset
 from server.db.tables import JOB_KINDS, JOB_STATES, Job
 from server.errors import InvalidInput
+from server.jobs import state as jobs
 
 router = APIRouter(tags=["jobs"])
 
@@ -30,11 +30,11 @@ def start(
 ) -> StartedJobOut:
     dataset = get_dataset(session, dataset_id)
     if body.kind == "predict":
-        from server.predict import validate_params
+        from server.predictions.dense import validate_params
 
         validate_params(dataset, body.params or {})
     if body.kind == "sync":
-        from server.wk_sync import check_sync
+        from server.webknossos.sync import check_sync
 
         check_sync(state.runtime.settings, dataset, body.params or {})
     started = jobs.start_job(

@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response, UploadFile, status
 from sqlalchemy import func, select
 
-from server import loop
 from server.api.deps import (
     AdminUser,
     CurrentUser,
@@ -25,11 +24,12 @@ from server.api.schemas import (
     LabelValue,
     PageOf,
 )
-from server.datasets import get_dataset, patch_extent
+from server.datasets.service import get_dataset, patch_extent
 from server.db.base import write_transaction
 from server.db.tables import LABEL_SOURCES, AnnotationTask, Label
 from server.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge
-from server.labels import LabelFilter, NewLabel, create_label, disagreements, list_labels
+from server.labels.service import LabelFilter, NewLabel, create_label, disagreements, list_labels
+from server.pipeline import loop
 
 router = APIRouter(tags=["labels"])
 
@@ -169,7 +169,7 @@ def export(
     _user: CurrentUser,
     format: Literal["csv", "json"] = "csv",
 ) -> Response:
-    from server.label_import import export_labels_csv, export_labels_json
+    from server.labels.importer import export_labels_csv, export_labels_json
 
     dataset = get_dataset(session, dataset_id)
     buffer = io.StringIO()
@@ -218,7 +218,7 @@ async def import_file(
 def _import(
     state: StateDep, *, dataset_id: int, filename: str, data: bytes, user: Any
 ) -> ImportReportOut:
-    from server.label_import import import_label_file
+    from server.labels.importer import import_label_file
 
     with write_transaction(state.runtime.sessions) as session:
         dataset = get_dataset(session, dataset_id)

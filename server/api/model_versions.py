@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
-from server import jobs
 from server.api.deps import (
     AdminUser,
     CurrentUser,
@@ -18,9 +17,10 @@ from server.api.deps import (
     VersionId,
 )
 from server.api.schemas import ModelVersionDetail, ModelVersionOut, PageOf
-from server.datasets import get_dataset
+from server.datasets.service import get_dataset
 from server.db.tables import ModelVersion
-from server.model_versions import activate_version, get_version, unpin
+from server.jobs import state as jobs
+from server.versions.service import activate_version, get_version, unpin
 
 router = APIRouter(tags=["models"])
 

@@ -8,10 +8,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from server.auth import authenticate, hash_token
-from server.datasets import open_source
+from server.datasets.service import open_source
 from server.db.tables import Annotator, Dataset
-from server.patches import PatchSource
-from server.queue import CeleryJobSender, make_celery
+from server.jobs.queue import CeleryJobSender, make_celery
+from server.pixels.source import PatchSource
 from server.runtime import Runtime
 from server.settings import Settings
 

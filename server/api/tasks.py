@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from server import loop
-from server.annotation_tasks import (
+from server.annotation.tasks import (
     get_task,
     label_task,
     lease_next,
@@ -18,10 +17,11 @@ from server.annotation_tasks import (
 )
 from server.api.deps import CurrentUser, DatasetId, PageDep, SessionDep, StateDep, TaskId
 from server.api.schemas import LabelOut, LabelTask, NextTask, PageOf, TaskOut
-from server.datasets import get_dataset
+from server.datasets.service import get_dataset
 from server.db.base import write_transaction
 from server.db.tables import TASK_KINDS, TASK_STATUSES, AnnotationTask
 from server.errors import InvalidInput
+from server.pipeline import loop
 
 router = APIRouter(tags=["tasks"])
 

@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from server.api.deps import AdminUser, CurrentUser, DatasetId, SessionDep, StateDep
-from server.datasets import get_dataset
+from server.datasets.service import get_dataset
 from server.db.tables import WkAnnotation, WkTask
-from server.wk_sync import link_of
+from server.webknossos.sync import link_of
 
 router = APIRouter(tags=["webknossos"])
 

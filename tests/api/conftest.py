@@ -71,7 +71,7 @@ def dataset_id(api: Api) -> int:
 
 def add_tasks(api: Api, dataset_id: int, n: int) -> list[int]:
     """Open proposal tasks on the first ``n`` grid patches, as the propose job makes them."""
-    from server.datasets import get_dataset, grid_of
+    from server.datasets.service import get_dataset, grid_of
     from server.db.tables import AnnotationTask
 
     with session_scope(api.sessions()) as session:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from server.auth import create_token
-from server.datasets import register_dataset
+from server.datasets.service import register_dataset
 from server.db import migrate
 from server.db.base import make_engine, make_sessionmaker, session_scope
 from tests.conftest import write_test_dataset

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.synth import make_synthetic_dataset
+from server.sim.synth import make_synthetic_dataset
 from tests.processes import api_server, celery_worker, kill_process, pg_redis_env, wait_for
 
 

@@ -17,7 +17,7 @@ import pytest
 from server.auth import create_token
 from server.db import migrate
 from server.db.base import make_engine, make_sessionmaker, session_scope
-from server.synth import make_synthetic_dataset
+from server.sim.synth import make_synthetic_dataset
 from tests.processes import api_server, celery_worker, service_env
 
 SMALL_LOOP = {

@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from server.synth import make_synthetic_dataset
-from server.wk import wk
+from server.sim.synth import make_synthetic_dataset
+from server.webknossos.lib import wk
 from tests.processes import api_server, celery_worker, kill_process, pg_redis_env, wait_for
 
 

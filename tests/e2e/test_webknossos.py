@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.synth import make_synthetic_dataset
-from server.wk import wk
+from server.sim.synth import make_synthetic_dataset
+from server.webknossos.lib import wk
 from tests.processes import api_server, celery_worker, pg_redis_env, wait_for
 from tests.wkserver import serve
 
@@ -180,8 +180,8 @@ def _unreachable_sync(pg_url: str, tmp_path: Path, env: dict, secret: str, ds: i
 def test_wrong_token_and_unreachable_server_are_clear_errors(tmp_path: Path) -> None:
     from server.errors import ServiceUnavailable
     from server.settings import Settings
-    from server.wk_sync import WebknossosError
-    from server.wk_sync import server as wk_server
+    from server.webknossos.sync import WebknossosError
+    from server.webknossos.sync import server as wk_server
 
     with serve(TOKEN) as fake:
         wrong = Settings(data_dir=tmp_path, wk_url=fake.url, wk_token="not-the-token")
@@ -205,7 +205,7 @@ def test_wrong_token_and_unreachable_server_are_clear_errors(tmp_path: Path) -> 
     ],
 )
 def test_annotations_are_given_by_id_or_url(ref: str, expected: str) -> None:
-    from server.wk_sync import _annotation_ref
+    from server.webknossos.sync import _annotation_ref
 
     assert _annotation_ref(ref) == expected
 
@@ -213,7 +213,7 @@ def test_annotations_are_given_by_id_or_url(ref: str, expected: str) -> None:
 @pytest.mark.parametrize("ref", ["", "not an id!", "https://wk.example.org/annotations/"])
 def test_malformed_annotation_references_are_refused(ref: str) -> None:
     from server.errors import InvalidInput
-    from server.wk_sync import _annotation_ref
+    from server.webknossos.sync import _annotation_ref
 
     with pytest.raises(InvalidInput):
         _annotation_ref(ref)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from server.cli import app
+from server.cli.main import app
 from server.settings import get_settings
 from tests.conftest import write_test_dataset
 
@@ -96,7 +96,7 @@ def test_console_script_end_to_end(tmp_path: Path, sqlite_url: str) -> None:
         "ARTIFACT_LOOP_DATA_DIR": str(tmp_path / "data"),
         "ARTIFACT_LOOP_DATABASE_URL": sqlite_url,
     }
-    exe = [sys.executable, "-m", "server.cli"]
+    exe = [sys.executable, "-m", "server.cli.main"]
     for args in (
         ["db", "upgrade"],
         ["dataset", "add", "demo", str(tmp_path / "ds")],

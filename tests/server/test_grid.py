@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.grid import Grid
+from server.pixels.grid import Grid
 
 
 @st.composite

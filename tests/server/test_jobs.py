@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from server import jobs
 from server.db import migrate
 from server.db.base import make_engine, make_sessionmaker, session_scope, utcnow
 from server.db.tables import Dataset, Job
 from server.errors import Conflict
-from server.queue import CeleryJobSender, make_celery
+from server.jobs import state as jobs
+from server.jobs.queue import CeleryJobSender, make_celery
 from server.settings import Settings
 
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from server.errors import DatasetError
-from server.grid import Grid
-from server.patches import PatchSource, render_patch_png
+from server.pixels.grid import Grid
+from server.pixels.source import PatchSource, render_patch_png
 from tests.conftest import write_test_dataset
 
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from models.networks import Classifier
-from server import predict
 from server.errors import InvalidInput
-from server.patches import PatchSource
-from server.simulate import load_truth
-from server.synth import make_synthetic_dataset
-from server.wk import wk
+from server.pixels.source import PatchSource
+from server.predictions import dense as predict
+from server.sim.simulate import load_truth
+from server.sim.synth import make_synthetic_dataset
+from server.webknossos.lib import wk
 
 
 def _dataset(path: Path, size: tuple[int, int, int]) -> types.SimpleNamespace:

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.datasets import grid_of, register_dataset
+from server.datasets.service import grid_of, register_dataset
 from server.db import migrate
 from server.db.base import make_engine, make_sessionmaker, session_scope
 from server.errors import DatasetError
-from server.patches import PatchSource
-from server.synth import make_synthetic_dataset
+from server.pixels.source import PatchSource
+from server.sim.synth import make_synthetic_dataset
 from tests.wkserver import serve
 
 TOKEN = "wk-secret-token"

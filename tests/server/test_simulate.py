@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from server.cli import app
-from server.simulate import load_truth
-from server.synth import make_synthetic_dataset
+from server.cli.main import app
+from server.sim.simulate import load_truth
+from server.sim.synth import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

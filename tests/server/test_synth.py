@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from models.vocab import ARTIFACT_TYPES, artifact_type_name
-from server import synth
 from server.errors import InvalidInput
-from server.grid import Grid
-from server.patches import PatchSource
-from server.synth import MIN_COVERAGE, PATCH, SynthSummary, make_synthetic_dataset
+from server.pixels.grid import Grid
+from server.pixels.source import PatchSource
+from server.sim import synth
+from server.sim.synth import MIN_COVERAGE, PATCH, SynthSummary, make_synthetic_dataset
 
 REQUIRED_KINDS = {"circular", "horseshoe", "scratch", "debris", "missing", "defocus"}
 TINY = (840, 3)  # 6 x 6 x 3 patches: fast enough to make several times
@@ -37,7 +37,7 @@ def _section(path: Path, layer: str, z: int, *, mag: int = 1) -> np.ndarray:
 
 
 def test_small_has_the_promised_layout(small: SynthSummary) -> None:
-    from server.wk import wk
+    from server.webknossos.lib import wk
 
     assert small.n_patches == 14 * 14 * 20 <= 5000
     assert small.shape == (1960, 1960, 20)
@@ -144,7 +144,7 @@ def test_refuses_a_non_empty_folder_and_bad_shapes(tmp_path: Path) -> None:
 
 
 def test_opens_and_registers_as_a_dataset(small: SynthSummary, sqlite_url: str) -> None:
-    from server.datasets import grid_of, open_source, register_dataset
+    from server.datasets.service import grid_of, open_source, register_dataset
     from server.db import migrate
     from server.db.base import make_engine, make_sessionmaker, session_scope
 
@@ -169,7 +169,7 @@ def test_opens_and_registers_as_a_dataset(small: SynthSummary, sqlite_url: str) 
 
 
 def test_cli_synth_prints_its_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from server.cli import app
+    from server.cli.main import app
 
     monkeypatch.setitem(synth.SHAPES, "small", TINY)
     runner = CliRunner()

@@ -23,7 +23,7 @@ def test_up_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     env.pop("ARTIFACT_LOOP_BROKER_URL", None)
     log = (tmp_path / "up.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "up", "--port", str(port)],
+        [sys.executable, "-m", "server.cli.main", "up", "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

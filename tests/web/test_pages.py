@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import select
 
 from server.auth import create_token
-from server.datasets import grid_of, register_dataset
+from server.datasets.service import grid_of, register_dataset
 from server.db import migrate
 from server.db.base import make_engine, make_sessionmaker, session_scope
 from server.db.tables import AnnotationTask, Label, ModelVersion
-from server.synth import make_synthetic_dataset
+from server.sim.synth import make_synthetic_dataset
 from tests.processes import api_server, service_env
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from server.db.tables import ModelVersion
 from server.errors import Conflict, NotFound
-from server.loop import refresh_active_flags
+from server.pipeline.loop import refresh_active_flags
 
 
 def get_version(session: Session, version_id: int) -> ModelVersion:
@@ -43,6 +43,6 @@ def unpin(session: Session, *, dataset_id: int, kind: str) -> ModelVersion | Non
     )
     session.flush()
     refresh_active_flags(session, dataset_id=dataset_id)
-    from server.loop import active_model
+    from server.pipeline.loop import active_model
 
     return active_model(session, dataset_id=dataset_id, kind=kind)

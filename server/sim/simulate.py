@@ -105,7 +105,7 @@ def run_simulation(
     from models.checkpoint import save_checkpoint
     from models.networks import for_inference
     from models.training import pretrain_autoencoder, reconstruction_errors
-    from server.patches import PatchSource
+    from server.pixels.source import PatchSource
 
     unknown = set(config.strategies) - set(STRATEGIES)
     if unknown:

@@ -18,13 +18,13 @@ import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from server import jobs
-from server.datasets import grid_of, open_source, patch_extent
+from server.datasets.service import grid_of, open_source, patch_extent
 from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, Job, Label, ModelVersion
 from server.errors import InvalidInput, NotFound
-from server.grid import Grid
-from server.queue import JobSender
+from server.jobs import state as jobs
+from server.jobs.queue import JobSender
+from server.pixels.grid import Grid
 from server.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -332,7 +332,7 @@ def _load_dataset(rt: Runtime, job: Job) -> Dataset:
 
 
 def handle_pretrain(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
-    from server import modeling
+    from server.pipeline import modeling
 
     dataset = _load_dataset(rt, job)
     grid = grid_of(dataset)
@@ -371,7 +371,7 @@ def handle_pretrain(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
 
 
 def handle_train(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
-    from server import modeling
+    from server.pipeline import modeling
 
     dataset = _load_dataset(rt, job)
     report = progress_reporter(rt, job.id)
@@ -486,7 +486,7 @@ def handle_score(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
 
 
 def handle_score_chunk(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
-    from server import modeling
+    from server.pipeline import modeling
 
     dataset = _load_dataset(rt, job)
     grid = grid_of(dataset)
@@ -522,7 +522,7 @@ def handle_score_chunk(rt: Runtime, job: Job, sender: JobSender) -> dict[str, An
 
 
 def handle_propose(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
-    from server import modeling
+    from server.pipeline import modeling
 
     dataset = _load_dataset(rt, job)
     grid = grid_of(dataset)
@@ -565,10 +565,10 @@ def _classifier_for(session: Session, *, dataset_id: int, params: dict[str, Any]
 
 
 def handle_predict(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
-    """Plan a dense prediction and cut it into shard-aligned chunk jobs (see server.predict).
+    """Plan a dense prediction and cut it into shard-aligned chunk jobs (see server.predictions.dense).
 
     A retried predict job re-sends the chunks that are not done instead of planning anew."""
-    from server import predict
+    from server.predictions import dense as predict
 
     dataset = _load_dataset(rt, job)
     with write_transaction(rt.sessions) as session:
@@ -620,7 +620,8 @@ def handle_predict(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
 
 
 def handle_predict_chunk(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
-    from server import modeling, predict
+    from server.pipeline import modeling
+    from server.predictions import dense as predict
 
     dataset = _load_dataset(rt, job)
     with write_transaction(rt.sessions) as session:
@@ -652,7 +653,7 @@ def handle_predict_chunk(rt: Runtime, job: Job, sender: JobSender) -> dict[str, 
 
 def handle_sync(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
     """Push proposals to webKnossos, import finished annotations, cancel answered tasks."""
-    from server import wk_sync
+    from server.webknossos import sync as wk_sync
 
     dataset = _load_dataset(rt, job)
     report = wk_sync.sync(rt.sessions, rt.settings, dataset, job.params)
@@ -716,7 +717,7 @@ def after_job(rt: Runtime, *, job_id: int, sender: JobSender) -> None:
 
 def periodic_sync(rt: Runtime, sender: JobSender) -> list[int]:
     """A sync job for every dataset linked to webKnossos that has none waiting or running."""
-    from server.wk_sync import link_of
+    from server.webknossos.sync import link_of
 
     if not rt.settings.wk_url or rt.settings.wk_token is None:
         return []
@@ -731,7 +732,7 @@ def periodic_sync(rt: Runtime, sender: JobSender) -> list[int]:
 
 def _push_to_webknossos(session: Session, *, sender: JobSender, dataset_id: int) -> None:
     """New proposals of a dataset that pushes tasks to webKnossos go there at once."""
-    from server.wk_sync import link_of
+    from server.webknossos.sync import link_of
 
     dataset = session.get(Dataset, dataset_id)
     link = link_of(dataset) if dataset is not None else None
@@ -798,7 +799,7 @@ def _predict_finished(
     rt: Runtime, session: Session, sender: JobSender, parent: Job, chunks: int
 ) -> None:
     """All chunks are written: merge their clusters into the NML and write the report."""
-    from server import predict
+    from server.predictions import dense as predict
 
     dataset = session.get(Dataset, parent.dataset_id)
     plan = predict.Plan.from_dict(parent.params["plan"])

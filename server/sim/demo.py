@@ -46,7 +46,7 @@ def run_demo(
     if dataset is None:
         dataset = data_dir / "demo-dataset"
         if not (dataset / "ground_truth.csv").exists():
-            from server.synth import make_synthetic_dataset
+            from server.sim.synth import make_synthetic_dataset
 
             with console.status("making a small synthetic dataset ..."):
                 summary = make_synthetic_dataset(dataset, seed=0, size="small", artifact_rate=2.0)

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from server.errors import InvalidInput
-from server.patches import Vec3, parse_mag
-from server.wk import wk
+from server.pixels.source import Vec3, parse_mag
+from server.webknossos.lib import wk
 
 PROB_LAYER = "artifact_prob"
 MASK_LAYER = "artifact_mask"
@@ -377,7 +377,7 @@ def ground_truth(dataset_path: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 @lru_cache(maxsize=2)
 def _ground_truth(folder: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
-    from server.simulate import load_truth
+    from server.sim.simulate import load_truth
 
     return load_truth(Path(folder))
 

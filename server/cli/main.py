@@ -9,11 +9,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from server.auth_cli import token_app
-from server.cli_common import console, err_console, friendly_errors
-from server.cli_common import runtime as _runtime
+from server.cli.common import console, err_console, friendly_errors
+from server.cli.common import runtime as _runtime
+from server.cli.labels import labels_app
+from server.cli.tokens import token_app
 from server.errors import ArtifactLoopError
-from server.labels_cli import labels_app
 
 app = typer.Typer(
     name="artifact-loop",
@@ -47,7 +47,7 @@ def synth(
     """Write a synthetic mSEM dataset with injected artifacts and its ground truth."""
     from rich.progress import Progress, TaskID
 
-    from server.synth import make_synthetic_dataset
+    from server.sim.synth import make_synthetic_dataset
 
     # the bar starts with the first section, so bad input (checked before) prints one line
     progress = Progress(console=err_console, transient=True)
@@ -130,7 +130,7 @@ def dataset_add(
     ] = None,
 ) -> None:
     """Register a webKnossos dataset and compute its normalisation statistics."""
-    from server.datasets import BBox, grid_of, register_dataset
+    from server.datasets.service import BBox, grid_of, register_dataset
     from server.db.base import session_scope
 
     box = BBox.parse(bbox) if bbox else None
@@ -162,7 +162,7 @@ def dataset_add(
 @friendly_errors
 def dataset_list() -> None:
     """Show the registered datasets with their patch counts."""
-    from server.datasets import grid_of, list_datasets
+    from server.datasets.service import grid_of, list_datasets
     from server.db.base import session_scope
 
     runtime = _runtime()
@@ -274,7 +274,7 @@ def up(
             [
                 exe,
                 "-m",
-                "server.cli",
+                "server.cli.main",
                 "worker",
                 "--queues",
                 "gpu,io",
@@ -332,7 +332,7 @@ def simulate(
 
     from rich.progress import Progress
 
-    from server.simulate import SimulationConfig, quick_config, run_simulation
+    from server.sim.simulate import SimulationConfig, quick_config, run_simulation
 
     strategies = tuple(s.strip() for s in strategy.split(",") if s.strip())
     if quick:
@@ -385,8 +385,8 @@ def demo(
     ] = True,
 ) -> None:
     """The loop on a laptop: synthetic data, the embedded stack, a simulated annotator."""
-    from server.demo import run_demo
     from server.settings import get_settings
+    from server.sim.demo import run_demo
 
     run_demo(
         console=console,
@@ -399,7 +399,7 @@ def demo(
     )
 
 
-def main() -> None:  # pragma: no cover - console entry for `python -m server.cli`
+def main() -> None:  # pragma: no cover - console entry for `python -m server.cli.main`
     app(prog_name="artifact-loop")
 
 

@@ -1,6 +1,6 @@
 """The web pages served by the API itself: the labeling page and the dashboard.
 
-Plain HTML, CSS and JavaScript under ``server/static`` (no build step); they talk to the same
+Plain HTML, CSS and JavaScript under ``server/web/static`` (no build step); they talk to the same
 JSON API as every other client.
 """
 

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from server.cli_common import console, err_console, friendly_errors
-from server.cli_common import runtime as _runtime
+from server.cli.common import console, err_console, friendly_errors
+from server.cli.common import runtime as _runtime
 from server.errors import InvalidInput
 
 labels_app = typer.Typer(
@@ -32,7 +32,7 @@ def _default_annotator(*, filename: str, data: bytes, type_map: dict[str, str]) 
     """The annotation's owner when the file names one, else the person at the keyboard."""
     import getpass
 
-    from server.label_files import parse_label_file
+    from server.labels.files import parse_label_file
 
     owner = parse_label_file(filename=filename, data=data, type_map=type_map).owner
     if owner:
@@ -69,10 +69,10 @@ def labels_import(
     """Import the labels of a file; importing it again adds nothing."""
     from sqlalchemy import select
 
-    from server.datasets import get_dataset
+    from server.datasets.service import get_dataset
     from server.db.base import write_transaction
     from server.db.tables import Annotator
-    from server.label_import import import_label_file
+    from server.labels.importer import import_label_file
 
     if not file.is_file():
         raise InvalidInput(f"{file} is not a file")
@@ -121,9 +121,9 @@ def labels_export(
     out: Annotated[Path, typer.Option(help="File to write: .csv, or .json for one JSON document.")],
 ) -> None:
     """Write every label of a dataset (x,y,z,label,type,annotator,source,created_at,w,h)."""
-    from server.datasets import get_dataset
+    from server.datasets.service import get_dataset
     from server.db.base import session_scope
-    from server.label_import import export_labels_csv, export_labels_json
+    from server.labels.importer import export_labels_csv, export_labels_json
 
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".json"):

@@ -1,5 +1,5 @@
 """Glue between the loop's jobs and ``models``: read patches from the dataset, train, score,
-propose. Called by the job handlers in :mod:`server.loop`."""
+propose. Called by the job handlers in :mod:`server.pipeline.loop`."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from server.datasets import patch_extent
+from server.datasets.service import patch_extent
 from server.db.tables import Dataset, Label
-from server.grid import Grid
-from server.patches import PatchSource
+from server.pixels.grid import Grid
+from server.pixels.source import PatchSource
 from server.settings import Settings
 
 Report = Callable[[float, str], None]

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from server.db.base import utcnow
 from server.db.tables import AnnotationTask, Annotator, Dataset, Label
 from server.errors import Conflict, NotFound
-from server.labels import NewLabel, create_label
+from server.labels.service import NewLabel, create_label
 
 # An annotator may hold this many leases (the page prefetches the next patch); beyond it the
 # oldest goes back to the queue, so a reloaded page never strands tasks until they expire.
@@ -133,7 +133,7 @@ def label_task(
     returns the first label; a task leased by someone else is refused."""
     task = get_task(session, task_id, lock=True)
     if idempotency_key:
-        from server.labels import find_by_key
+        from server.labels.service import find_by_key
 
         existing = find_by_key(session, annotator=annotator.name, key=idempotency_key)
         if existing is not None:

@@ -1,6 +1,6 @@
 """Importing label files into a dataset, and exporting its labels for people to check.
 
-An import places every record of a file (see :mod:`server.label_files`) on the dataset,
+An import places every record of a file (see :mod:`server.labels.files`) on the dataset,
 checks all of them, and only then inserts; a bad file changes nothing. It is idempotent:
 each label gets a key derived from what it says (dataset, patch, verdict, who, source), not
 from the file, so the same file twice, or the same verdict in two files, adds it once.
@@ -22,11 +22,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.vocab import LABEL_ARTIFACT, LABEL_CLEAN
-from server.datasets import grid_of, patch_extent
+from server.datasets.service import grid_of, patch_extent
 from server.db.base import as_utc, utcnow
 from server.db.tables import LABEL_SOURCES, Dataset, Label
 from server.errors import Conflict, InvalidInput
-from server.label_files import BOX, CENTRE, LabelRecord, format_voxel_size, parse_label_file
+from server.labels.files import BOX, CENTRE, LabelRecord, format_voxel_size, parse_label_file
 
 MAX_LABELS_PER_IMPORT: Final = 250_000
 """A file that would add more (a clean box over a whole dataset) is refused."""

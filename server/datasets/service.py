@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from server.db.tables import Dataset
 from server.errors import Conflict, DatasetError, InvalidInput, NotFound
-from server.grid import Grid
-from server.patches import PatchSource, mag_name, parse_mag
+from server.pixels.grid import Grid
+from server.pixels.source import PatchSource, mag_name, parse_mag
 
 Vec3 = tuple[int, int, int]
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from server.cli_common import console, friendly_errors, runtime
+from server.cli.common import console, friendly_errors, runtime
 
 token_app = typer.Typer(help="API tokens for annotators and admins.", no_args_is_help=True)
 

@@ -51,7 +51,7 @@ from models.vocab import ARTIFACT_TYPES, LABEL_ARTIFACT, LABEL_CLEAN
 from server.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from server.wk import wk
+    from server.webknossos.lib import wk
 
 Vec3 = tuple[int, int, int]
 RecordKind = Literal["centre", "patch", "box"]
@@ -248,7 +248,7 @@ def _parse_zip(filename: str, data: bytes, mapping: Mapping[str, str | None]) ->
 
 
 def _load_annotation(data: bytes, *, where: str) -> wk.Annotation:
-    from server.wk import wk
+    from server.webknossos.lib import wk
 
     # The library reads annotations from paths only.
     with tempfile.TemporaryDirectory(prefix="artifact-loop-nml-") as tmp:

@@ -10,7 +10,7 @@ Written as a webKnossos Zarr3 dataset: layer ``color`` (uint8, mags 1, 2-2-1, 4-
 ``artifact_mask`` (uint8 segmentation, value = artifact type id of ``models.vocab``, 0 = clean,
 same mags; coarser mags keep the largest id of each block so thin scratches survive) and
 ``ground_truth.csv`` with one row per 140 x 140 grid patch (``x,y,z,w,h,label,type``, z-major
-like :class:`server.grid.Grid`).
+like :class:`server.pixels.grid.Grid`).
 
 Ground-truth rule: an additive artifact (charging disc or ring, horseshoe arc, scratch) covers
 the pixels it changes by at least :data:`VISIBLE_DELTA` grey levels; debris covers its opaque
@@ -90,7 +90,7 @@ def make_synthetic_dataset(
     in pixels, a multiple of 140; number of sections), for quick tests; ``artifact_rate`` scales
     how many artifacts are injected (1.0: about 5% of patches). ``progress(done, total)`` is
     called after each section."""
-    from server.wk import wk
+    from server.webknossos.lib import wk
 
     start = time.perf_counter()
     out = Path(out_dir)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from server.errors import DatasetError
-from server.wk import wk
+from server.webknossos.lib import wk
 
 Vec3 = tuple[int, int, int]
 

@@ -10,7 +10,7 @@ A ``sync`` job (queue ``io``; on demand, after each proposal and periodically):
    ``<prefix>-<dataset>`` (task type and project created once), one task per patch with its
    bounding box plus context;
 2. downloads every finished annotation of the project's tasks, and annotations given by id
-   or URL, and imports each with the label-file conventions (:mod:`server.label_import`),
+   or URL, and imports each with the label-file conventions (:mod:`server.labels.importer`),
    one transaction per annotation; an annotation is imported again only when its
    ``modified`` time changed, and the import's idempotency keys keep labels from counting
    twice;
@@ -34,7 +34,7 @@ from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, WkAnnotation, WkTask
 from server.errors import ArtifactLoopError, InvalidInput, ServiceUnavailable
 from server.settings import Settings
-from server.wk import wk
+from server.webknossos.lib import wk
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def push_proposals(sessions: sessionmaker[Session], settings: Settings, dataset:
         ]
     if not todo:
         return 0
-    from server.patches import parse_mag
+    from server.pixels.source import parse_mag
 
     mag = parse_mag(dataset.mag)
     cx, cy = settings.wk_context_px * mag[0], settings.wk_context_px * mag[1]
@@ -260,7 +260,7 @@ def pull_annotations(
     ids: list[str],
     report: SyncReport,
 ) -> None:
-    from server.label_import import import_label_file
+    from server.labels.importer import import_label_file
 
     candidates = _finished_annotations(settings, dataset) if link_of(dataset) else []
     candidates += _explicit_annotations(ids)

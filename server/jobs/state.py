@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from server.db.base import utcnow, write_transaction
 from server.db.tables import JOB_KINDS, Dataset, Job
 from server.errors import Conflict, InvalidInput, NotFound
-from server.queue import JobSender
+from server.jobs.queue import JobSender
 
 USER_JOB_KINDS = ("pretrain", "train", "score", "propose", "predict", "sync")
 ACTIVE_STATES = ("queued", "running")

@@ -1,0 +1,1 @@
+"""Annotation tasks: leasing, labelling, skipping; proposals and the audit set."""

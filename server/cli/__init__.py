@@ -1,0 +1,1 @@
+"""The `artifact-loop` command line."""

@@ -1,0 +1,1 @@
+"""Datasets: registering, listing and opening webKnossos datasets and their grids."""

@@ -1,0 +1,1 @@
+"""Labels: the labels service, label-file formats, import and export."""

@@ -1,0 +1,1 @@
+"""The loop's steps (pretrain, train, score, propose, predict, sync): load -> compute -> record."""

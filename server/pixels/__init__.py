@@ -1,0 +1,1 @@
+"""Pixels: the patch grid and reading normalised patches from webKnossos layers."""

@@ -1,0 +1,1 @@
+"""Dense predictions written back as webKnossos layers, their NML and report."""

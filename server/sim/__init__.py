@@ -1,0 +1,1 @@
+"""Synthetic data, the offline simulation and the demo; never imported by the service."""

@@ -1,0 +1,1 @@
+"""Model versions: which version is active, activation and pinning, where weights live."""

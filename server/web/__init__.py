@@ -1,0 +1,1 @@
+"""The web pages served by the API: the labeling page and the dashboard."""

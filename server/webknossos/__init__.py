@@ -1,0 +1,1 @@
+"""webKnossos: the library wrapper, remote datasets and the task/annotation sync."""
