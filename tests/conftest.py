@@ -51,6 +51,37 @@ def pg_url(pg_server: str) -> Iterator[str]:
         conn.close()  # type: ignore[attr-defined]
 
 
+REDIS_URL = os.environ.get("ARTIFACT_LOOP_TEST_REDIS", "redis://127.0.0.1:6379")
+_REDIS_LOCK = "artifact-loop-tests:lock"
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """An empty Redis database of its own for one test: claimed with a lock key, so test runs
+    started side by side on one machine never share a broker."""
+    import redis
+
+    try:
+        redis.Redis.from_url(f"{REDIS_URL}/0", socket_connect_timeout=3).ping()
+    except Exception as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    owner = f"{os.getpid()}-{uuid.uuid4().hex}"
+    for db in range(1, 16):
+        client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
+        # a lock left by a crashed run expires after an hour
+        if client.set(_REDIS_LOCK, owner, nx=True, ex=3600):
+            break
+    else:  # pragma: no cover - sixteen runs at once
+        pytest.fail("no free Redis database (1-15) for this test")
+    for key in client.scan_iter():
+        if key != _REDIS_LOCK.encode():
+            client.delete(key)
+    try:
+        yield f"{REDIS_URL}/{db}"
+    finally:
+        client.flushdb()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'test.sqlite'}"

@@ -41,19 +41,15 @@ def wait_for(predicate, what: str, timeout: float = 300, every: float = 0.5):  #
 
 
 def pg_redis_env(
-    pg_url: str, data_dir: Path, *, redis_db: int, **extra: str
+    pg_url: str, data_dir: Path, *, broker: str, **extra: str
 ) -> tuple[dict[str, str], str]:
-    """A migrated PostgreSQL database with an admin token, an empty Redis database as the
-    broker, and the environment for services using them (small pretraining, trainings only
+    """A migrated PostgreSQL database with an admin token, the test's own Redis database
+    (``redis_url`` fixture) as the broker, and the environment for services using them (small pretraining, trainings only
     on request). Returns the environment and the admin token."""
-    import redis
-
     from server.auth import create_token
     from server.db import migrate
     from server.db.base import make_engine, make_sessionmaker, session_scope
 
-    broker = f"redis://127.0.0.1:6379/{redis_db}"
-    redis.Redis.from_url(broker).flushdb()
     migrate.upgrade(pg_url)
     engine = make_engine(pg_url)
     with session_scope(make_sessionmaker(engine)) as session:

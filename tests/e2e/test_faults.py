@@ -15,8 +15,8 @@ from tests.processes import api_server, celery_worker, kill_process, pg_redis_en
 
 @pytest.mark.postgres
 @pytest.mark.redis
-def test_killing_the_worker_mid_training(pg_url: str, tmp_path: Path) -> None:
-    env, secret = pg_redis_env(pg_url, tmp_path / "data", redis_db=15)
+def test_killing_the_worker_mid_training(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    env, secret = pg_redis_env(pg_url, tmp_path / "data", broker=redis_url)
     dataset = tmp_path / "ds"
     make_synthetic_dataset(dataset, seed=4, shape=(840, 6), artifact_rate=3.0)
     with api_server(env, log=tmp_path / "api.log") as base:

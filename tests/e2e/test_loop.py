@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,10 +60,7 @@ def stack(
         broker = "filesystem://"
     else:
         db_url = request.getfixturevalue("pg_url")
-        broker = f"redis://127.0.0.1:6379/{7 + hash(uuid.uuid4()) % 8}"
-        import redis
-
-        redis.Redis.from_url(broker).flushdb()
+        broker = request.getfixturevalue("redis_url")
     migrate.upgrade(db_url)
     engine = make_engine(db_url)
     with session_scope(make_sessionmaker(engine)) as session:

@@ -17,8 +17,8 @@ from tests.processes import api_server, celery_worker, kill_process, pg_redis_en
 
 @pytest.mark.postgres
 @pytest.mark.redis
-def test_predict_survives_a_killed_worker(pg_url: str, tmp_path: Path) -> None:
-    env, secret = pg_redis_env(pg_url, tmp_path / "data", redis_db=14)
+def test_predict_survives_a_killed_worker(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    env, secret = pg_redis_env(pg_url, tmp_path / "data", broker=redis_url)
     dataset = tmp_path / "ds"
     make_synthetic_dataset(dataset, seed=5, shape=(1400, 16), artifact_rate=3.0)
     with api_server(env, log=tmp_path / "api.log") as base:

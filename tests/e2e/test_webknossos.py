@@ -46,7 +46,7 @@ def _run_sync(http: httpx.Client, ds: int, params: dict | None = None) -> dict:
 
 @pytest.mark.postgres
 @pytest.mark.redis
-def test_push_finish_sync_retrain(pg_url: str, tmp_path: Path) -> None:
+def test_push_finish_sync_retrain(pg_url: str, redis_url: str, tmp_path: Path) -> None:
     dataset = tmp_path / "ds"
     make_synthetic_dataset(dataset, seed=6, shape=(840, 6), artifact_rate=3.0)
     with (dataset / "ground_truth.csv").open() as fh:
@@ -58,7 +58,7 @@ def test_push_finish_sync_retrain(pg_url: str, tmp_path: Path) -> None:
         env, secret = pg_redis_env(
             pg_url,
             tmp_path / "data",
-            redis_db=13,
+            broker=redis_url,
             ARTIFACT_LOOP_WK_URL=fake.url,
             ARTIFACT_LOOP_WK_TOKEN=TOKEN,
             ARTIFACT_LOOP_WK_SYNC_EVERY_S="0",
