@@ -25,6 +25,7 @@ from server.errors import InvalidInput
 from server.labels.service import label_counts
 from server.pipeline import loop
 from server.pixels.source import render_patch_png
+from server.versions.service import active_model
 
 router = APIRouter(tags=["datasets"])
 
@@ -108,9 +109,7 @@ def get_one(dataset_id: DatasetId, session: SessionDep, _user: CurrentUser) -> D
 
 def dataset_detail(session: Session, dataset: Dataset) -> DatasetDetail:
     active = {
-        kind: (
-            m.id if (m := loop.active_model(session, dataset_id=dataset.id, kind=kind)) else None
-        )
+        kind: (m.id if (m := active_model(session, dataset_id=dataset.id, kind=kind)) else None)
         for kind in ("ae", "classifier")
     }
     return DatasetDetail(

@@ -1,4 +1,4 @@
-"""Jobs: background work whose state lives in the database, not in the broker.
+"""Job state: the only module that writes a job's state, progress and result.
 
 A job row is created first, then its id is sent to a queue. A worker claims it with a
 conditional UPDATE (``queued -> running``), so a redelivered message never runs a job twice;
@@ -12,18 +12,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from server.db.base import utcnow, write_transaction
-from server.db.tables import JOB_KINDS, Dataset, Job
+from server.db.tables import Dataset, Job, ModelVersion
 from server.errors import Conflict, InvalidInput, NotFound
+from server.jobs.kinds import ACTIVE_STATES, JobKind, JobState
 from server.jobs.queue import JobSender
+from server.jobs.registry import EXCLUSIVE_KINDS, STARTABLE_KINDS, spec_of
 
-USER_JOB_KINDS = ("pretrain", "train", "score", "propose", "predict", "sync")
-ACTIVE_STATES = ("queued", "running")
-# Jobs of these kinds run at most one at a time per dataset; new requests coalesce.
-EXCLUSIVE_KINDS = ("pretrain", "train")
 MAX_ATTEMPTS = 3
 
 
@@ -46,15 +44,14 @@ def create_job(
     requested_by: str | None = None,
     parent_id: int | None = None,
 ) -> Job:
-    if kind not in JOB_KINDS:
-        raise InvalidInput(f"unknown job kind {kind!r}")
+    spec = spec_of(kind)
     job = Job(
-        kind=kind,
+        kind=spec.kind.value,
         dataset_id=dataset_id,
-        params=params or {},
+        params=spec.params.of(params).stored(),
         requested_by=requested_by,
         parent_id=parent_id,
-        state="queued",
+        state=JobState.QUEUED,
         message="queued",
     )
     session.add(job)
@@ -73,13 +70,15 @@ def start_job(
 ) -> StartedJob:
     """Create and enqueue a job; a pretrain/train request while one of the same kind is
     still queued for the dataset returns that one instead (triggers coalesce)."""
-    if kind not in USER_JOB_KINDS:
-        raise InvalidInput(f"unknown job kind {kind!r}; use one of {', '.join(USER_JOB_KINDS)}")
+    if kind not in STARTABLE_KINDS:
+        raise InvalidInput(f"unknown job kind {kind!r}; use one of {', '.join(STARTABLE_KINDS)}")
     if dataset_id is not None:
         _lock_dataset(session, dataset_id)
     if kind in EXCLUSIVE_KINDS and dataset_id is not None:
         waiting = session.scalar(
-            select(Job).where(Job.dataset_id == dataset_id, Job.kind == kind, Job.state == "queued")
+            select(Job).where(
+                Job.dataset_id == dataset_id, Job.kind == kind, Job.state == JobState.QUEUED
+            )
         )
         if waiting is not None:
             return StartedJob(job=waiting, coalesced=True)
@@ -105,7 +104,7 @@ def claim_job(sessions: sessionmaker[Session], *, job_id: int, worker: str) -> J
     running elsewhere, finished, cancelled) or an exclusive job of its dataset is running."""
     with write_transaction(sessions) as session:
         job = session.get(Job, job_id)
-        if job is None or job.state != "queued":
+        if job is None or job.state != JobState.QUEUED:
             return None
         if job.kind in EXCLUSIVE_KINDS and job.dataset_id is not None:
             _lock_dataset(session, job.dataset_id)
@@ -113,7 +112,7 @@ def claim_job(sessions: sessionmaker[Session], *, job_id: int, worker: str) -> J
                 select(Job.id).where(
                     Job.dataset_id == job.dataset_id,
                     Job.kind.in_(EXCLUSIVE_KINDS),
-                    Job.state == "running",
+                    Job.state == JobState.RUNNING,
                     Job.id != job_id,
                 )
             )
@@ -122,9 +121,9 @@ def claim_job(sessions: sessionmaker[Session], *, job_id: int, worker: str) -> J
         now = utcnow()
         claimed = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == "queued")
+            .where(Job.id == job_id, Job.state == JobState.QUEUED)
             .values(
-                state="running",
+                state=JobState.RUNNING,
                 worker=worker,
                 started_at=now,
                 heartbeat_at=now,
@@ -145,7 +144,7 @@ def report_progress(
     with write_transaction(sessions) as session:
         updated = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == "running")
+            .where(Job.id == job_id, Job.state == JobState.RUNNING)
             .values(
                 progress=max(0.0, min(1.0, progress)), message=message[:500], heartbeat_at=utcnow()
             )
@@ -160,9 +159,9 @@ def finish_job(
     with write_transaction(sessions) as session:
         session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == "running")
+            .where(Job.id == job_id, Job.state == JobState.RUNNING)
             .values(
-                state="succeeded",
+                state=JobState.SUCCEEDED,
                 progress=1.0,
                 message="done",
                 result=result or {},
@@ -177,7 +176,9 @@ def fail_job(sessions: sessionmaker[Session], *, job_id: int, error: str) -> Non
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.state.in_(ACTIVE_STATES))
-            .values(state="failed", error=error[:4000], message="failed", finished_at=utcnow())
+            .values(
+                state=JobState.FAILED, error=error[:4000], message="failed", finished_at=utcnow()
+            )
         )
         parent_id = session.scalar(select(Job.parent_id).where(Job.id == job_id))
         if parent_id is not None:
@@ -185,7 +186,7 @@ def fail_job(sessions: sessionmaker[Session], *, job_id: int, error: str) -> Non
                 update(Job)
                 .where(Job.id == parent_id, Job.state.in_(ACTIVE_STATES))
                 .values(
-                    state="failed",
+                    state=JobState.FAILED,
                     error=f"chunk job {job_id} failed: {error}"[:4000],
                     message="failed",
                     finished_at=utcnow(),
@@ -199,13 +200,13 @@ def cancel_job(session: Session, *, job_id: int) -> Job:
         raise NotFound(f"no job {job_id}")
     if job.state not in ACTIVE_STATES:
         raise Conflict(f"job {job_id} is already {job.state}")
-    job.state = "cancelled"
+    job.state = JobState.CANCELLED
     job.message = "cancelled"
     job.finished_at = utcnow()
     for child in session.scalars(
         select(Job).where(Job.parent_id == job_id, Job.state.in_(ACTIVE_STATES))
     ):
-        child.state = "cancelled"
+        child.state = JobState.CANCELLED
         child.finished_at = utcnow()
     session.flush()
     return job
@@ -237,7 +238,7 @@ def reap_stale_jobs(
             .where(child.parent_id == Job.id, child.state.in_(ACTIVE_STATES))
             .exists()
         )
-        query = select(Job).where(Job.state == "running", ~waiting)
+        query = select(Job).where(Job.state == JobState.RUNNING, ~waiting)
         if worker is not None:
             query = query.where(Job.worker == worker)
         else:
@@ -245,11 +246,11 @@ def reap_stale_jobs(
         stale = list(session.scalars(query))
         for job in stale:
             if job.attempts >= MAX_ATTEMPTS:
-                job.state = "failed"
+                job.state = JobState.FAILED
                 job.error = f"worker lost: no heartbeat since {job.heartbeat_at}, gave up after {job.attempts} attempts"
                 job.finished_at = utcnow()
             else:
-                job.state = "queued"
+                job.state = JobState.QUEUED
                 job.message = (
                     f"requeued: worker {job.worker} lost (attempt {job.attempts} of {MAX_ATTEMPTS})"
                 )
@@ -257,8 +258,6 @@ def reap_stale_jobs(
         kinds = {job.id: job.kind for job in stale}
         if stale:
             # a model the lost attempt was writing will never be finished
-            from server.db.tables import ModelVersion
-
             session.execute(
                 update(ModelVersion)
                 .where(ModelVersion.job_id.in_(list(kinds)), ModelVersion.status == "training")
@@ -287,3 +286,64 @@ def active_jobs(session: Session, *, dataset_id: int, kinds: tuple[str, ...]) ->
             )
         )
     )
+
+
+def wait_for_chunks(
+    sessions: sessionmaker[Session], *, job_id: int, result: dict[str, Any]
+) -> None:
+    """A running job that cut its work into chunk jobs: it stays running, with what it
+    planned as its result so far, until :func:`claim_parent_finish` says all chunks are done."""
+    with write_transaction(sessions) as session:
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING).values(result=result)
+        )
+
+
+def requeue_unfinished_children(session: Session, *, parent_id: int) -> list[int]:
+    """A retried parent: its chunk jobs that did not succeed go back on the queue (ids)."""
+    pending = []
+    for child in session.scalars(select(Job).where(Job.parent_id == parent_id)):
+        if child.state in (JobState.FAILED, JobState.CANCELLED):
+            child.state, child.error, child.attempts = JobState.QUEUED, None, 0
+        if child.state == JobState.QUEUED:
+            pending.append(child.id)
+    session.flush()
+    return pending
+
+
+def claim_parent_finish(sessions: sessionmaker[Session], *, parent_id: int) -> Job | None:
+    """Record a finished chunk on its parent; when every chunk has succeeded, exactly one
+    caller gets the parent back (to finish it), everyone else ``None``."""
+    with write_transaction(sessions) as session:
+        lock = select(Job).where(Job.id == parent_id)
+        if session.get_bind().dialect.name == "postgresql":
+            lock = lock.with_for_update()
+        parent = session.scalar(lock)
+        if parent is None or parent.state != JobState.RUNNING or parent.progress >= 1.0:
+            return None
+        states = dict(
+            session.execute(
+                select(Job.state, func.count(Job.id))
+                .where(Job.parent_id == parent_id)
+                .group_by(Job.state)
+            ).all()
+        )
+        total = sum(states.values())
+        done = states.get(JobState.SUCCEEDED, 0)
+        verb = "predicted" if parent.kind == JobKind.PREDICT else "scored"
+        parent.message = f"{done} of {total} chunks {verb}"
+        parent.heartbeat_at = utcnow()
+        if done < total:
+            parent.progress = done / max(total, 1) * 0.99
+            return None
+        # the conditional update makes the finish happen once even without row locks
+        won = session.execute(
+            update(Job)
+            .where(Job.id == parent_id, Job.state == JobState.RUNNING, Job.progress < 1.0)
+            .values(progress=1.0, message=f"{total} chunks done, finishing")
+        ).rowcount
+        if won != 1:
+            return None
+        session.refresh(parent)
+        session.expunge(parent)
+        return parent

@@ -26,6 +26,7 @@ from server.jobs import state as jobs
 from server.jobs.queue import JobSender
 from server.pixels.grid import Grid
 from server.runtime import Runtime
+from server.versions.service import active_model, model_dir, refresh_active_flags
 
 log = logging.getLogger(__name__)
 
@@ -89,41 +90,6 @@ def labels_added(
             params={"trigger": f"{new} new labels"},
             requested_by="loop",
         ).job
-
-
-# -- models ----------------------------------------------------------------------------------------
-def active_model(session: Session, *, dataset_id: int, kind: str) -> ModelVersion | None:
-    """The pinned version of that kind if an admin pinned one, else the newest ready one."""
-    versions = select(ModelVersion).where(
-        ModelVersion.dataset_id == dataset_id,
-        ModelVersion.kind == kind,
-        ModelVersion.status == "ready",
-    )
-    pinned = session.scalar(
-        versions.where(ModelVersion.pinned.is_(True)).order_by(ModelVersion.id.desc())
-    )
-    if pinned is not None:
-        return pinned
-    return session.scalar(versions.order_by(ModelVersion.id.desc()))
-
-
-def refresh_active_flags(session: Session, *, dataset_id: int) -> None:
-    for kind in ("ae", "classifier"):
-        chosen = active_model(session, dataset_id=dataset_id, kind=kind)
-        session.execute(
-            update(ModelVersion)
-            .where(ModelVersion.dataset_id == dataset_id, ModelVersion.kind == kind)
-            .values(active=False)
-        )
-        if chosen is not None:
-            chosen.active = True
-    session.flush()
-
-
-def model_dir(rt: Runtime, *, dataset_id: int, version_id: int) -> Path:
-    path = rt.settings.model_store / f"dataset-{dataset_id}" / f"version-{version_id}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # -- audit set and proposals ----------------------------------------------------------------------
@@ -350,7 +316,7 @@ def handle_pretrain(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
                 source=source,
                 grid=grid,
                 dataset=dataset,
-                out_dir=model_dir(rt, dataset_id=dataset.id, version_id=version_id),
+                out_dir=model_dir(rt.settings, dataset_id=dataset.id, version_id=version_id),
                 settings=rt.settings,
                 params=job.params,
                 progress=report,
@@ -413,7 +379,7 @@ def handle_train(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
                 ae_weights=Path(str(ae_path)),
                 train_labels=train,
                 audit_labels=audit,
-                out_dir=model_dir(rt, dataset_id=dataset.id, version_id=version_id),
+                out_dir=model_dir(rt.settings, dataset_id=dataset.id, version_id=version_id),
                 settings=rt.settings,
                 params=job.params,
                 progress=report,
@@ -500,7 +466,9 @@ def handle_score_chunk(rt: Runtime, job: Job, sender: JobSender) -> dict[str, An
             ae_path = parent.weights_path if parent is not None else None
         weights, kind = version.weights_path, version.kind
     out = (
-        model_dir(rt, dataset_id=dataset.id, version_id=int(job.params["model_version_id"]))
+        model_dir(
+            rt.settings, dataset_id=dataset.id, version_id=int(job.params["model_version_id"])
+        )
         / "scores"
     )
     out.mkdir(exist_ok=True)
@@ -527,7 +495,7 @@ def handle_propose(rt: Runtime, job: Job, sender: JobSender) -> dict[str, Any]:
     dataset = _load_dataset(rt, job)
     grid = grid_of(dataset)
     version_id = int(job.params["model_version_id"])
-    scores_dir = model_dir(rt, dataset_id=dataset.id, version_id=version_id) / "scores"
+    scores_dir = model_dir(rt.settings, dataset_id=dataset.id, version_id=version_id) / "scores"
     with write_transaction(rt.sessions) as session:
         version = session.get(ModelVersion, version_id)
         if version is None:

@@ -377,7 +377,7 @@ def ground_truth(dataset_path: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 @lru_cache(maxsize=2)
 def _ground_truth(folder: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
-    from server.sim.simulate import load_truth
+    from server.labels.truth import load_truth
 
     return load_truth(Path(folder))
 

@@ -9,7 +9,6 @@ and strategy, rounds of train -> score -> acquire -> label until the budget is s
 
 from __future__ import annotations
 
-import csv
 import json
 import multiprocessing as mp
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from server.errors import InvalidInput
+from server.labels.truth import load_truth
 
 STRATEGIES = ("random", "uncertainty", "recon", "hybrid")
 
@@ -59,22 +59,6 @@ def quick_config(strategies: tuple[str, ...]) -> SimulationConfig:
         tta=2,
         workers=2,
     )
-
-
-def load_truth(dataset: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Patch origins ``(n, 3)`` and labels (1 = artifact) from ``ground_truth.csv``."""
-    path = dataset / "ground_truth.csv"
-    if not path.exists():
-        raise InvalidInput(f"{dataset} has no ground_truth.csv")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"x", "y", "z", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise InvalidInput(f"ground_truth.csv lacks columns {', '.join(sorted(missing))}")
-        rows = list(reader)
-    origins = np.asarray([[int(r["x"]), int(r["y"]), int(r["z"])] for r in rows], dtype=np.int64)
-    labels = np.asarray([r["label"].strip().lower() == "artifact" for r in rows], dtype=bool)
-    return origins, labels
 
 
 _SCORING = ("uncertainty", "hybrid")  # strategies that run the classifier on the pool

@@ -1,14 +1,51 @@
-"""Model versions: listing, and activation (an admin pins one; unpinning goes back to the
-newest successful version)."""
+"""Model versions: which one is active, activation (an admin pins one; unpinning goes back
+to the newest successful version), and where their files live."""
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from pathlib import Path
+
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from server.db.tables import ModelVersion
 from server.errors import Conflict, NotFound
-from server.pipeline.loop import refresh_active_flags
+from server.settings import Settings
+
+
+def active_model(session: Session, *, dataset_id: int, kind: str) -> ModelVersion | None:
+    """The pinned version of that kind if an admin pinned one, else the newest ready one."""
+    versions = select(ModelVersion).where(
+        ModelVersion.dataset_id == dataset_id,
+        ModelVersion.kind == kind,
+        ModelVersion.status == "ready",
+    )
+    pinned = session.scalar(
+        versions.where(ModelVersion.pinned.is_(True)).order_by(ModelVersion.id.desc())
+    )
+    if pinned is not None:
+        return pinned
+    return session.scalar(versions.order_by(ModelVersion.id.desc()))
+
+
+def refresh_active_flags(session: Session, *, dataset_id: int) -> None:
+    for kind in ("ae", "classifier"):
+        chosen = active_model(session, dataset_id=dataset_id, kind=kind)
+        session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.dataset_id == dataset_id, ModelVersion.kind == kind)
+            .values(active=False)
+        )
+        if chosen is not None:
+            chosen.active = True
+    session.flush()
+
+
+def model_dir(settings: Settings, *, dataset_id: int, version_id: int) -> Path:
+    """The folder of one version's weights and score arrays (made when missing)."""
+    path = settings.model_store / f"dataset-{dataset_id}" / f"version-{version_id}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def get_version(session: Session, version_id: int) -> ModelVersion:
@@ -43,6 +80,4 @@ def unpin(session: Session, *, dataset_id: int, kind: str) -> ModelVersion | Non
     )
     session.flush()
     refresh_active_flags(session, dataset_id=dataset_id)
-    from server.pipeline.loop import active_model
-
     return active_model(session, dataset_id=dataset_id, kind=kind)

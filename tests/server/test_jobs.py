@@ -117,7 +117,11 @@ def test_fresh_heartbeat_and_waiting_parents_are_not_reaped(env) -> None:  # typ
     jobs.claim_job(sessions, job_id=parent.id, worker="w")
     with session_scope(sessions) as session:
         child = jobs.create_job(
-            session, kind="score_chunk", dataset_id=dataset_id, parent_id=parent.id
+            session,
+            kind="score_chunk",
+            dataset_id=dataset_id,
+            parent_id=parent.id,
+            params={"model_version_id": 1, "chunk": 0, "start": 0, "stop": 4},
         )
         session.execute(
             update(Job)

@@ -11,9 +11,9 @@ import torch
 
 from models.networks import Classifier
 from server.errors import InvalidInput
+from server.labels.truth import load_truth
 from server.pixels.source import PatchSource
 from server.predictions import dense as predict
-from server.sim.simulate import load_truth
 from server.sim.synth import make_synthetic_dataset
 from server.webknossos.lib import wk
 

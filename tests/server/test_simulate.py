@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from server.cli.main import app
-from server.sim.simulate import load_truth
+from server.labels.truth import load_truth
 from server.sim.synth import make_synthetic_dataset
 
 
