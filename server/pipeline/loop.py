@@ -14,17 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.datasets.service import grid_of, open_source, patch_extent
+from server.annotation.proposals import ensure_audit_set, excluded_indices, replace_proposals
+from server.datasets.service import grid_of, open_source
 from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, Job, Label, ModelVersion
 from server.errors import InvalidInput, NotFound
 from server.jobs import state as jobs
 from server.jobs.queue import JobSender
-from server.pixels.grid import Grid
 from server.runtime import Runtime
 from server.versions.service import active_model, model_dir, refresh_active_flags
 
@@ -90,132 +89,6 @@ def labels_added(
             params={"trigger": f"{new} new labels"},
             requested_by="loop",
         ).job
-
-
-# -- audit set and proposals ----------------------------------------------------------------------
-def excluded_indices(session: Session, *, dataset: Dataset, grid: Grid) -> np.ndarray:
-    """Grid patches acquisition must not propose: the audit set, labelled patches (labels
-    match the grid by overlap of more than half a patch) and tasks currently leased."""
-    blocked: list[np.ndarray] = []
-    tasks = session.execute(
-        select(AnnotationTask.grid_index).where(
-            AnnotationTask.dataset_id == dataset.id,
-            (AnnotationTask.kind == "audit") | (AnnotationTask.status == "leased"),
-            AnnotationTask.grid_index.is_not(None),
-        )
-    ).scalars()
-    blocked.append(np.fromiter((int(t) for t in tasks), dtype=np.int64))
-    positions = session.execute(
-        select(Label.x, Label.y, Label.z, Label.w, Label.h).where(Label.dataset_id == dataset.id)
-    ).all()
-    if positions:
-        blocked.append(labelled_grid_indices(grid, np.asarray(positions, dtype=np.int64)))
-    return np.unique(np.concatenate(blocked)) if blocked else np.empty(0, dtype=np.int64)
-
-
-def labelled_grid_indices(grid: Grid, boxes: np.ndarray) -> np.ndarray:
-    """Grid patches covered more than half by some label box ``(x, y, z, w, h)``."""
-    found: list[np.ndarray] = []
-    ex, ey, _ = grid.patch_extent
-    for x, y, z, w, h in boxes:
-        candidates = grid.overlapping((int(x), int(y), int(z)), (int(w), int(h), 1))
-        if candidates.size == 0:
-            continue
-        org = grid.origins(candidates)
-        ox = np.clip(np.minimum(org[:, 0] + ex, x + w) - np.maximum(org[:, 0], x), 0, None)
-        oy = np.clip(np.minimum(org[:, 1] + ey, y + h) - np.maximum(org[:, 1], y), 0, None)
-        found.append(candidates[ox * oy * 2 > ex * ey])
-    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
-
-
-def ensure_audit_set(
-    session: Session, *, dataset: Dataset, grid: Grid, size: int, seed: int = 0
-) -> int:
-    """Draw the audit set once, uniformly at random over the grid. Returns how many exist."""
-    existing = session.scalar(
-        select(func.count(AnnotationTask.id)).where(
-            AnnotationTask.dataset_id == dataset.id, AnnotationTask.kind == "audit"
-        )
-    )
-    if existing:
-        return int(existing)
-    from models.acquisition import draw_audit_set
-
-    indices = draw_audit_set(len(grid), min(size, len(grid) // 4), seed=seed + dataset.id)
-    origins = grid.origins(indices)
-    w, h = patch_extent(dataset)
-    for rank, (index, origin) in enumerate(zip(indices, origins, strict=True)):
-        session.add(
-            AnnotationTask(
-                dataset_id=dataset.id,
-                kind="audit",
-                grid_index=int(index),
-                x=int(origin[0]),
-                y=int(origin[1]),
-                z=int(origin[2]),
-                w=w,
-                h=h,
-                # interleave audit patches with proposals: one in every few
-                rank=rank * 4 + 3,
-                reason="audit",
-                status="open",
-            )
-        )
-    session.flush()
-    return len(indices)
-
-
-def replace_proposals(
-    session: Session,
-    *,
-    dataset: Dataset,
-    grid: Grid,
-    model_version_id: int,
-    job_id: int | None,
-    picks: list[dict[str, Any]],
-) -> int:
-    """Retire open proposals of older versions and add ``picks`` (each with ``index``,
-    ``reason`` and score components) as the new ranked batch."""
-    session.execute(
-        update(AnnotationTask)
-        .where(
-            AnnotationTask.dataset_id == dataset.id,
-            AnnotationTask.kind == "proposal",
-            AnnotationTask.status.in_(("open", "expired")),
-        )
-        .values(status="retired", updated_at=utcnow())
-    )
-    w, h = patch_extent(dataset)
-    indices = np.asarray([p["index"] for p in picks], dtype=np.int64)
-    origins = grid.origins(indices) if indices.size else np.empty((0, 3), dtype=np.int64)
-    for rank, (pick, origin) in enumerate(zip(picks, origins, strict=True)):
-        session.add(
-            AnnotationTask(
-                dataset_id=dataset.id,
-                kind="proposal",
-                grid_index=int(pick["index"]),
-                x=int(origin[0]),
-                y=int(origin[1]),
-                z=int(origin[2]),
-                w=w,
-                h=h,
-                model_version_id=model_version_id,
-                job_id=job_id,
-                p_artifact=_opt_float(pick.get("p_artifact")),
-                uncertainty=_opt_float(pick.get("uncertainty")),
-                recon_error=_opt_float(pick.get("recon_error")),
-                score=_opt_float(pick.get("score")),
-                rank=rank * 4 // 3,
-                reason=str(pick.get("reason", "")),
-                status="open",
-            )
-        )
-    session.flush()
-    return len(picks)
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None or not np.isfinite(value) else float(value)
 
 
 # -- training data ---------------------------------------------------------------------------------
