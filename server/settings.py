@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,12 @@ class Settings(BaseSettings):
     # flips/quarter turns averaged per patch when a classifier scores patches (1 = off): 8
     # gave +0.02-0.03 PR-AUC on held-out sections, for 8x the scoring compute
     tta: int = Field(default=8, ge=1, le=8)
+    # acquisition: how the next batch is chosen (hybrid: uncertainty blended with
+    # reconstruction error, diverse; uncertainty; recon; random)
+    acquisition: Literal["hybrid", "uncertainty", "recon", "random"] = "hybrid"
+    # unlabelled patches a classifier version scores per round (0: every one)
+    candidates: int = Field(default=0, ge=0)
+    seed: int = 0  # base of every random choice the loop makes (sampling, training)
 
     # webKnossos server (optional): where tasks are pushed and annotations pulled from.
     # The token is never returned by the API nor logged.
@@ -58,8 +65,11 @@ class Settings(BaseSettings):
 
     # Workers
     visibility_timeout_s: int = 6 * 3600
+    # a job still queued this long while its broker queue is empty lost its message: resend
+    resend_after_s: int = Field(default=60, ge=5)
     task_expires_s: int = 24 * 3600
     device: str = "auto"
+    torch_threads: int = Field(default=0, ge=0)  # CPU threads per model job (0: one per core)
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:

@@ -48,13 +48,14 @@ def test_api_command_resolves_to_the_app() -> None:
 
 @pytest.mark.parametrize(("service", "queue"), [("worker-gpu", "gpu"), ("worker-io", "io")])
 def test_worker_commands_resolve_to_the_celery_app(service: str, queue: str) -> None:
-    from server.jobs.queue import JOB_QUEUE, TASK_RUN_JOB, TASK_RUN_JOB_IO
+    from server.jobs.queue import TASK_RUN_JOB, TASK_RUN_JOB_IO
+    from server.jobs.registry import REGISTRY
 
     command = SERVICES[service]["command"]
     assert command[:2] == ["celery", "-A"]
     app = importlib.import_module(command[2]).app
     assert _option(command, "-Q", "--queues") == queue
-    assert queue in set(JOB_QUEUE.values())
+    assert queue in {spec.queue.value for spec in REGISTRY.values()}
     routes = app.conf.task_routes
     assert routes[TASK_RUN_JOB if queue == "gpu" else TASK_RUN_JOB_IO]["queue"] == queue
     app.loader.import_default_modules()

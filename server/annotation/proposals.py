@@ -64,6 +64,14 @@ def ensure_audit_set(
     from models.acquisition import draw_audit_set
 
     indices = draw_audit_set(len(grid), min(size, len(grid) // 4), seed=seed + dataset.id)
+    return add_audit_patches(session, dataset=dataset, grid=grid, indices=indices)
+
+
+def add_audit_patches(
+    session: Session, *, dataset: Dataset, grid: Grid, indices: np.ndarray
+) -> int:
+    """Make grid ``indices`` audit patches (``ensure_audit_set`` draws them at random;
+    ``simulate`` holds out whole sections)."""
     origins = grid.origins(indices)
     w, h = patch_extent(dataset)
     for rank, (index, origin) in enumerate(zip(indices, origins, strict=True)):

@@ -22,8 +22,9 @@ from server.api.schemas import DatasetCreate, DatasetDetail, DatasetOut, PageOf
 from server.datasets.service import BBox, get_dataset, grid_of, register_dataset
 from server.db.tables import Dataset
 from server.errors import InvalidInput
+from server.jobs.kinds import JobKind
+from server.jobs.state import start_job
 from server.labels.service import label_counts
-from server.pipeline import loop
 from server.pixels.source import render_patch_png
 from server.versions.service import active_model
 
@@ -80,8 +81,12 @@ def create_dataset(
     )
     out = dataset_out(dataset)
     if body.pretrain:
-        loop.dataset_registered(
-            session, sender=state.sender, dataset=dataset, requested_by=user.name
+        start_job(
+            session,
+            sender=state.sender,
+            kind=JobKind.PRETRAIN,
+            dataset_id=dataset.id,
+            requested_by=user.name,
         )
     return out
 

@@ -10,9 +10,11 @@ from sqlalchemy import func, select
 from server.api.deps import AdminUser, CurrentUser, DatasetId, JobId, PageDep, SessionDep, StateDep
 from server.api.schemas import JobCreate, JobOut, PageOf, StartedJobOut
 from server.datasets.service import get_dataset
-from server.db.tables import JOB_KINDS, JOB_STATES, Job
+from server.db.tables import Job
 from server.errors import InvalidInput
 from server.jobs import state as jobs
+from server.jobs.kinds import JobKind, JobState
+from server.jobs.registry import resolve, spec_of
 
 router = APIRouter(tags=["jobs"])
 
@@ -29,14 +31,10 @@ def start(
     dataset_id: DatasetId, body: JobCreate, session: SessionDep, state: StateDep, user: AdminUser
 ) -> StartedJobOut:
     dataset = get_dataset(session, dataset_id)
-    if body.kind == "predict":
-        from server.predictions.dense import validate_params
-
-        validate_params(dataset, body.params or {})
-    if body.kind == "sync":
-        from server.webknossos.sync import check_sync
-
-        check_sync(state.runtime.settings, dataset, body.params or {})
+    spec = spec_of(body.kind)
+    spec.params.of(body.params)  # 422 for a misspelt or mistyped parameter
+    if spec.check is not None:
+        resolve(spec.check)(state.runtime.settings, dataset, body.params or {})
     started = jobs.start_job(
         session,
         sender=state.sender,
@@ -54,14 +52,14 @@ def list_jobs(
     page: PageDep,
     _user: CurrentUser,
     dataset_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-    state: Annotated[str | None, Query(description=", ".join(JOB_STATES))] = None,
-    kind: Annotated[str | None, Query(description=", ".join(JOB_KINDS))] = None,
+    state: Annotated[str | None, Query(description=", ".join(JobState))] = None,
+    kind: Annotated[str | None, Query(description=", ".join(JobKind))] = None,
     top_level: Annotated[bool, Query(description="Hide chunk jobs of a parent job")] = True,
 ) -> PageOf[JobOut]:
-    if state is not None and state not in JOB_STATES:
-        raise InvalidInput(f"state must be one of {', '.join(JOB_STATES)}")
-    if kind is not None and kind not in JOB_KINDS:
-        raise InvalidInput(f"kind must be one of {', '.join(JOB_KINDS)}")
+    if state is not None and state not in set(JobState):
+        raise InvalidInput(f"state must be one of {', '.join(JobState)}")
+    if kind is not None and kind not in set(JobKind):
+        raise InvalidInput(f"kind must be one of {', '.join(JobKind)}")
     stmt = select(Job)
     if dataset_id is not None:
         stmt = stmt.where(Job.dataset_id == dataset_id)

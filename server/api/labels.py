@@ -28,8 +28,14 @@ from server.datasets.service import get_dataset, patch_extent
 from server.db.base import write_transaction
 from server.db.tables import LABEL_SOURCES, AnnotationTask, Label
 from server.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge
-from server.labels.service import LabelFilter, NewLabel, create_label, disagreements, list_labels
-from server.pipeline import loop
+from server.labels.service import (
+    LabelFilter,
+    NewLabel,
+    create_label,
+    disagreements,
+    labels_arrived,
+    list_labels,
+)
 
 router = APIRouter(tags=["labels"])
 
@@ -66,12 +72,7 @@ def create(
         )
         out = LabelOut.model_validate(label)
     if created:
-        loop.labels_added(
-            session_factory=state.runtime.sessions,
-            sender=state.sender,
-            dataset_id=dataset_id,
-            retrain_every=state.settings.retrain_every,
-        )
+        labels_arrived(state.runtime, state.sender, dataset_id=dataset_id)
     return out
 
 
@@ -232,10 +233,5 @@ def _import(
         )
     job = None
     if report.added:
-        job = loop.labels_added(
-            session_factory=state.runtime.sessions,
-            sender=state.sender,
-            dataset_id=dataset_id,
-            retrain_every=state.settings.retrain_every,
-        )
+        job = labels_arrived(state.runtime, state.sender, dataset_id=dataset_id)
     return ImportReportOut(**report.to_dict(), training_job_id=job.id if job is not None else None)

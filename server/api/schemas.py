@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.vocab import ARTIFACT_TYPES
+from server.jobs.registry import STARTABLE_KINDS
 
 T = TypeVar("T")
 
@@ -198,6 +200,11 @@ class ModelVersionDetail(ModelVersionOut):
     config: dict[str, Any]
 
 
+StartableKind = StrEnum(  # type: ignore[misc]
+    "StartableKind", {kind.name: kind.value for kind in STARTABLE_KINDS}
+)
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -209,7 +216,7 @@ class JobCreate(BaseModel):
         }
     )
 
-    kind: Literal["pretrain", "train", "score", "propose", "predict", "sync"]
+    kind: StartableKind
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="train: epochs, patience. predict: model_version_id, stride (16/32/64), "

@@ -21,7 +21,7 @@ from server.datasets.service import get_dataset
 from server.db.base import write_transaction
 from server.db.tables import TASK_KINDS, TASK_STATUSES, AnnotationTask
 from server.errors import InvalidInput
-from server.pipeline import loop
+from server.labels.service import labels_arrived
 
 router = APIRouter(tags=["tasks"])
 
@@ -119,12 +119,7 @@ def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) 
         out = LabelOut.model_validate(created_label)
         dataset_id = created_label.dataset_id
     if created:
-        loop.labels_added(
-            session_factory=state.runtime.sessions,
-            sender=state.sender,
-            dataset_id=dataset_id,
-            retrain_every=state.settings.retrain_every,
-        )
+        labels_arrived(state.runtime, state.sender, dataset_id=dataset_id)
     return out
 
 

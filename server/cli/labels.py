@@ -72,7 +72,9 @@ def labels_import(
     from server.datasets.service import get_dataset
     from server.db.base import write_transaction
     from server.db.tables import Annotator
+    from server.jobs.queue import sender_for
     from server.labels.importer import import_label_file
+    from server.labels.service import labels_arrived
 
     if not file.is_file():
         raise InvalidInput(f"{file} is not a file")
@@ -93,6 +95,12 @@ def labels_import(
                 annotator_id=annotator_id,
                 type_map=mapping,
             )
+            dataset_id = target.id
+        training = (
+            labels_arrived(runtime, sender_for(runtime.settings), dataset_id=dataset_id)
+            if report.added
+            else None
+        )
     finally:
         runtime.close()
 
@@ -112,6 +120,8 @@ def labels_import(
     console.print(f"added {report.added:,} of {report.found:,} labels in the file")
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    if training is not None:
+        console.print(f"training job {training.id} started ({training.state})", highlight=False)
 
 
 @labels_app.command("export")

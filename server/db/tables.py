@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from server.db.base import Base, utcnow
+from server.jobs.kinds import JobKind, JobState
 
 LABEL_VALUES = ("clean", "artifact")
 LABEL_SOURCES = ("ui", "api", "webknossos", "file", "simulation")
@@ -33,18 +34,9 @@ TASK_KINDS = ("proposal", "audit")
 TASK_STATUSES = ("open", "leased", "labelled", "skipped", "expired", "retired")
 MODEL_KINDS = ("ae", "classifier")
 MODEL_STATUSES = ("training", "ready", "failed")
-JOB_KINDS = (
-    "pretrain",
-    "train",
-    "score",
-    "score_chunk",
-    "propose",
-    "predict",
-    "predict_chunk",
-    "sync",
-    "import",
-)
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+# the schema also admits "import", a kind no release has used
+JOB_KINDS = (*(kind.value for kind in JobKind), "import")
+JOB_STATES = tuple(state.value for state in JobState)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

@@ -6,32 +6,25 @@ Queue and task names are constants here so that the API never imports task code.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Final, Protocol
 
+from server.jobs.kinds import Queue
 from server.settings import Settings
 
-QUEUE_GPU: Final = "gpu"
-QUEUE_IO: Final = "io"
+QUEUE_GPU: Final = Queue.GPU.value
+QUEUE_IO: Final = Queue.IO.value
 
 TASK_RUN_JOB: Final = "artifact_loop.run_job"
 TASK_RUN_JOB_IO: Final = "artifact_loop.run_io_job"
-
-# Which queue each job kind runs on.
-JOB_QUEUE: Final[dict[str, str]] = {
-    "pretrain": QUEUE_GPU,
-    "train": QUEUE_GPU,
-    "score": QUEUE_GPU,
-    "score_chunk": QUEUE_GPU,
-    "predict": QUEUE_GPU,
-    "predict_chunk": QUEUE_GPU,
-    "propose": QUEUE_IO,
-    "sync": QUEUE_IO,
-    "import": QUEUE_IO,
-}
+TASK_OF_QUEUE: Final = {Queue.GPU: TASK_RUN_JOB, Queue.IO: TASK_RUN_JOB_IO}
 
 
-def task_name_for(kind: str) -> str:
-    return TASK_RUN_JOB if JOB_QUEUE[kind] == QUEUE_GPU else TASK_RUN_JOB_IO
+def queue_of(kind: str) -> Queue:
+    """The queue a job kind runs on (from the registry)."""
+    from server.jobs.registry import spec_of
+
+    return spec_of(kind).queue
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -89,10 +82,35 @@ class CeleryJobSender:
 
     def send(self, *, job_id: int, kind: str) -> str | None:
         result = self._app.send_task(
-            task_name_for(kind), args=[job_id], queue=JOB_QUEUE[kind], expires=self._expires_s
+            TASK_OF_QUEUE[queue_of(kind)],
+            args=[job_id],
+            queue=queue_of(kind).value,
+            expires=self._expires_s,
         )
         return str(result.id) if result is not None else None
+
+    def queue_size(self, queue: str) -> int | None:
+        """Messages waiting in ``queue`` on the broker; ``None`` when it cannot be told."""
+        url = self._app.conf.broker_url or ""
+        try:
+            if url.startswith("redis"):
+                import redis
+
+                client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+                # kombu keeps one list per priority step: "gpu", "gpu\x06\x163", ...
+                return sum(int(client.llen(key)) for key in client.scan_iter(f"{queue}*"))
+            if url.startswith("filesystem"):
+                folder = self._app.conf.broker_transport_options.get("data_folder_in")
+                return sum(1 for _ in Path(folder).glob(f"*.{queue}.msg")) if folder else None
+        except Exception:
+            return None
+        return None
 
     def ping_broker(self, timeout: float = 2.0) -> None:
         with self._app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
+
+
+def sender_for(settings: Settings) -> CeleryJobSender:
+    """A sender to the broker of ``settings`` (the CLI's; the API holds one for its life)."""
+    return CeleryJobSender(make_celery(settings), expires_s=settings.task_expires_s)

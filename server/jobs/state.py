@@ -153,6 +153,15 @@ def report_progress(
         raise JobCancelled(f"job {job_id} is no longer running")
 
 
+def heartbeat(sessions: sessionmaker[Session], *, job_id: int) -> None:
+    with write_transaction(sessions) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING)
+            .values(heartbeat_at=utcnow())
+        )
+
+
 def finish_job(
     sessions: sessionmaker[Session], *, job_id: int, result: dict[str, Any] | None = None
 ) -> None:
@@ -163,7 +172,7 @@ def finish_job(
             .values(
                 state=JobState.SUCCEEDED,
                 progress=1.0,
-                message="done",
+                message=str((result or {}).get("summary", "done"))[:500],
                 result=result or {},
                 finished_at=utcnow(),
             )
@@ -268,6 +277,42 @@ def reap_stale_jobs(
     return requeued
 
 
+def resend_lost_jobs(
+    sessions: sessionmaker[Session], *, sender: JobSender, older_than: timedelta
+) -> list[int]:
+    """Jobs still ``queued`` after ``older_than`` while their broker queue is empty: the
+    broker lost their message (a Redis restarted without persistence). Send them again; a
+    duplicate delivery is harmless, claiming is conditional. Returns the ids sent."""
+    from server.jobs.registry import REGISTRY
+
+    queue_size = getattr(sender, "queue_size", None)
+    if queue_size is None:
+        return []
+    cutoff = utcnow() - older_than
+    sent: list[tuple[int, str]] = []
+    with write_transaction(sessions) as session:
+        waiting = list(
+            session.scalars(
+                select(Job).where(
+                    Job.state == JobState.QUEUED,
+                    func.coalesce(Job.heartbeat_at, Job.created_at) < cutoff,
+                )
+            )
+        )
+        empty: dict[str, bool] = {}
+        for job in waiting:
+            queue = REGISTRY[JobKind(job.kind)].queue.value
+            if queue not in empty:
+                empty[queue] = queue_size(queue) == 0
+            if empty[queue]:
+                job.heartbeat_at = utcnow()  # resent at; at most once per ``older_than``
+                job.message = "queued (message re-sent: the broker had lost it)"
+                sent.append((job.id, job.kind))
+    for job_id, kind in sent:
+        sender.send(job_id=job_id, kind=kind)
+    return [job_id for job_id, _ in sent]
+
+
 def requeue_jobs_of_worker(
     sessions: sessionmaker[Session], *, worker: str, sender: JobSender
 ) -> list[int]:
@@ -286,6 +331,11 @@ def active_jobs(session: Session, *, dataset_id: int, kinds: tuple[str, ...]) ->
             )
         )
     )
+
+
+def record_params(session: Session, *, job_id: int, params: dict[str, Any], message: str) -> None:
+    """What a step decided while planning (e.g. a predict job's plan), kept for its retries."""
+    session.execute(update(Job).where(Job.id == job_id).values(params=params, message=message))
 
 
 def wait_for_chunks(

@@ -10,8 +10,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.vocab import ARTIFACT_TYPES
-from server.db.tables import LABEL_SOURCES, LABEL_VALUES, Annotator, Dataset, Label
+from server.db.base import write_transaction
+from server.db.tables import LABEL_SOURCES, LABEL_VALUES, Annotator, Dataset, Job, Label
 from server.errors import InvalidInput
+from server.jobs.queue import JobSender
+from server.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -219,3 +222,66 @@ def disagreements(
             }
         )
     return out, int(total)
+
+
+# -- labels arrived: the one place that decides a new training ---------------------------------
+def labels_arrived(rt: Runtime, sender: JobSender, *, dataset_id: int) -> Job | None:
+    """Call after committing labels of ``dataset_id``, however they came (page, REST, file
+    import, webKnossos): starts a training once ``retrain_every`` labels arrived since the
+    last one, coalesced with a training that is waiting. Returns that training, if any."""
+    from server.jobs import state
+    from server.jobs.kinds import JobKind, JobState
+    from server.versions.service import active_model
+
+    with write_transaction(rt.sessions) as session:
+        if active_model(session, dataset_id=dataset_id, kind="ae") is None:
+            return None  # nothing to fine-tune from yet
+        active = state.active_jobs(session, dataset_id=dataset_id, kinds=(JobKind.TRAIN,))
+        queued = [j for j in active if j.state == JobState.QUEUED]
+        if queued:
+            return queued[0]  # coalesce
+        if active:
+            return None  # the running training's follow-up counts what arrived meanwhile
+        new = session.scalar(
+            select(func.count(Label.id)).where(
+                Label.dataset_id == dataset_id,
+                Label.id > last_training_snapshot(session, dataset_id=dataset_id),
+            )
+        )
+        if (new or 0) < rt.settings.retrain_every:
+            return None
+        return state.start_job(
+            session,
+            sender=sender,
+            kind=JobKind.TRAIN,
+            dataset_id=dataset_id,
+            params={"trigger": f"{new} new labels"},
+            requested_by="loop",
+        ).job
+
+
+def last_training_snapshot(session: Session, *, dataset_id: int) -> int:
+    """The newest label the last training saw (a version's snapshot, or that of a training
+    skipped for lack of both classes)."""
+    from server.db.tables import ModelVersion
+    from server.jobs.kinds import JobKind, JobState
+
+    versions = session.scalar(
+        select(func.max(ModelVersion.label_snapshot_id)).where(
+            ModelVersion.dataset_id == dataset_id,
+            ModelVersion.kind == "classifier",
+            ModelVersion.status.in_(("ready", "training")),
+        )
+    )
+    skipped = session.scalar(
+        select(Job)
+        .where(
+            Job.dataset_id == dataset_id,
+            Job.kind == JobKind.TRAIN,
+            Job.state == JobState.SUCCEEDED,
+        )
+        .order_by(Job.id.desc())
+        .limit(1)
+    )
+    from_skip = int((skipped.result or {}).get("snapshot_id", 0)) if skipped is not None else 0
+    return max(versions or 0, from_skip)

@@ -35,6 +35,11 @@ def test_quick_simulation_writes_results_and_plot(tiny: Path, tmp_path: Path) ->
         assert s["curve"]["labels"] == [20, 40, 60]
     assert data["test"] == 6 * 6 * 2, "whole sections held out: every 5th of 10"
     assert (out / "learning_curves.png").stat().st_size > 10_000
+    # the curves ran through the service's own job kinds and steps, not a copy of them
+    hybrid, random = data["jobs"]["hybrid/0"], data["jobs"]["random/0"]
+    assert hybrid["pretrain"] == 1 and hybrid["train"] >= 2 and hybrid["propose"] >= 3
+    assert hybrid["score_chunk"] >= hybrid["score"] >= 3, "autoencoder features + candidates"
+    assert random["train"] >= 2 and random["score"] == 1, "random needs no classifier scores"
 
 
 def test_unknown_strategy_and_missing_ground_truth(tiny: Path, tmp_path: Path) -> None:

@@ -1,0 +1,215 @@
+"""Step ``score``: a model version applied to patches, in chunk jobs any GPU worker takes.
+
+- An autoencoder version computes its features of the whole grid once (reconstruction error,
+  embedding), never again for the classifiers fine-tuned from it.
+- A classifier version scores a candidate set: the unlabelled pool outside the audit set, a
+  random sample of at most ``ARTIFACT_LOOP_CANDIDATES`` patches of it (0: all of it).
+
+load (version, grid, candidates) -> compute (chunks) -> record (arrays in the model store);
+then the version proposes the next batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.annotation.proposals import excluded_indices
+from server.datasets.service import grid_of, open_source
+from server.db.base import write_transaction
+from server.db.tables import Dataset, Job, ModelVersion
+from server.errors import InvalidInput, NotFound
+from server.jobs import state
+from server.jobs.kinds import JobKind
+from server.jobs.params import ScoreChunkParams, ScoreParams
+from server.pipeline.context import Chunked, StepContext
+from server.pipeline.features import AEFeatures, features_dir, scores_dir, write_scores
+from server.pixels.reading import READ_BATCH, batches_of, use_all_cores
+from server.versions.service import active_model
+
+
+def run(ctx: StepContext, job: Job) -> Chunked:
+    params = ScoreParams.of(job.params)
+    dataset = ctx.dataset_of(job)
+    grid = grid_of(dataset)
+    with write_transaction(ctx.sessions) as session:
+        version = _version(session, dataset_id=dataset.id, version_id=params.model_version_id)
+        version_id, kind = version.id, version.kind
+        excluded = excluded_indices(session, dataset=dataset, grid=grid) if kind != "ae" else None
+    if kind == "ae":
+        folder = features_dir(ctx.settings, dataset_id=dataset.id, version_id=version_id)
+        total = len(grid)
+        n_chunks = AEFeatures(folder).plan(patches=total, chunk_patches=params.chunk_patches)
+        message = f"autoencoder features of {total:,} patches in {n_chunks} chunks"
+    else:
+        assert excluded is not None
+        candidates = _candidates(ctx, job_id=job.id, n=len(grid), excluded=excluded)
+        out = scores_dir(ctx.settings, dataset_id=dataset.id, version_id=version_id)
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("chunk-*.npz"):  # a re-run scores a new candidate set
+            old.unlink()
+        np.save(out / "candidates.npy", candidates)
+        total = len(candidates)
+        n_chunks = -(-total // params.chunk_patches)
+        message = f"scoring {total:,} candidates of {len(grid):,} patches in {n_chunks} chunks"
+    size = params.chunk_patches
+    with write_transaction(ctx.sessions) as session:
+        children = [
+            state.create_job(
+                session,
+                kind=JobKind.SCORE_CHUNK,
+                dataset_id=dataset.id,
+                parent_id=job.id,
+                params={
+                    "model_version_id": version_id,
+                    "chunk": c,
+                    "start": c * size,
+                    "stop": min((c + 1) * size, total),
+                },
+                requested_by="loop",
+            ).id
+            for c in range(n_chunks)
+        ]
+    ctx.progress(job.id)(0.0, message)
+    return Chunked(
+        result={"model_version_id": version_id, "chunks": n_chunks, "patches": total},
+        children=children,
+    )
+
+
+def _version(session: Any, *, dataset_id: int, version_id: int | None) -> ModelVersion:
+    if version_id is None:
+        chosen = active_model(session, dataset_id=dataset_id, kind="classifier") or active_model(
+            session, dataset_id=dataset_id, kind="ae"
+        )
+        if chosen is None:
+            raise InvalidInput("no model to score with: pretrain first")
+        return chosen
+    version = session.get(ModelVersion, int(version_id))
+    if version is None or version.dataset_id != dataset_id:
+        raise NotFound(f"no model version {version_id} for this dataset")
+    if version.status != "ready" or not version.weights_path:
+        raise InvalidInput(f"model version {version_id} is {version.status}, not ready")
+    return version
+
+
+def _candidates(ctx: StepContext, *, job_id: int, n: int, excluded: np.ndarray) -> np.ndarray:
+    """The unlabelled pool outside the audit set, or a fresh random sample of it."""
+    pool = np.setdiff1d(np.arange(n, dtype=np.int64), excluded, assume_unique=False)
+    limit = ctx.settings.candidates
+    if limit and len(pool) > limit:
+        rng = np.random.default_rng([ctx.settings.seed, job_id])
+        pool = np.sort(rng.choice(pool, size=limit, replace=False))
+    return pool
+
+
+def run_chunk(ctx: StepContext, job: Job) -> dict[str, Any]:
+    from models.checkpoint import load_checkpoint
+    from models.networks import for_inference
+    from models.scoring import Scores
+
+    params = ScoreChunkParams.of(job.params)
+    dataset = ctx.dataset_of(job)
+    grid = grid_of(dataset)
+    with write_transaction(ctx.sessions) as session:
+        version = session.get(ModelVersion, params.model_version_id)
+        if version is None or version.weights_path is None:
+            raise NotFound(f"model version {params.model_version_id} has no weights")
+        parent = session.get(ModelVersion, version.parent_id) if version.parent_id else None
+        weights, kind = Path(version.weights_path), version.kind
+        ae_weights = (
+            Path(parent.weights_path) if parent is not None and parent.weights_path else None
+        )
+        ae_id = parent.id if parent is not None else None
+    use_all_cores(ctx.settings)
+    report = ctx.progress(job.id)
+    model, meta = load_checkpoint(weights)
+    fast = for_inference(model)  # once per chunk, not once per batch
+    if kind == "ae":
+        indices = np.arange(params.start, params.stop, dtype=np.int64)
+        folder = features_dir(ctx.settings, dataset_id=dataset.id, version_id=version.id)
+        scores = _score(dataset, grid, indices, report, autoencoder=fast, meta=meta)
+        AEFeatures(folder).write_chunk(
+            params.chunk, recon=scores.recon_error, embedding=scores.embedding
+        )
+        return {"patches": len(indices)}
+    candidates = np.load(
+        scores_dir(ctx.settings, dataset_id=dataset.id, version_id=version.id) / "candidates.npy"
+    )
+    indices = candidates[params.start : params.stop]
+    extra: dict[str, np.ndarray] = {}
+    ae_folder = (
+        features_dir(ctx.settings, dataset_id=dataset.id, version_id=ae_id) if ae_id else None
+    )
+    if ae_weights is not None and (ae_folder is None or not AEFeatures(ae_folder).complete()):
+        # the autoencoder's features are not there (yet): compute them for these patches
+        ae_model, ae_meta = load_checkpoint(ae_weights)
+        ae = _score(
+            dataset, grid, indices, report, autoencoder=for_inference(ae_model), meta=ae_meta
+        )
+        extra = {"recon_error": ae.recon_error, "embedding": ae.embedding}
+    scores: Scores = _score(dataset, grid, indices, report, classifier=fast, meta=meta)
+    write_scores(
+        scores_dir(ctx.settings, dataset_id=dataset.id, version_id=version.id)
+        / f"chunk-{params.chunk:06d}.npz",
+        index=indices,
+        p_artifact=scores.p_artifact,
+        uncertainty=scores.margin,
+        entropy=scores.entropy,
+        **extra,
+    )
+    return {
+        "patches": len(indices),
+        "mean_p": float(np.nanmean(scores.p_artifact)) if len(indices) else None,
+    }
+
+
+def _score(
+    dataset: Dataset,
+    grid: Any,
+    indices: np.ndarray,
+    report: Any,
+    *,
+    meta: dict[str, Any],
+    classifier: Any = None,
+    autoencoder: Any = None,
+) -> Any:
+    from models.scoring import Scores, score_batch
+
+    extra = meta["extra"]
+    parts = []
+    with open_source(dataset) as source:
+        for i, batch in enumerate(batches_of(source, dataset, grid, indices)):
+            parts.append(
+                score_batch(
+                    batch,
+                    classifier=classifier,
+                    autoencoder=autoencoder,
+                    temperature=float(extra.get("temperature", 1.0)),
+                    recon_reference=extra.get("recon_reference"),
+                    tta=int(extra.get("tta", 1)) if classifier is not None else 1,
+                )
+            )
+            done = min(len(indices), (i + 1) * READ_BATCH)
+            report(done / max(len(indices), 1), f"scored {done:,} patches")
+    if not parts:
+        empty = np.empty(0, np.float32)
+        return Scores(empty, empty, empty, empty, empty, np.empty((0, 0), np.float16))
+    return Scores.concat(parts)
+
+
+def chunks_done(ctx: StepContext, job: Job) -> dict[str, Any]:
+    return {k: job.result.get(k) for k in ("model_version_id", "chunks", "patches")}
+
+
+def after(ctx: StepContext, job: Job) -> None:
+    """A scored version proposes the next batch."""
+    with write_transaction(ctx.sessions) as session:
+        ctx.start(
+            session,
+            kind=JobKind.PROPOSE,
+            dataset_id=job.dataset_id,
+            params={"model_version_id": job.result["model_version_id"]},
+        )

@@ -1,0 +1,131 @@
+"""One simulated curve: the ground truth labels what the loop proposes, round after round,
+through the same job registry, steps and labels service as the workers and the web page."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+
+METRICS = ("f1", "pr_auc", "precision_at_recall_0.9", "precision", "recall")
+
+
+def replay(
+    settings: Any, *, template: Path, budget: int, name: str, say: Callable[[str], None]
+) -> dict[str, Any]:
+    from server.annotation.tasks import label_task
+    from server.db.base import write_transaction
+    from server.db.tables import AnnotationTask, Annotator, Job, Label, ModelVersion
+    from server.jobs import state
+    from server.jobs.kinds import JobKind
+    from server.jobs.runner import InlineSender
+    from server.labels.service import labels_arrived
+    from server.runtime import Runtime
+    from server.sim.simulate import ORACLE
+
+    verdicts = {int(i): bool(t) for i, t in np.load(template / "verdicts.npy")}
+    types: dict[str, str] = json.loads((template / "types.json").read_text())
+    rt = Runtime.start(settings)
+    sender = InlineSender()
+    try:
+        with write_transaction(rt.sessions) as session:
+            ae = session.scalar(select(ModelVersion).where(ModelVersion.kind == "ae"))
+            assert ae is not None, "the shared store has no autoencoder"
+            dataset_id = ae.dataset_id
+            prevalence = _audit_prevalence(session, dataset_id)
+            # this curve's own first batch (its seed, its strategy), replacing the store's
+            state.start_job(
+                session, sender=sender, kind=JobKind.PROPOSE, dataset_id=dataset_id,
+                params={"model_version_id": ae.id}, requested_by="simulate",
+            )  # fmt: skip
+        sender.run_pending(rt)
+        curve: list[dict[str, Any]] = []
+        labelled = 0
+        last_version = 0
+        while labelled < budget:
+            started = time.perf_counter()
+            with write_transaction(rt.sessions) as session:
+                oracle = session.scalar(select(Annotator).where(Annotator.name == ORACLE))
+                tasks = list(
+                    session.scalars(
+                        select(AnnotationTask)
+                        .where(
+                            AnnotationTask.dataset_id == dataset_id,
+                            AnnotationTask.kind == "proposal",
+                            AnnotationTask.status == "open",
+                        )
+                        .order_by(AnnotationTask.rank, AnnotationTask.id)
+                        .limit(min(settings.batch_size, budget - labelled))
+                    )
+                )
+                for task in tasks:
+                    is_artifact = verdicts[int(task.grid_index)]
+                    label_task(
+                        session, task_id=task.id, annotator=oracle,
+                        label="artifact" if is_artifact else "clean",
+                        artifact_type=types.get(str(task.grid_index)) if is_artifact else None,
+                        source="simulation", idempotency_key=None,
+                    )  # fmt: skip
+            if not tasks:
+                break  # the loop proposed nothing more
+            labelled += len(tasks)
+            labels_arrived(rt, sender, dataset_id=dataset_id)
+            sender.run_pending(rt)  # train -> score -> propose, as a worker would
+            with write_transaction(rt.sessions) as session:
+                version = session.scalar(
+                    select(ModelVersion)
+                    .where(ModelVersion.kind == "classifier", ModelVersion.status == "ready")
+                    .order_by(ModelVersion.id.desc())
+                    .limit(1)
+                )
+                positives = session.scalar(
+                    select(func.count(Label.id)).where(
+                        Label.label == "artifact", Label.task_id.in_(
+                            select(AnnotationTask.id).where(AnnotationTask.kind == "proposal")
+                        ),
+                    )
+                )  # fmt: skip
+                failed = session.scalar(
+                    select(Job).where(Job.state == "failed").order_by(Job.id.desc()).limit(1)
+                )
+                if failed is not None:
+                    raise RuntimeError(f"{name}: {failed.kind} job failed: {failed.error}")
+                if version is not None and version.id != last_version:
+                    last_version = version.id
+                    audit = (version.metrics or {}).get("audit", {})
+                    row = {k: audit.get(k) for k in METRICS}
+                else:  # no training yet (one class only): the prevalence, as chance ranks
+                    row = {"f1": 0.0, "pr_auc": prevalence, "precision_at_recall_0.9": 0.0}
+            row.update(
+                round=len(curve) + 1,
+                labels=labelled,
+                positives_found=int(positives or 0),
+                seconds=round(time.perf_counter() - started, 2),
+            )
+            curve.append(row)
+            say(f"{name}: {labelled} labels, test F1 {row['f1'] or 0:.2f}")
+        with write_transaction(rt.sessions) as session:
+            ran = dict(
+                session.execute(select(Job.kind, func.count(Job.id)).group_by(Job.kind)).all()
+            )
+    finally:
+        rt.close()
+    return {"curve": curve, "jobs": {str(k): int(v) for k, v in ran.items()}}
+
+
+def _audit_prevalence(session: Any, dataset_id: int) -> float:
+    from server.db.tables import AnnotationTask, Label
+
+    audit = select(AnnotationTask.id).where(
+        AnnotationTask.dataset_id == dataset_id, AnnotationTask.kind == "audit"
+    )
+    total = session.scalar(select(func.count(Label.id)).where(Label.task_id.in_(audit))) or 1
+    positive = session.scalar(
+        select(func.count(Label.id)).where(Label.task_id.in_(audit), Label.label == "artifact")
+    )
+    return float((positive or 0) / total)
