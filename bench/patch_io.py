@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from server.pixels.grid import Grid
-from server.pixels.source import PatchSource, _open_tensorstore
+from server.pixels.source import PatchSource
+from server.pixels.tensorstore import open_tensorstore
 from server.webknossos.lib import wk
 
 PATCH = 140
@@ -113,7 +114,7 @@ def main() -> None:
 
     def floor(band: int | None) -> Callable[[], None]:
         def run() -> None:
-            array = _open_tensorstore(mag_view)  # cold cache every time
+            array = open_tensorstore(mag_view)  # cold cache every time
             pending = []
             for lo, hi in boxes:
                 step = band or int(hi[1] - lo[1])

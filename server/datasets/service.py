@@ -11,10 +11,8 @@ from sqlalchemy.orm import Session
 
 from server.db.tables import Dataset
 from server.errors import Conflict, DatasetError, InvalidInput, NotFound
-from server.pixels.grid import Grid
+from server.pixels.grid import Grid, Vec3
 from server.pixels.source import PatchSource, mag_name, parse_mag
-
-Vec3 = tuple[int, int, int]
 
 
 @dataclass(frozen=True)

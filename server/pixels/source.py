@@ -22,14 +22,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from server.errors import DatasetError
+from server.pixels.grid import Vec3
+from server.pixels.tensorstore import TensorStoreRead, chunk_depth, open_tensorstore
 from server.webknossos.lib import wk
-
-Vec3 = tuple[int, int, int]
 
 # A slice region is read in one go when its area is at most this many times the area of
 # the patches it serves; sparser groups are read patch by patch, all in flight at once.
 _REGION_WASTE_FACTOR = 2.0
-_TS_CACHE_BYTES = 512 * 1024 * 1024
 
 
 class _Result(Protocol):
@@ -87,9 +86,9 @@ class PatchSource:
         self._pool: ThreadPoolExecutor | None = None
         self._ts_array: Any | None = None
         if info.data_format in ("zarr3", "zarr"):
-            self._ts_array = _open_tensorstore(mag_view)
+            self._ts_array = open_tensorstore(mag_view)
         # sections per chunk: a block this deep is read in one go when a batch fills it
-        self.chunk_depth = max(1, _chunk_depth(mag_view, self._ts_array))
+        self.chunk_depth = max(1, chunk_depth(mag_view, self._ts_array))
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -290,7 +289,7 @@ class PatchSource:
         """Start reading a region of ``size_px`` (width, height) by ``depth`` sections whose
         corner is ``cell`` (coordinates at this mag); its result is ``(depth, height, width)``."""
         if self._ts_array is not None:
-            return _TensorStoreRead(self._ts_array, cell, size_px, depth)
+            return TensorStoreRead(self._ts_array, cell, size_px, depth)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
                 max_workers=self._threads, thread_name_prefix="patch-read"
@@ -311,36 +310,6 @@ class PatchSource:
             size=((x1 - x0) * mag[0], (y1 - y0) * mag[1], (z1 - z0) * mag[2]),
         )
         out[z0 - cell[2] :, y0 - cell[1] :, x0 - cell[0] :] = data[0].transpose(2, 1, 0)
-        return out
-
-
-class _TensorStoreRead:
-    """A tensorstore read in flight, clipped to the array's domain and zero-padded; its
-    result is ``(depth, height, width)``."""
-
-    def __init__(self, array: Any, cell: Vec3, size_px: tuple[int, int], depth: int) -> None:
-        import tensorstore as ts
-
-        self._shape = (depth, size_px[1], size_px[0])
-        self._dtype = array.dtype.numpy_dtype
-        x, y, z = cell
-        want = ts.IndexDomain(
-            4, inclusive_min=(0, x, y, z), shape=(1, size_px[0], size_px[1], depth)
-        )
-        have = want.intersect(array.domain)
-        self._offset = tuple(have.inclusive_min[i] - cell[i - 1] for i in (3, 2, 1))
-        # Fortran order: (x, y, z) with x fastest is (z, y, x) in C order, no transposing copy
-        self._future = array[have].read(order="F") if have.size else None
-
-    def result(self) -> np.ndarray:
-        if self._future is None:
-            return np.zeros(self._shape, dtype=self._dtype)
-        data = self._future.result()[0].transpose(2, 1, 0)
-        if data.shape == self._shape:
-            return data
-        out = np.zeros(self._shape, dtype=data.dtype)
-        dz, dy, dx = self._offset
-        out[dz : dz + data.shape[0], dy : dy + data.shape[1], dx : dx + data.shape[2]] = data
         return out
 
 
@@ -370,34 +339,6 @@ def _open_remote(url: str) -> Any:
     except Exception as exc:  # unreachable, 401, unknown dataset: the library raises many kinds
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise DatasetError(f"cannot open webKnossos dataset {url}: {first}") from None
-
-
-def _open_tensorstore(mag_view: Any) -> Any:
-    """Re-open the mag's Zarr array with our own cache pool and read concurrency."""
-    import tensorstore as ts
-
-    base = mag_view.get_zarr_array()
-    context = ts.Context(
-        {
-            "cache_pool": {"total_bytes_limit": _TS_CACHE_BYTES},
-            "data_copy_concurrency": {"limit": 8},
-            "file_io_concurrency": {"limit": 32},
-        }
-    )
-    spec = base.spec(retain_context=False).to_json()
-    spec.pop("context", None)
-    spec["recheck_cached_data"] = False
-    return ts.open(spec, context=context, read=True).result()
-
-
-def _chunk_depth(mag_view: Any, ts_array: Any | None) -> int:
-    """Sections per storage chunk of the mag (1 when it cannot be told)."""
-    try:
-        if ts_array is not None:
-            return int(ts_array.chunk_layout.read_chunk.shape[3])
-        return int(mag_view.info.chunk_shape.z)
-    except Exception:  # an unusual layout: fall back to section-by-section reads
-        return 1
 
 
 def _to_mag(offset: Vec3, mag: Vec3) -> Vec3:

@@ -33,13 +33,12 @@ from scipy import ndimage
 
 from models.vocab import ARTIFACT_TYPES, artifact_type_id, artifact_type_name
 from server.errors import InvalidInput
+from server.sim.artifacts import NOISE_SIGMA, PAINTERS, Canvas, window_around
 
 Size = Literal["small", "medium", "large"]
 PATCH = 140
 VOXEL_SIZE = (32, 32, 35)
 MIN_COVERAGE = 0.02  # share of a patch's pixels artifacts must cover to make it an artifact
-VISIBLE_DELTA = 15.0  # grey levels an additive artifact must add to a pixel to cover it
-NOISE_SIGMA = 9.0  # detector noise, grey levels
 SUBTLE_SHARE = 0.35  # share of artifacts drawn with the weak end of their strength range
 BEAM_RADIUS = 190  # px from centre to corner of a hexagonal beam field (~12 um at 32 nm)
 _BLOCK_BYTES = 256 * 1024 * 1024  # largest (x, y, z) block of sections held before writing
@@ -147,7 +146,7 @@ def make_synthetic_dataset(
         mask_blocks = {f: np.empty((width // f, width // f, z1 - z0), np.uint8) for f in factors}
         for z in range(z0, z1):
             tile_ids, gain = beams.section(z)
-            canvas = _Canvas(
+            canvas = Canvas(
                 image=tissue.section(z) * gain,
                 labels=np.zeros((width, width), dtype=np.uint8),
                 tile_ids=tile_ids,
@@ -286,7 +285,7 @@ class _Tissue:
         if h <= 0.05:
             return None
         r = n.radius * np.sqrt(h)
-        ys, xs, dy, dx = _window(self.width, self.width, n.cy, n.cx, r + 8)
+        ys, xs, dy, dx = window_around(self.width, self.width, n.cy, n.cx, r + 8)
         if dy.size == 0 or dx.size == 0:
             return None
         c, s = np.cos(n.angle), np.sin(n.angle)
@@ -352,204 +351,6 @@ def _hex_cells(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarr
     cy = BEAM_RADIUS * 1.5 * rr
     rim = ((xx - cx) ** 2 + (yy - cy) ** 2) / BEAM_RADIUS**2
     return rq.astype(np.int32), rr.astype(np.int32), rim.astype(np.float32)
-
-
-# -- artifacts -----------------------------------------------------------------------------
-@dataclass
-class _Canvas:
-    image: np.ndarray  # float32 (y, x), painted in place
-    labels: np.ndarray  # uint8 (y, x): artifact type id, 0 = clean
-    tile_ids: np.ndarray  # beam field of each pixel
-    rng: np.random.Generator
-
-
-def _window(
-    height: int, width: int, cy: float, cx: float, reach: float
-) -> tuple[slice, slice, np.ndarray, np.ndarray]:
-    """The part of the image within ``reach`` of ``(cy, cx)``, with offsets from the centre
-    as a column (dy) and a row (dx)."""
-    y0, y1 = max(0, int(cy - reach)), min(height, int(cy + reach) + 1)
-    x0, x1 = max(0, int(cx - reach)), min(width, int(cx + reach) + 1)
-    dy = (np.arange(y0, max(y0, y1), dtype=np.float32) - np.float32(cy))[:, None]
-    dx = (np.arange(x0, max(x0, x1), dtype=np.float32) - np.float32(cx))[None, :]
-    return slice(y0, max(y0, y1)), slice(x0, max(x0, x1)), dy, dx
-
-
-def _mark(canvas: _Canvas, ys: slice, xs: slice, region: np.ndarray, kind: str) -> None:
-    canvas.labels[ys, xs][region] = artifact_type_id(kind)
-
-
-def _add(canvas: _Canvas, ys: slice, xs: slice, delta: np.ndarray, kind: str) -> None:
-    """Add ``delta`` and mark where it changes the image visibly."""
-    canvas.image[ys, xs] += delta
-    _mark(canvas, ys, xs, np.abs(delta) >= VISIBLE_DELTA, kind)
-
-
-def _paint_circular(canvas: _Canvas, subtle: bool) -> None:
-    """Charging: a bright disc or ring with a soft edge."""
-    rng = canvas.rng
-    h, w = canvas.image.shape
-    r = rng.uniform(30, 120)
-    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-    strength = rng.uniform(30, 45) if subtle else rng.uniform(50, 100)
-    ring = rng.random() < 0.5
-    thickness = rng.uniform(5, 14)
-    ys, xs, dy, dx = _window(h, w, cy, cx, r + 3 * thickness + 12)
-    dist = np.sqrt(dy**2 + dx**2)
-    if ring:
-        profile = np.exp(-(((dist - r) / thickness) ** 2))
-    else:
-        edge = rng.uniform(3, 10)
-        profile = 1.0 / (1.0 + np.exp(np.clip((dist - r) / edge, -30, 30)))
-    _add(canvas, ys, xs, (strength * profile).astype(np.float32), "circular")
-
-
-def _paint_horseshoe(canvas: _Canvas, subtle: bool) -> None:
-    """An arc of a ring, open on one side, fading towards its ends."""
-    rng = canvas.rng
-    h, w = canvas.image.shape
-    r = rng.uniform(40, 110)
-    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-    thickness = rng.uniform(4, 10)
-    opening = rng.uniform(0, 2 * np.pi)
-    span = rng.uniform(np.pi * 0.9, np.pi * 1.6)
-    sign = 1 if rng.random() < 0.8 else -1
-    strength = rng.uniform(32, 48) if subtle else rng.uniform(55, 110)
-    ys, xs, dy, dx = _window(h, w, cy, cx, r + 3 * thickness)
-    dist = np.sqrt(dy**2 + dx**2)
-    along = np.mod(np.arctan2(dy, dx) - opening, 2 * np.pi) / span  # 0..1 on the arc
-    taper = np.clip(np.sin(np.pi * np.clip(along, 0, 1)) * 5, 0, 1) * (along <= 1)
-    profile = np.exp(-(((dist - r) / thickness) ** 2)) * taper
-    _add(canvas, ys, xs, (sign * strength * profile).astype(np.float32), "horseshoe")
-
-
-def _paint_scratch(canvas: _Canvas, subtle: bool) -> None:
-    """A long thin straight line across several patches."""
-    rng = canvas.rng
-    h, w = canvas.image.shape
-    length = rng.uniform(400, 1400)
-    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-    theta = rng.uniform(0, np.pi)
-    width = rng.uniform(2.0, 4.5)
-    strength = rng.uniform(35, 50) if subtle else rng.uniform(60, 120)
-    sign = 1 if rng.random() < 0.7 else -1
-    vy, vx = np.sin(theta), np.cos(theta)
-    y_lo, y_hi = sorted((cy - vy * length / 2, cy + vy * length / 2))
-    x_lo, x_hi = sorted((cx - vx * length / 2, cx + vx * length / 2))
-    pad = 3 * width
-    ys = slice(max(0, int(y_lo - pad)), min(h, int(y_hi + pad) + 1))
-    xs = slice(max(0, int(x_lo - pad)), min(w, int(x_hi + pad) + 1))
-    if ys.stop <= ys.start or xs.stop <= xs.start:
-        return
-    dy = (np.arange(ys.start, ys.stop, dtype=np.float32) - np.float32(cy))[:, None]
-    dx = (np.arange(xs.start, xs.stop, dtype=np.float32) - np.float32(cx))[None, :]
-    along = dy * vy + dx * vx
-    across = np.abs(dy * vx - dx * vy)
-    # a knife mark: its depth wanders a little along the line
-    wobble = 1 + 0.25 * np.sin(along / rng.uniform(40, 120) + rng.uniform(0, 2 * np.pi))
-    profile = np.exp(-((across / width) ** 2)) * (np.abs(along) < length / 2) * wobble
-    _add(canvas, ys, xs, (sign * strength * profile).astype(np.float32), "scratch")
-
-
-def _paint_debris(canvas: _Canvas, subtle: bool) -> None:
-    """A dirt particle: an irregular, textured, mostly opaque blob."""
-    rng = canvas.rng
-    h, w = canvas.image.shape
-    r = rng.uniform(22, 70)
-    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-    ys, xs, dy, dx = _window(h, w, cy, cx, 1.6 * r + 4)
-    if dy.size == 0 or dx.size == 0:
-        return
-    angle = np.arctan2(dy, dx)
-    wobble = np.ones_like(angle)
-    for harmonic in (2, 3, 5):
-        wobble += rng.uniform(0, 0.3 / harmonic * 2) * np.sin(
-            harmonic * angle + rng.uniform(0, 2 * np.pi)
-        )
-    dist = np.sqrt(dy**2 + dx**2) / wobble
-    alpha = np.clip((r - dist) / 2.0 + 0.5, 0, 1)
-    if subtle:  # a thin, translucent film: the tissue shows through
-        level, opacity = rng.uniform(15, 45), rng.uniform(0.45, 0.65)
-    else:
-        level, opacity = rng.uniform(5, 45), rng.uniform(0.85, 1.0)
-    grain = ndimage.gaussian_filter(rng.standard_normal(alpha.shape).astype(np.float32), 2.0)
-    fill = level + 40.0 * grain
-    if not subtle and rng.random() < 0.4:  # charging at the particle's edge
-        fill = fill + 70.0 * np.exp(-(((dist - r) / 3.0) ** 2))
-    window = canvas.image[ys, xs]
-    a = (opacity * alpha).astype(np.float32)
-    window += a * (fill.astype(np.float32) - window)
-    _mark(canvas, ys, xs, alpha >= 0.5, "debris")
-
-
-def _paint_contrast(canvas: _Canvas, subtle: bool) -> None:
-    """A badly exposed beam field: its brightness and contrast are off."""
-    rng = canvas.rng
-    h, w = canvas.image.shape
-    region = canvas.tile_ids == canvas.tile_ids[int(rng.integers(h)), int(rng.integers(w))]
-    ys_idx, xs_idx = np.nonzero(region)
-    ys = slice(int(ys_idx.min()), int(ys_idx.max()) + 1)
-    xs = slice(int(xs_idx.min()), int(xs_idx.max()) + 1)
-    region = region[ys, xs]
-    # under-exposed fields come out dark and flat, over-exposed ones bright and clipped
-    if subtle:
-        gain = rng.uniform(0.6, 0.72) if rng.random() < 0.5 else rng.uniform(1.3, 1.45)
-    else:
-        gain = rng.uniform(0.3, 0.5) if rng.random() < 0.5 else rng.uniform(1.55, 1.9)
-    window = canvas.image[ys, xs]
-    window[region] *= np.float32(gain)
-    _mark(canvas, ys, xs, region, "contrast")
-
-
-def _paint_defocus(canvas: _Canvas, subtle: bool) -> None:
-    """A blurred region, either a rectangle or one whole beam field out of focus. The detector
-    noise stays, weaker than around it."""
-    rng = canvas.rng
-    h, w = canvas.image.shape
-    if rng.random() < 0.5:
-        th, tw = int(rng.uniform(150, 380)), int(rng.uniform(150, 380))
-        y0, x0 = int(rng.uniform(0, h - min(th, h))), int(rng.uniform(0, w - min(tw, w)))
-        ys, xs = slice(y0, min(h, y0 + th)), slice(x0, min(w, x0 + tw))
-        region = np.ones((ys.stop - ys.start, xs.stop - xs.start), dtype=bool)
-    else:
-        tid = canvas.tile_ids[int(rng.integers(h)), int(rng.integers(w))]
-        full = canvas.tile_ids == tid
-        ys_idx, xs_idx = np.nonzero(full)
-        ys = slice(int(ys_idx.min()), int(ys_idx.max()) + 1)
-        xs = slice(int(xs_idx.min()), int(xs_idx.max()) + 1)
-        region = full[ys, xs]
-    sigma = rng.uniform(3.0, 4.5) if subtle else rng.uniform(5.0, 9.0)
-    window = canvas.image[ys, xs]
-    blurred = ndimage.gaussian_filter(window, sigma, mode="nearest")
-    blurred += np.float32(NOISE_SIGMA * 0.4) * rng.standard_normal(blurred.shape, dtype=np.float32)
-    window[region] = blurred[region]
-    _mark(canvas, ys, xs, region, "defocus")
-
-
-def _paint_missing(canvas: _Canvas, subtle: bool) -> None:
-    """A missing or blank beam tile: a constant rectangle."""
-    rng = canvas.rng
-    h, w = canvas.image.shape
-    th, tw = int(rng.uniform(100, 320)), int(rng.uniform(100, 320))
-    y0, x0 = int(rng.uniform(0, h - min(th, h))), int(rng.uniform(0, w - min(tw, w)))
-    if subtle:
-        value = rng.uniform(110, 175)
-    else:
-        value = float(rng.choice([0.0, 255.0, rng.uniform(20, 230)]))
-    ys, xs = slice(y0, min(h, y0 + th)), slice(x0, min(w, x0 + tw))
-    canvas.image[ys, xs] = value
-    canvas.labels[ys, xs] = artifact_type_id("missing")
-
-
-PAINTERS: dict[str, Callable[[_Canvas, bool], None]] = {
-    "circular": _paint_circular,
-    "horseshoe": _paint_horseshoe,
-    "scratch": _paint_scratch,
-    "debris": _paint_debris,
-    "contrast": _paint_contrast,
-    "defocus": _paint_defocus,
-    "missing": _paint_missing,
-}
 
 
 # -- ground truth and mags -----------------------------------------------------------------
