@@ -1,0 +1,1 @@
+"""artifact-loop: the API service, its job pipeline, the CLI and the web pages."""

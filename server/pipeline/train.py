@@ -186,9 +186,9 @@ def audit_report(
     source: PatchSource, dataset: Dataset, result: Any, audit: list[Label]
 ) -> dict[str, Any]:
     """The version on the audit set, scored as the pool is (same views, calibration)."""
+    from models.calibration import calibrated, predict_logits
     from models.metrics import classification_report
     from models.networks import for_inference
-    from models.training import calibrated, predict_logits
 
     fast = for_inference(result.model)
     truth = np.asarray([lab.label == "artifact" for lab in audit], dtype=bool)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models import acquisition as acq
+from models.calibration import calibrated, fit_temperature, predict_logits
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.metrics import average_precision, classification_report, precision_at_recall, roc_auc
 from models.networks import (
@@ -22,15 +23,7 @@ from models.networks import (
     for_inference,
 )
 from models.scoring import score_stream
-from models.training import (
-    augment,
-    balanced_order,
-    calibrated,
-    fit_temperature,
-    predict_logits,
-    pretrain_autoencoder,
-    train_classifier,
-)
+from models.training import augment, balanced_order, pretrain_autoencoder, train_classifier
 
 torch.set_num_threads(1)
 

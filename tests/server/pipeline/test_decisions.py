@@ -1,0 +1,193 @@
+"""What the loop decides: when a training starts, what follows each step, which patches
+may be proposed or scored. Each test runs on PostgreSQL inside a rolled-back transaction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.annotation.proposals import ensure_audit_set, excluded_indices
+from server.datasets.service import grid_of
+from server.db.tables import Job
+from server.jobs import state
+from server.jobs.kinds import JobKind, JobState
+from server.labels.service import labels_arrived
+from server.labels.training_set import audit_labels, training_labels
+from server.pipeline import pretrain, score, train
+from server.pipeline.context import StepContext
+from tests import factories as make
+
+pytestmark = pytest.mark.postgres
+
+
+def _jobs(session: Session, kind: JobKind) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.kind == kind).order_by(Job.id)))
+
+
+def _succeeded(session: Session, ds_id: int, kind: JobKind, result: dict) -> Job:  # type: ignore[type-arg]
+    job = Job(kind=kind, dataset_id=ds_id, state=JobState.SUCCEEDED, params={}, result=result)
+    session.add(job)
+    session.commit()
+    return job
+
+
+def test_no_training_without_an_autoencoder(ctx: StepContext, session: Session) -> None:
+    ds = make.dataset(session)
+    for i in range(5):
+        make.label(session, ds, x=140 * (i % 4))
+    session.commit()
+    assert labels_arrived(ctx.rt, ctx.sender, dataset_id=ds.id) is None
+    assert ctx.sender.pending == []
+
+
+def test_enough_new_labels_start_one_training_and_later_triggers_coalesce(
+    ctx: StepContext, session: Session
+) -> None:
+    ds = make.dataset(session)
+    make.version(session, ds)
+    make.label(session, ds)
+    make.label(session, ds, x=140)
+    session.commit()
+    assert labels_arrived(ctx.rt, ctx.sender, dataset_id=ds.id) is None, "2 < retrain_every 3"
+    make.label(session, ds, x=280)
+    session.commit()
+    first = labels_arrived(ctx.rt, ctx.sender, dataset_id=ds.id)
+    assert first is not None and first.kind == "train" and first.requested_by == "loop"
+    make.label(session, ds, x=420)
+    session.commit()
+    again = labels_arrived(ctx.rt, ctx.sender, dataset_id=ds.id)
+    assert again is not None and again.id == first.id, "a waiting training absorbs new labels"
+    assert ctx.sender.pending == [first.id], "sent once"
+    job = session.get(Job, first.id)
+    assert job is not None
+    job.state = JobState.RUNNING
+    session.commit()
+    assert labels_arrived(ctx.rt, ctx.sender, dataset_id=ds.id) is None, "one at a time"
+
+
+def test_labels_a_version_was_trained_on_do_not_count_again(
+    ctx: StepContext, session: Session
+) -> None:
+    ds = make.dataset(session)
+    ae = make.version(session, ds)
+    seen = [make.label(session, ds, x=140 * i) for i in range(4)]
+    make.version(session, ds, kind="classifier", parent_id=ae.id, label_snapshot_id=seen[-1].id)
+    make.label(session, ds, y=140)
+    session.commit()
+    assert labels_arrived(ctx.rt, ctx.sender, dataset_id=ds.id) is None, "1 new label"
+
+
+def test_a_training_skipped_for_one_class_does_not_retrigger_on_the_same_labels(
+    ctx: StepContext, session: Session
+) -> None:
+    ds = make.dataset(session)
+    make.version(session, ds)
+    seen = [make.label(session, ds, x=140 * i) for i in range(4)]
+    _succeeded(session, ds.id, JobKind.TRAIN, {"skipped": "one class", "snapshot_id": seen[-1].id})
+    assert labels_arrived(ctx.rt, ctx.sender, dataset_id=ds.id) is None
+
+
+def test_what_follows_each_step(ctx: StepContext, session: Session) -> None:
+    ds = make.dataset(session)
+    ae = make.version(session, ds)
+    clf = make.version(session, ds, kind="classifier", parent_id=ae.id)
+    session.commit()
+    pretrain.after(ctx, _succeeded(session, ds.id, JobKind.PRETRAIN, {"model_version_id": ae.id}))
+    (scored,) = _jobs(session, JobKind.SCORE)
+    assert scored.params["model_version_id"] == ae.id, "a new autoencoder computes its features"
+    train.after(ctx, _succeeded(session, ds.id, JobKind.TRAIN, {"model_version_id": clf.id}))
+    assert [j.params["model_version_id"] for j in _jobs(session, JobKind.SCORE)] == [ae.id, clf.id]
+    score.after(ctx, _succeeded(session, ds.id, JobKind.SCORE, {"model_version_id": clf.id}))
+    (proposed,) = _jobs(session, JobKind.PROPOSE)
+    assert proposed.params["model_version_id"] == clf.id
+    # a training that only saw one class: more proposals from the autoencoder
+    train.after(ctx, _succeeded(session, ds.id, JobKind.TRAIN, {"skipped": "one class"}))
+    assert [j.params["model_version_id"] for j in _jobs(session, JobKind.PROPOSE)] == [
+        clf.id,
+        ae.id,
+    ]
+
+
+def test_strategies_without_classifier_scores_propose_right_after_training(
+    ctx: StepContext, session: Session
+) -> None:
+    ctx.rt.settings.acquisition = "random"
+    ds = make.dataset(session)
+    ae = make.version(session, ds)
+    clf = make.version(session, ds, kind="classifier", parent_id=ae.id)
+    train.after(ctx, _succeeded(session, ds.id, JobKind.TRAIN, {"model_version_id": clf.id}))
+    assert _jobs(session, JobKind.SCORE) == []
+    assert [j.params["model_version_id"] for j in _jobs(session, JobKind.PROPOSE)] == [clf.id]
+
+
+def test_audit_set_is_drawn_once_and_never_trained_on(session: Session) -> None:
+    ds = make.dataset(session)
+    grid = grid_of(ds)
+    assert ensure_audit_set(session, dataset=ds, grid=grid, size=4) == 4
+    assert ensure_audit_set(session, dataset=ds, grid=grid, size=10) == 4, "drawn once"
+    from server.db.tables import AnnotationTask
+
+    audit = list(session.scalars(select(AnnotationTask).where(AnnotationTask.kind == "audit")))
+    a = audit[0]
+    make.label(session, ds, x=a.x, y=a.y, z=a.z, label="clean")
+    make.label(session, ds, x=a.x, y=a.y, z=a.z, label="artifact")  # a second opinion
+    free = next(i for i in range(len(grid)) if i not in {t.grid_index for t in audit})
+    origin = grid.origins(np.asarray([free]))[0]
+    make.label(session, ds, x=int(origin[0]), y=int(origin[1]), z=int(origin[2]))
+    assert [(lab.x, lab.y, lab.z) for lab in training_labels(session, dataset=ds)] == [
+        tuple(int(v) for v in origin)
+    ]
+    (latest,) = audit_labels(session, dataset=ds)
+    assert latest.label == "artifact", "the latest verdict on an audit patch counts"
+
+
+def test_audit_labelled_and_leased_patches_are_never_proposed_or_scored(
+    ctx: StepContext, session: Session
+) -> None:
+    ds = make.dataset(session)
+    grid = grid_of(ds)
+    ensure_audit_set(session, dataset=ds, grid=grid, size=4)
+    someone = make.annotator(session)
+    make.task(session, ds, grid_index=5, status="leased", lease_holder_id=someone.id)
+    make.task(session, ds, grid_index=6, status="open")  # open: may be proposed again
+    origin = grid.origins(np.asarray([7]))[0]
+    make.label(session, ds, x=int(origin[0]) + 20, y=int(origin[1]), z=int(origin[2]))
+    excluded = set(excluded_indices(session, dataset=ds, grid=grid).tolist())
+    from server.db.tables import AnnotationTask
+
+    audit = {
+        t.grid_index
+        for t in session.scalars(select(AnnotationTask).where(AnnotationTask.kind == "audit"))
+    }
+    assert audit | {5, 7} == excluded, "audit, leased and (mostly) labelled patches"
+    ctx.rt.settings.candidates = 5
+    cands = score._candidates(ctx, job_id=1, n=len(grid), excluded=np.asarray(sorted(excluded)))
+    assert len(cands) == 5 and not set(cands.tolist()) & excluded
+    assert list(cands) == sorted(cands), "storage order"
+
+
+def test_a_chunked_job_finishes_once(ctx: StepContext, session: Session) -> None:
+    ds = make.dataset(session)
+    parent = state.create_job(session, kind=JobKind.SCORE, dataset_id=ds.id)
+    parent.state = JobState.RUNNING
+    children = [
+        state.create_job(
+            session,
+            kind=JobKind.SCORE_CHUNK,
+            dataset_id=ds.id,
+            parent_id=parent.id,
+            params={"model_version_id": 1, "chunk": c, "start": 0, "stop": 1},
+        )
+        for c in range(2)
+    ]
+    session.commit()
+    children[0].state = JobState.SUCCEEDED
+    session.commit()
+    assert state.claim_parent_finish(ctx.sessions, parent_id=parent.id) is None, "one to go"
+    children[1].state = JobState.SUCCEEDED
+    session.commit()
+    won = state.claim_parent_finish(ctx.sessions, parent_id=parent.id)
+    assert won is not None and won.id == parent.id
+    assert state.claim_parent_finish(ctx.sessions, parent_id=parent.id) is None, "only once"
