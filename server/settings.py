@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     # reconstruction error, diverse; uncertainty; recon; random)
     acquisition: Literal["hybrid", "uncertainty", "recon", "random"] = "hybrid"
     # unlabelled patches a classifier version scores per round (0: every one)
-    candidates: int = Field(default=0, ge=0)
+    candidates: int = Field(default=50_000, ge=0)
     seed: int = 0  # base of every random choice the loop makes (sampling, training)
 
     # webKnossos server (optional): where tasks are pushed and annotations pulled from.

@@ -6,6 +6,7 @@ then, for a dataset that pushes to webKnossos, a sync sends the new batch there.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,10 @@ from server.errors import NotFound
 from server.jobs.params import ProposeParams, Strategy
 from server.pipeline.context import StepContext
 from server.pipeline.features import AEFeatures, features_dir, read_scores, scores_dir
+
+# bounds of what a proposal step holds in memory, whatever the size of the grid
+RESERVOIR = 50_000  # patches sampled uniformly for the cold start's typical patches
+TOP_PER_BATCH = 40  # most anomalous patches kept per proposal asked for
 
 
 def run(ctx: StepContext, job: Job) -> dict[str, Any]:
@@ -77,15 +82,19 @@ def choose_batch(
     from models import acquisition as acq
 
     if strategy == "random":
-        picks = acq.random_batch(
-            np.arange(n_patches, dtype=np.int64),
-            excluded=excluded,
-            batch_size=batch_size,
-            seed=seed,
+        pool = (
+            np.arange(n_patches, dtype=np.int64)
+            if n_patches <= RESERVOIR
+            else np.unique(  # a large grid: a sample of it, never the whole index range
+                np.random.default_rng(seed).choice(n_patches, size=RESERVOIR, replace=False)
+            )
         )
+        picks = acq.random_batch(pool, excluded=excluded, batch_size=batch_size, seed=seed)
         return [{"index": p.index, "reason": p.reason, "score": p.score} for p in picks]
-    if scores is None:  # cold start or recon: the autoencoder's features of the whole grid
-        idx, recon, embed = _all_features(features)
+    if scores is None:  # cold start or recon: the autoencoder's features, streamed
+        idx, recon, embed = bounded_features(
+            features, excluded=excluded, top=TOP_PER_BATCH * batch_size, seed=seed
+        )
         if strategy == "recon":
             picks = acq.recon_batch(idx, recon, excluded=excluded, batch_size=batch_size)
         else:
@@ -140,11 +149,59 @@ def choose_batch(
     ]
 
 
-def _all_features(features: AEFeatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    parts = list(features.stream())
-    if not parts:
+def bounded_features(
+    features: AEFeatures, *, excluded: np.ndarray, top: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The autoencoder's features of a bounded set of patches, read chunk by chunk:
+    a uniform sample of at most :data:`RESERVOIR` patches (for typical ones) plus the ``top``
+    most anomalous allowed ones. Memory does not grow with the grid; on grids of up to
+    :data:`RESERVOIR` patches every allowed patch is kept. Sorted by grid index."""
+    rng = np.random.default_rng(seed)
+    sample = _Kept.empty()  # the reservoir: random keys, the smallest win
+    anomalous = _Kept.empty()  # the highest reconstruction errors
+    for idx, recon, embed in features.stream():
+        chunk = _Kept(idx, recon, embed, rng.random(len(idx)))
+        # the acquisition drops excluded patches itself; the sample keeps them so that a
+        # small grid is passed on whole, exactly as it is
+        sample = sample.join(chunk).smallest(RESERVOIR, by=lambda k: k.key)
+        ok = ~np.isin(idx, excluded)
+        chunk = _Kept(idx[ok], recon[ok], embed[ok], chunk.key[ok])
+        anomalous = anomalous.join(chunk).smallest(
+            top, by=lambda k: -np.nan_to_num(k.recon, nan=-np.inf)
+        )
+    both = sample.join(anomalous)
+    if both.idx.size == 0:
         return np.empty(0, np.int64), np.empty(0, np.float32), np.empty((0, 0), np.float16)
-    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
+    idx, first = np.unique(both.idx, return_index=True)
+    return idx, both.recon[first], both.embed[first]
+
+
+@dataclass
+class _Kept:
+    idx: np.ndarray
+    recon: np.ndarray
+    embed: np.ndarray
+    key: np.ndarray
+
+    @classmethod
+    def empty(cls) -> _Kept:
+        return cls(np.empty(0, np.int64), np.empty(0, np.float32), np.empty((0, 0)), np.empty(0))
+
+    def join(self, other: _Kept) -> _Kept:
+        if self.idx.size == 0:
+            return other
+        return _Kept(
+            *(
+                np.concatenate([getattr(self, f), getattr(other, f)])
+                for f in ("idx", "recon", "embed", "key")
+            )
+        )
+
+    def smallest(self, n: int, *, by: Any) -> _Kept:
+        if self.idx.size <= n:
+            return self
+        keep = np.argpartition(by(self), n)[:n]
+        return _Kept(self.idx[keep], self.recon[keep], self.embed[keep], self.key[keep])
 
 
 def after(ctx: StepContext, job: Job) -> None:

@@ -86,3 +86,31 @@ def _chunks_of(session: object, version_id: int) -> int:
         for job in session.scalars(select(Job).where(Job.kind == JobKind.SCORE_CHUNK))  # type: ignore[attr-defined]
         if job.params["model_version_id"] == version_id
     )
+
+
+def test_cold_start_features_are_bounded_and_keep_the_most_anomalous(tmp_path: Path) -> None:
+    from server.pipeline import propose
+
+    features = AEFeatures(tmp_path / "features")
+    chunks = features.plan(patches=10_000, chunk_patches=1_000)
+    rng = np.random.default_rng(0)
+    recon = rng.normal(size=10_000).astype(np.float32)
+    recon[[17, 4242, 9999]] = 50.0  # three clear outliers
+    for c in range(chunks):
+        part = slice(c * 1000, (c + 1) * 1000)
+        features.write_chunk(
+            c, recon=recon[part], embedding=rng.normal(size=(1000, 4)).astype(np.float16)
+        )
+    small = propose.bounded_features(features, excluded=np.asarray([5]), top=40, seed=1)
+    assert np.array_equal(small[0], np.arange(10_000)), "a small grid is passed on whole"
+    old = propose.RESERVOIR
+    propose.RESERVOIR = 500
+    try:
+        idx, got_recon, embed = propose.bounded_features(
+            features, excluded=np.asarray([4242]), top=40, seed=1
+        )
+    finally:
+        propose.RESERVOIR = old
+    assert len(idx) <= 540 and embed.shape == (len(idx), 4)
+    assert {17, 9999} <= set(idx.tolist()), "outliers survive the bound"
+    assert np.array_equal(got_recon, recon[idx]) and list(idx) == sorted(idx)
