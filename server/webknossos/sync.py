@@ -15,15 +15,27 @@ A ``sync`` job (queue ``io``; on demand, after each proposal and periodically):
    ``modified`` time changed, and the import's idempotency keys keep labels from counting
    twice;
 3. deletes pushed tasks whose patch was labelled elsewhere (in the web page or the API)
-   before anyone finished them in webKnossos.
+   before anyone started them in webKnossos; a task someone is working on is left on the
+   server (deleting it would delete that annotator's work) and its annotation, once
+   finished, is imported like any other: one more person's verdict on the patch.
+
+The server assigns a task only to users who hold its experience domain
+(:data:`EXPERIENCE_DOMAIN`, any value): an admin grants it once per annotator on the
+server's Users screen. The sync reports pushed tasks that no active user of the team can be
+assigned. A task the server refuses to create fails the sync with the server's reason (what
+could be imported still is); it is offered again on the next sync.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,6 +51,8 @@ from server.webknossos.lib import wk
 log = logging.getLogger(__name__)
 
 EXPERIENCE_DOMAIN = "artifact-loop"
+DATASET_ID = re.compile(r"^[0-9a-f]{24}$")  # the server's ids are MongoDB-style ObjectIds
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")  # all a project name may contain
 
 
 class WebknossosError(ArtifactLoopError):
@@ -55,12 +69,20 @@ class SyncReport:
     annotations_imported: int = 0
     annotations_unchanged: int = 0
     labels_added: int = 0
+    kept_in_progress: int = 0
+    unassignable: int = 0
     errors: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "pushed": self.pushed,
+            "refused": self.refused,
+            "unassignable": self.unassignable,
             "cancelled": self.cancelled,
+            "kept_in_progress": self.kept_in_progress,
+            "warnings": self.warnings,
             "annotations_seen": self.annotations_seen,
             "annotations_imported": self.annotations_imported,
             "annotations_unchanged": self.annotations_unchanged,
@@ -75,7 +97,30 @@ def link_of(dataset: Dataset) -> dict[str, Any] | None:
 
 
 def project_name(settings: Settings, dataset: Dataset) -> str:
-    return f"{settings.wk_project_prefix}-{dataset.name}"
+    """``<prefix>-<dataset name>`` with every run of characters the server does not allow in
+    a project name (anything but letters, digits, ``_`` and ``-``) made one ``_``."""
+    name = _NAME_CHARS.sub("_", f"{settings.wk_project_prefix}-{dataset.name}").strip("_")
+    return name[:100] or "artifact-loop"
+
+
+def server_reason(text: str) -> str:
+    """The server's own words from a library error: the ``messages`` of its JSON body (or the
+    body itself), without the request boilerplate around them."""
+    _, sep, body = text.partition(" with body")
+    if not sep:
+        return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    body = body.split(": ", 1)[1] if ": " in body else body
+    body = body.strip()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:500]
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if isinstance(messages, list):
+        said = [str(v) for m in messages if isinstance(m, dict) for v in m.values()]
+        if said:
+            return "; ".join(said)
+    return body[:500]
 
 
 @contextmanager
@@ -99,19 +144,23 @@ def server(settings: Settings) -> Iterator[None]:
         ) from None
     except ApiClientError as exc:
         text = str(exc)
-        if "401" in text or "403" in text:
+        if "status 401" in text or "status 403" in text:
             raise WebknossosError(
                 f"webKnossos server {url} refused the token (401/403): check ARTIFACT_LOOP_WK_TOKEN"
+                f" ({server_reason(text)})"
             ) from None
-        first = next((line for line in text.splitlines() if line.strip()), text)
-        raise WebknossosError(f"webKnossos server {url}: {first}") from None
+        status = re.search(r"response status (\d+)", text)
+        request = re.search(r"performing a (\w+) request for URL (\S+)", text)
+        where = f"{request.group(1)} {request.group(2).split('?')[0]} " if request else ""
+        code = f"answered {status.group(1)}: " if status else ""
+        raise WebknossosError(
+            f"webKnossos server {url}: {where}{code}{server_reason(text)}"
+        ) from None
 
 
 # -- push ------------------------------------------------------------------------------------------
-def _ensure_project(settings: Settings, dataset: Dataset) -> tuple[str, str]:
-    """The task type's id and the project's name, created on first use."""
-    from webknossos.client.api_client.errors import UnexpectedStatusError
-
+def _ensure_project(settings: Settings, dataset: Dataset) -> tuple[str, str, str]:
+    """The task type's id, the project's name and the team's id, created on first use."""
     teams = wk.Team.get_list()
     if not teams:
         raise WebknossosError("the webKnossos user is in no team: add it to one")
@@ -136,18 +185,53 @@ def _ensure_project(settings: Settings, dataset: Dataset) -> tuple[str, str]:
             tracing_type="skeleton",
         )
     name = project_name(settings, dataset)
-    try:
-        wk.Project.get_by_name(name)
-    except UnexpectedStatusError:
+    if _find_project(name) is None:
         wk.Project.create(name=name, team=team, priority=100, paused=False, expected_time=2)
-    return task_type.task_type_id, name
+    return task_type.task_type_id, name, team.id
 
 
-def push_proposals(sessions: sessionmaker[Session], settings: Settings, dataset: Dataset) -> int:
-    """Open proposals not yet on the server become tasks; returns how many."""
+def _find_project(name: str) -> Any:
+    """The project, or None when the server has none by that name (its 404 for that is a
+    ``ValueError`` of the library; any other refusal is raised)."""
+    try:
+        return wk.Project.get_by_name(name)
+    except ValueError:
+        return None
+
+
+class _TaskErrors(logging.Handler):
+    """What the library logs for tasks the server refused: ``Task.create`` returns only the
+    created ones and logs each refusal's reason."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.reasons: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if not re.fullmatch(r"\d+ tasks could not be created:", text):
+            self.reasons.append(text)
+
+
+@contextmanager
+def _task_errors() -> Iterator[_TaskErrors]:
+    handler = _TaskErrors()
+    library = logging.getLogger("webknossos.administration.task")
+    library.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        library.removeHandler(handler)
+
+
+def push_proposals(
+    sessions: sessionmaker[Session], settings: Settings, dataset: Dataset, *, report: SyncReport
+) -> None:
+    """Open proposals not yet on the server become tasks (``report.pushed``); the ones the
+    server refuses go to ``report.refused`` with its reason."""
     link = link_of(dataset)
     if link is None or not link.get("push"):
-        return 0
+        return
     with write_transaction(sessions) as session:
         pushed = select(WkTask.task_id).where(
             WkTask.dataset_id == dataset.id, WkTask.task_id.is_not(None)
@@ -166,31 +250,71 @@ def push_proposals(sessions: sessionmaker[Session], settings: Settings, dataset:
             )
         ]
     if not todo:
-        return 0
+        return
     from server.pixels.source import parse_mag
 
     mag = parse_mag(dataset.mag)
     cx, cy = settings.wk_context_px * mag[0], settings.wk_context_px * mag[1]
-    task_type_id, project = _ensure_project(settings, dataset)
-    count = 0
+    task_type_id, project, team_id = _ensure_project(settings, dataset)
     for task_id, x, y, z, w, h in todo:
-        created = wk.Task.create(
-            task_type_id=task_type_id,
-            project_name=project,
-            needed_experience_domain=EXPERIENCE_DOMAIN,
-            needed_experience_value=0,
-            starting_position=(x + w // 2, y + h // 2, z),
-            dataset_id=str(link["dataset_id"]),
-            instances=int(link.get("instances", 1)),
-            bounding_box=wk.BoundingBox((x - cx, y - cy, z), (w + 2 * cx, h + 2 * cy, 1)),
-        )
+        with _task_errors() as refused:
+            created = wk.Task.create(
+                task_type_id=task_type_id,
+                project_name=project,
+                needed_experience_domain=EXPERIENCE_DOMAIN,
+                needed_experience_value=0,
+                starting_position=(x + w // 2, y + h // 2, z),
+                dataset_id=str(link["dataset_id"]),
+                instances=int(link.get("instances", 1)),
+                bounding_box=wk.BoundingBox((x - cx, y - cy, z), (w + 2 * cx, h + 2 * cy, 1)),
+            )
+        if not created:
+            reason = "; ".join(refused.reasons) or "no task created and no reason given"
+            report.refused.append(f"patch at ({x}, {y}, {z}): {reason}")
         with write_transaction(sessions) as session:  # recorded one by one: a crash loses none
             for remote in created:
                 session.add(
                     WkTask(dataset_id=dataset.id, task_id=task_id, wk_task_id=remote.task_id)
                 )
-        count += len(created)
-    return count
+        report.pushed += len(created)
+    _check_assignable(sessions, settings, dataset, team_id=team_id, report=report)
+
+
+def _check_assignable(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    dataset: Dataset,
+    *,
+    team_id: str,
+    report: SyncReport,
+) -> None:
+    """Open pushed tasks nobody can be given: no active member of the project's team holds
+    the experience domain the tasks need."""
+    with write_transaction(sessions) as session:
+        open_tasks = len(
+            session.scalars(
+                select(WkTask.id).where(WkTask.dataset_id == dataset.id, WkTask.state == "open")
+            ).all()
+        )
+    if not open_tasks:
+        return
+    users = wk.User.get_all_managed_users()
+    able = [
+        u
+        for u in users
+        if u.is_active
+        and EXPERIENCE_DOMAIN in (u.experiences or {})
+        and any(t.id == team_id for t in u.teams)
+    ]
+    if able:
+        return
+    report.unassignable = open_tasks
+    report.warnings.append(
+        f"nobody can be assigned the {open_tasks} open task(s): no active user of the team "
+        f"holds the experience {EXPERIENCE_DOMAIN!r}; an admin grants it on the webKnossos "
+        "Users screen (select the annotators, Change Experience, domain "
+        f"{EXPERIENCE_DOMAIN!r}, value 0)"
+    )
 
 
 # -- pull ------------------------------------------------------------------------------------------
@@ -200,14 +324,12 @@ class _Finished:
     modified: int
     owner: str | None
     wk_task_id: str | None
+    problem: str | None = None  # why it cannot be read, found while listing
 
 
 def _finished_annotations(settings: Settings, dataset: Dataset) -> list[_Finished]:
-    from webknossos.client.api_client.errors import UnexpectedStatusError
-
-    try:
-        project = wk.Project.get_by_name(project_name(settings, dataset))
-    except UnexpectedStatusError:
+    project = _find_project(project_name(settings, dataset))
+    if project is None:
         return []  # nothing pushed yet
     out = []
     for task in project.get_tasks(fetch_all=True):
@@ -230,26 +352,40 @@ def _annotation_ref(value: str) -> str:
 
 
 def _explicit_annotations(refs: list[str]) -> list[_Finished]:
-    from webknossos.client.context import _get_api_client
-
-    client = _get_api_client()
+    """Annotations given by id: their ``time`` (the last save) stands for ``modified``."""
     out = []
     for ref in refs:
-        info = client.annotation_info(annotation_id=ref)
-        owner = info.owner.id if info.owner is not None else None
-        out.append(_Finished(info.id, int(info.modified or 0), owner, None))
+        annotation = _fetch(ref)
+        if isinstance(annotation, str):
+            out.append(_Finished(ref, 0, None, None, problem=annotation))
+            continue
+        out.append(_Finished(ref, int(annotation.time or 0), annotation.owner_name, None))
     return out
 
 
-def _download(annotation_id: str) -> tuple[str, bytes]:
-    """The annotation file exactly as the server gives it (``.nml`` or ``.zip``, volume data
-    left out): the label importer reads it and explains what is wrong with a bad one."""
-    from webknossos.client.context import _get_api_client
+def _fetch(annotation_id: str) -> Any:
+    """The annotation as the library reads it, or why it cannot be read."""
+    from webknossos.client.api_client.errors import ApiClientError
 
-    data, filename = _get_api_client().annotation_download(
-        annotation_id=annotation_id, skip_volume_data=True
-    )
-    return filename or f"{annotation_id}.nml", data
+    try:
+        return wk.Annotation.download(annotation_id, skip_volume_data=True)
+    except (ApiClientError, httpx.TransportError):
+        raise
+    except Exception as exc:  # what the library raises for a file it cannot parse varies
+        return f"not a readable webKnossos annotation ({type(exc).__name__}: {exc})"
+
+
+def _download(annotation_id: str) -> tuple[str, bytes] | str:
+    """The annotation as a file the label importer reads (``.nml``, or ``.zip`` when it has
+    volume layers; their data left out), or why it cannot be read."""
+    annotation = _fetch(annotation_id)
+    if isinstance(annotation, str):
+        return annotation
+    suffix = ".zip" if annotation.get_volume_layer_names() else ".nml"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{annotation_id}{suffix}"
+        annotation.save(path)
+        return path.name, path.read_bytes()
 
 
 def pull_annotations(
@@ -271,7 +407,11 @@ def pull_annotations(
             if seen is not None and seen.modified == item.modified:
                 report.annotations_unchanged += 1
                 continue
-        filename, data = _download(item.annotation_id)
+        downloaded = item.problem or _download(item.annotation_id)
+        if isinstance(downloaded, str):
+            report.errors.append(f"annotation {item.annotation_id}: {downloaded}")
+            continue
+        filename, data = downloaded
         try:
             with write_transaction(sessions) as session:
                 ds = session.get(Dataset, dataset.id)
@@ -329,7 +469,8 @@ def _task_finished(session: Session, *, dataset_id: int, wk_task_id: str) -> Non
 def cancel_labelled_elsewhere(
     sessions: sessionmaker[Session], dataset: Dataset, *, report: SyncReport
 ) -> None:
-    """Pushed tasks nobody finished in webKnossos whose patch was answered elsewhere."""
+    """Pushed tasks nobody started in webKnossos whose patch was answered elsewhere; a task
+    someone is working on stays (its annotation is imported when finished)."""
     from webknossos.client.api_client.errors import UnexpectedStatusError
 
     with write_transaction(sessions) as session:
@@ -350,6 +491,9 @@ def cancel_labelled_elsewhere(
             remote = wk.Task.get_by_id(wk_task_id)
             if remote.status.finished_instance_count > 0:
                 continue  # its annotation is on its way in
+            if remote.status.active_instance_count > 0:
+                report.kept_in_progress += 1  # deleting it would delete the work in progress
+                continue
             remote.delete()
         except UnexpectedStatusError:
             pass  # already gone on the server
@@ -384,8 +528,31 @@ def sync(
     ids = check_sync(settings, dataset, params)
     report = SyncReport()
     with server(settings):
-        report.pushed = push_proposals(sessions, settings, dataset)
+        push_proposals(sessions, settings, dataset, report=report)
         pull_annotations(sessions, settings, dataset, ids=ids, report=report)
         if link_of(dataset) is not None:
             cancel_labelled_elsewhere(sessions, dataset, report=report)
+    if report.refused:
+        # what was pushed and imported is kept; the refused proposals are offered again
+        raise WebknossosError(
+            f"webKnossos refused {len(report.refused)} task(s) "
+            f"({report.pushed} pushed, {report.labels_added} label(s) imported): "
+            + "; ".join(report.refused + report.errors)
+        )
     return report
+
+
+def find_dataset_id(settings: Settings, *, name: str) -> str:
+    """The server's id of its dataset called ``name`` (for an admin who knows only the name)."""
+    with server(settings):
+        ids = sorted(wk.RemoteDataset.list(name=name).keys())
+    if not ids:
+        raise InvalidInput(
+            f"the webKnossos server has no dataset named {name!r} that this token can see"
+        )
+    if len(ids) > 1:
+        raise InvalidInput(
+            f"the webKnossos server has {len(ids)} datasets named {name!r} ({', '.join(ids)}): "
+            "link by dataset_id"
+        )
+    return ids[0]
