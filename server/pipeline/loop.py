@@ -645,12 +645,9 @@ def _predict_finished(
     dataset = session.get(Dataset, parent.dataset_id)
     plan = predict.Plan.from_dict(parent.params["plan"])
     try:
-        report = predict.finish(
-            plan,
-            n_chunks=chunks,
-            dataset_name=dataset.name if dataset is not None else "dataset",
-            voxel_size=tuple(dataset.voxel_size) if dataset is not None else (1, 1, 1),
-        )
+        from server.predictions.finish import finish_prediction
+
+        report = finish_prediction(plan, n_chunks=chunks, dataset=dataset, settings=rt.settings)
     except Exception as exc:  # a missing or unreadable chunk summary
         log.exception("finishing predict job %s failed", parent.id)
         parent.state, parent.error = "failed", f"{type(exc).__name__}: {exc}"
