@@ -24,16 +24,15 @@ The server assigns a task only to users who hold its experience domain
 server's Users screen. The sync reports pushed tasks that no active user of the team can be
 assigned. A task the server refuses to create fails the sync with the server's reason (what
 could be imported still is); it is offered again on the next sync.
+
+Pushing and cleaning up tasks live in :mod:`server.webknossos.tasks`, the server context and
+its errors in :mod:`server.webknossos.client`; this module pulls annotations and runs the job.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,21 +43,42 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, WkAnnotation, WkTask
-from server.errors import ArtifactLoopError, InvalidInput, ServiceUnavailable
+from server.errors import InvalidInput
 from server.settings import Settings
+from server.webknossos.client import (
+    DATASET_ID,
+    WebknossosError,
+    link_of,
+    project_name,
+    server,
+    server_reason,
+)
 from server.webknossos.lib import wk
+from server.webknossos.tasks import (
+    EXPERIENCE_DOMAIN,
+    _find_project,
+    cancel_labelled_elsewhere,
+    push_proposals,
+)
+
+__all__ = [
+    "DATASET_ID",
+    "EXPERIENCE_DOMAIN",
+    "SyncReport",
+    "WebknossosError",
+    "cancel_labelled_elsewhere",
+    "check_sync",
+    "find_dataset_id",
+    "link_of",
+    "project_name",
+    "pull_annotations",
+    "push_proposals",
+    "server",
+    "server_reason",
+    "sync",
+]
 
 log = logging.getLogger(__name__)
-
-EXPERIENCE_DOMAIN = "artifact-loop"
-DATASET_ID = re.compile(r"^[0-9a-f]{24}$")  # the server's ids are MongoDB-style ObjectIds
-_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")  # all a project name may contain
-
-
-class WebknossosError(ArtifactLoopError):
-    """The webKnossos server refused or could not be reached."""
-
-    status_code = 502
 
 
 @dataclass
@@ -89,232 +109,6 @@ class SyncReport:
             "labels_added": self.labels_added,
             "errors": self.errors,
         }
-
-
-def link_of(dataset: Dataset) -> dict[str, Any] | None:
-    link = (dataset.settings or {}).get("webknossos")
-    return link if isinstance(link, dict) and link.get("dataset_id") else None
-
-
-def project_name(settings: Settings, dataset: Dataset) -> str:
-    """``<prefix>-<dataset name>`` with every run of characters the server does not allow in
-    a project name (anything but letters, digits, ``_`` and ``-``) made one ``_``."""
-    name = _NAME_CHARS.sub("_", f"{settings.wk_project_prefix}-{dataset.name}").strip("_")
-    return name[:100] or "artifact-loop"
-
-
-def server_reason(text: str) -> str:
-    """The server's own words from a library error: the ``messages`` of its JSON body (or the
-    body itself), without the request boilerplate around them."""
-    _, sep, body = text.partition(" with body")
-    if not sep:
-        return " ".join(line.strip() for line in text.splitlines() if line.strip())
-    body = body.split(": ", 1)[1] if ": " in body else body
-    body = body.strip()
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body[:500]
-    messages = data.get("messages") if isinstance(data, dict) else None
-    if isinstance(messages, list):
-        said = [str(v) for m in messages if isinstance(m, dict) for v in m.values()]
-        if said:
-            return "; ".join(said)
-    return body[:500]
-
-
-@contextmanager
-def server(settings: Settings) -> Iterator[None]:
-    """The library's context for the configured server, with its failures as clear errors."""
-    from webknossos.client.api_client.errors import ApiClientError
-
-    if not settings.wk_url or settings.wk_token is None:
-        raise InvalidInput(
-            "no webKnossos server configured: set ARTIFACT_LOOP_WK_URL and ARTIFACT_LOOP_WK_TOKEN"
-        )
-    url = settings.wk_url.rstrip("/")
-    try:
-        with wk.webknossos_context(
-            url=url, token=settings.wk_token.get_secret_value(), timeout=settings.wk_timeout_s
-        ):
-            yield
-    except httpx.TransportError as exc:
-        raise ServiceUnavailable(
-            f"webKnossos server {url} is unreachable ({type(exc).__name__})"
-        ) from None
-    except ApiClientError as exc:
-        text = str(exc)
-        if "status 401" in text or "status 403" in text:
-            raise WebknossosError(
-                f"webKnossos server {url} refused the token (401/403): check ARTIFACT_LOOP_WK_TOKEN"
-                f" ({server_reason(text)})"
-            ) from None
-        status = re.search(r"response status (\d+)", text)
-        request = re.search(r"performing a (\w+) request for URL (\S+)", text)
-        where = f"{request.group(1)} {request.group(2).split('?')[0]} " if request else ""
-        code = f"answered {status.group(1)}: " if status else ""
-        raise WebknossosError(
-            f"webKnossos server {url}: {where}{code}{server_reason(text)}"
-        ) from None
-
-
-# -- push ------------------------------------------------------------------------------------------
-def _ensure_project(settings: Settings, dataset: Dataset) -> tuple[str, str, str]:
-    """The task type's id, the project's name and the team's id, created on first use."""
-    teams = wk.Team.get_list()
-    if not teams:
-        raise WebknossosError("the webKnossos user is in no team: add it to one")
-    team = (
-        next((t for t in teams if t.name == settings.wk_team), None)
-        if settings.wk_team
-        else teams[0]
-    )
-    if team is None:
-        raise InvalidInput(f"webKnossos has no team {settings.wk_team!r}")
-    try:
-        task_type = wk.TaskType.get_by_name(settings.wk_task_type)
-    except ValueError:
-        task_type = wk.TaskType.create(
-            name=settings.wk_task_type,
-            description=(
-                "Is there an imaging artifact in the box? Draw a bounding box named "
-                "'artifact:<type>' (or 'artifact') over it, or one named 'clean' over the "
-                "whole box, then finish the task."
-            ),
-            team=team,
-            tracing_type="skeleton",
-        )
-    name = project_name(settings, dataset)
-    if _find_project(name) is None:
-        wk.Project.create(name=name, team=team, priority=100, paused=False, expected_time=2)
-    return task_type.task_type_id, name, team.id
-
-
-def _find_project(name: str) -> Any:
-    """The project, or None when the server has none by that name (its 404 for that is a
-    ``ValueError`` of the library; any other refusal is raised)."""
-    try:
-        return wk.Project.get_by_name(name)
-    except ValueError:
-        return None
-
-
-class _TaskErrors(logging.Handler):
-    """What the library logs for tasks the server refused: ``Task.create`` returns only the
-    created ones and logs each refusal's reason."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.ERROR)
-        self.reasons: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if not re.fullmatch(r"\d+ tasks could not be created:", text):
-            self.reasons.append(text)
-
-
-@contextmanager
-def _task_errors() -> Iterator[_TaskErrors]:
-    handler = _TaskErrors()
-    library = logging.getLogger("webknossos.administration.task")
-    library.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        library.removeHandler(handler)
-
-
-def push_proposals(
-    sessions: sessionmaker[Session], settings: Settings, dataset: Dataset, *, report: SyncReport
-) -> None:
-    """Open proposals not yet on the server become tasks (``report.pushed``); the ones the
-    server refuses go to ``report.refused`` with its reason."""
-    link = link_of(dataset)
-    if link is None or not link.get("push"):
-        return
-    with write_transaction(sessions) as session:
-        pushed = select(WkTask.task_id).where(
-            WkTask.dataset_id == dataset.id, WkTask.task_id.is_not(None)
-        )
-        todo = [
-            (t.id, t.x, t.y, t.z, t.w, t.h)
-            for t in session.scalars(
-                select(AnnotationTask)
-                .where(
-                    AnnotationTask.dataset_id == dataset.id,
-                    AnnotationTask.kind == "proposal",
-                    AnnotationTask.status == "open",
-                    AnnotationTask.id.not_in(pushed),
-                )
-                .order_by(AnnotationTask.rank, AnnotationTask.id)
-            )
-        ]
-    if not todo:
-        return
-    from server.pixels.source import parse_mag
-
-    mag = parse_mag(dataset.mag)
-    cx, cy = settings.wk_context_px * mag[0], settings.wk_context_px * mag[1]
-    task_type_id, project, team_id = _ensure_project(settings, dataset)
-    for task_id, x, y, z, w, h in todo:
-        with _task_errors() as refused:
-            created = wk.Task.create(
-                task_type_id=task_type_id,
-                project_name=project,
-                needed_experience_domain=EXPERIENCE_DOMAIN,
-                needed_experience_value=0,
-                starting_position=(x + w // 2, y + h // 2, z),
-                dataset_id=str(link["dataset_id"]),
-                instances=int(link.get("instances", 1)),
-                bounding_box=wk.BoundingBox((x - cx, y - cy, z), (w + 2 * cx, h + 2 * cy, 1)),
-            )
-        if not created:
-            reason = "; ".join(refused.reasons) or "no task created and no reason given"
-            report.refused.append(f"patch at ({x}, {y}, {z}): {reason}")
-        with write_transaction(sessions) as session:  # recorded one by one: a crash loses none
-            for remote in created:
-                session.add(
-                    WkTask(dataset_id=dataset.id, task_id=task_id, wk_task_id=remote.task_id)
-                )
-        report.pushed += len(created)
-    _check_assignable(sessions, settings, dataset, team_id=team_id, report=report)
-
-
-def _check_assignable(
-    sessions: sessionmaker[Session],
-    settings: Settings,
-    dataset: Dataset,
-    *,
-    team_id: str,
-    report: SyncReport,
-) -> None:
-    """Open pushed tasks nobody can be given: no active member of the project's team holds
-    the experience domain the tasks need."""
-    with write_transaction(sessions) as session:
-        open_tasks = len(
-            session.scalars(
-                select(WkTask.id).where(WkTask.dataset_id == dataset.id, WkTask.state == "open")
-            ).all()
-        )
-    if not open_tasks:
-        return
-    users = wk.User.get_all_managed_users()
-    able = [
-        u
-        for u in users
-        if u.is_active
-        and EXPERIENCE_DOMAIN in (u.experiences or {})
-        and any(t.id == team_id for t in u.teams)
-    ]
-    if able:
-        return
-    report.unassignable = open_tasks
-    report.warnings.append(
-        f"nobody can be assigned the {open_tasks} open task(s): no active user of the team "
-        f"holds the experience {EXPERIENCE_DOMAIN!r}; an admin grants it on the webKnossos "
-        "Users screen (select the annotators, Change Experience, domain "
-        f"{EXPERIENCE_DOMAIN!r}, value 0)"
-    )
 
 
 # -- pull ------------------------------------------------------------------------------------------
@@ -464,44 +258,6 @@ def _task_finished(session: Session, *, dataset_id: int, wk_task_id: str) -> Non
         task = session.get(AnnotationTask, pushed.task_id)
         if task is not None and task.status in ("open", "leased", "expired"):
             task.status, task.updated_at = "labelled", utcnow()
-
-
-def cancel_labelled_elsewhere(
-    sessions: sessionmaker[Session], dataset: Dataset, *, report: SyncReport
-) -> None:
-    """Pushed tasks nobody started in webKnossos whose patch was answered elsewhere; a task
-    someone is working on stays (its annotation is imported when finished)."""
-    from webknossos.client.api_client.errors import UnexpectedStatusError
-
-    with write_transaction(sessions) as session:
-        stale = [
-            (p.id, p.wk_task_id)
-            for p in session.scalars(
-                select(WkTask)
-                .join(AnnotationTask, AnnotationTask.id == WkTask.task_id)
-                .where(
-                    WkTask.dataset_id == dataset.id,
-                    WkTask.state == "open",
-                    AnnotationTask.status.in_(("labelled", "skipped", "retired")),
-                )
-            )
-        ]
-    for row_id, wk_task_id in stale:
-        try:
-            remote = wk.Task.get_by_id(wk_task_id)
-            if remote.status.finished_instance_count > 0:
-                continue  # its annotation is on its way in
-            if remote.status.active_instance_count > 0:
-                report.kept_in_progress += 1  # deleting it would delete the work in progress
-                continue
-            remote.delete()
-        except UnexpectedStatusError:
-            pass  # already gone on the server
-        with write_transaction(sessions) as session:
-            row = session.get(WkTask, row_id)
-            if row is not None:
-                row.state, row.updated_at = "cancelled", utcnow()
-        report.cancelled += 1
 
 
 def check_sync(settings: Settings, dataset: Dataset, params: dict[str, Any]) -> list[str]:

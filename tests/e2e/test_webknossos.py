@@ -187,6 +187,29 @@ def test_push_finish_sync_retrain(pg_url: str, redis_url: str, tmp_path: Path) -
             trains = wait_for(lambda: _jobs(http, ds, "train"), "a retraining")
             assert trains[0]["requested_by"] == "loop"
 
+            # a prediction lands on the server next to the EM
+            wait_for(
+                lambda: http.get(f"/jobs/{trains[0]['id']}").json()["state"] == "succeeded",
+                "the retraining",
+            )
+            job = http.post(f"/datasets/{ds}/jobs", json={"kind": "predict"}).json()["job"]
+            predicted = wait_for(
+                lambda: (
+                    (j := http.get(f"/jobs/{job['id']}").json())["state"] in ("succeeded", "failed")
+                    and j
+                ),
+                "the prediction",
+            )
+            assert predicted["state"] == "succeeded", predicted["error"]
+            published = predicted["result"]["webknossos"]
+            assert fake.dataset(published["dataset_id"]).linked == {"color": (DATASET_ID, "color")}
+            with wk.webknossos_context(url=fake.url, token=TOKEN):
+                remote = wk.RemoteDataset.open(dataset_id=published["dataset_id"])
+                assert set(remote.layers) == {"color", "artifact_prob", "artifact_mask"}
+            nml = wk.Annotation.load(Path(predicted["result"]["nml"]))
+            assert (nml.dataset_name, nml.dataset_id) == (remote.name, remote.dataset_id)
+            assert [s["z"] for s in predicted["result"]["sections"]] == list(range(6))
+
             # an annotation shared by id that is not an NML: a failed job with its reason
             broken = fake.add_annotation(filename="broken.nml", data=b"<things><oops")
             bad_sync = _run_sync(http, ds, {"annotations": [broken]})
