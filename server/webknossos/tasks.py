@@ -23,7 +23,7 @@ from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, WkTask
 from server.errors import InvalidInput
 from server.settings import Settings
-from server.webknossos.client import WebknossosError, link_of, project_name
+from server.webknossos.client import WebknossosError, link_of, project_name, server_reason
 from server.webknossos.lib import wk
 
 if TYPE_CHECKING:
@@ -33,8 +33,8 @@ EXPERIENCE_DOMAIN = "artifact-loop"
 
 
 # -- push ------------------------------------------------------------------------------------------
-def _ensure_project(settings: Settings, dataset: Dataset) -> tuple[str, str, str]:
-    """The task type's id, the project's name and the team's id, created on first use."""
+def _team(settings: Settings) -> Any:
+    """The team owning the task type and projects: ``wk_team``, or the first one listed."""
     teams = wk.Team.get_list()
     if not teams:
         raise WebknossosError("the webKnossos user is in no team: add it to one")
@@ -45,6 +45,12 @@ def _ensure_project(settings: Settings, dataset: Dataset) -> tuple[str, str, str
     )
     if team is None:
         raise InvalidInput(f"webKnossos has no team {settings.wk_team!r}")
+    return team
+
+
+def _ensure_project(settings: Settings, dataset: Dataset) -> tuple[str, str]:
+    """The task type's id and the project's name, created on first use."""
+    team = _team(settings)
     try:
         task_type = wk.TaskType.get_by_name(settings.wk_task_type)
     except ValueError:
@@ -61,7 +67,7 @@ def _ensure_project(settings: Settings, dataset: Dataset) -> tuple[str, str, str
     name = project_name(settings, dataset)
     if _find_project(name) is None:
         wk.Project.create(name=name, team=team, priority=100, paused=False, expected_time=2)
-    return task_type.task_type_id, name, team.id
+    return task_type.task_type_id, name
 
 
 def _find_project(name: str) -> Any:
@@ -123,13 +129,25 @@ def push_proposals(
                 .order_by(AnnotationTask.rank, AnnotationTask.id)
             )
         ]
-    if not todo:
-        return
+    if todo:
+        _push(sessions, settings, dataset, todo=todo, link=link, report=report)
+    _check_assignable(sessions, settings, dataset, report=report)
+
+
+def _push(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    dataset: Dataset,
+    *,
+    todo: list[tuple[int, int, int, int, int, int]],
+    link: dict[str, Any],
+    report: SyncReport,
+) -> None:
     from server.pixels.source import parse_mag
 
     mag = parse_mag(dataset.mag)
     cx, cy = settings.wk_context_px * mag[0], settings.wk_context_px * mag[1]
-    task_type_id, project, team_id = _ensure_project(settings, dataset)
+    task_type_id, project = _ensure_project(settings, dataset)
     for task_id, x, y, z, w, h in todo:
         with _task_errors() as refused:
             created = wk.Task.create(
@@ -151,19 +169,16 @@ def push_proposals(
                     WkTask(dataset_id=dataset.id, task_id=task_id, wk_task_id=remote.task_id)
                 )
         report.pushed += len(created)
-    _check_assignable(sessions, settings, dataset, team_id=team_id, report=report)
 
 
 def _check_assignable(
-    sessions: sessionmaker[Session],
-    settings: Settings,
-    dataset: Dataset,
-    *,
-    team_id: str,
-    report: SyncReport,
+    sessions: sessionmaker[Session], settings: Settings, dataset: Dataset, *, report: SyncReport
 ) -> None:
     """Open pushed tasks nobody can be given: no active member of the project's team holds
-    the experience domain the tasks need."""
+    the experience domain the tasks need (``report.unassignable``; a warning says why and
+    which admin step fixes it)."""
+    from webknossos.client.api_client.errors import ApiClientError
+
     with write_transaction(sessions) as session:
         open_tasks = len(
             session.scalars(
@@ -172,13 +187,20 @@ def _check_assignable(
         )
     if not open_tasks:
         return
-    users = wk.User.get_all_managed_users()
+    team = _team(settings)
+    try:
+        users = wk.User.get_all_managed_users()
+    except ApiClientError as exc:  # a token that may not list users: say so, push anyway
+        report.warnings.append(
+            f"could not check who can be assigned the tasks: {server_reason(str(exc))}"
+        )
+        return
     able = [
         u
         for u in users
         if u.is_active
         and EXPERIENCE_DOMAIN in (u.experiences or {})
-        and any(t.id == team_id for t in u.teams)
+        and any(t.id == team.id for t in u.teams)
     ]
     if able:
         return
