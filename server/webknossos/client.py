@@ -86,7 +86,9 @@ def server(settings: Settings) -> Iterator[None]:
             ) from None
         status = re.search(r"response status (\d+)", text)
         request = re.search(r"performing a (\w+) request for URL (\S+)", text)
-        where = f"{request.group(1)} {request.group(2).split('?')[0]} " if request else ""
+        where = (
+            f"{request.group(1)} {request.group(2).split('?')[0].rstrip('.')} " if request else ""
+        )
         code = f"answered {status.group(1)}: " if status else ""
         raise WebknossosError(
             f"webKnossos server {url}: {where}{code}{server_reason(text)}"

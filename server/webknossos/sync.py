@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, WkAnnotation, WkTask
-from server.errors import InvalidInput
+from server.errors import InvalidInput, ServiceUnavailable
 from server.settings import Settings
 from server.webknossos.client import (
     DATASET_ID,
@@ -299,9 +299,13 @@ def sync(
 
 
 def find_dataset_id(settings: Settings, *, name: str) -> str:
-    """The server's id of its dataset called ``name`` (for an admin who knows only the name)."""
-    with server(settings):
-        ids = sorted(wk.RemoteDataset.list(name=name).keys())
+    """The server's id of its dataset called ``name`` (for an admin who knows only the name);
+    a server that refuses or cannot be reached is the caller's input problem here (422)."""
+    try:
+        with server(settings):
+            ids = sorted(wk.RemoteDataset.list(name=name).keys())
+    except (WebknossosError, ServiceUnavailable) as exc:
+        raise InvalidInput(f"cannot look up the dataset {name!r}: {exc}") from None
     if not ids:
         raise InvalidInput(
             f"the webKnossos server has no dataset named {name!r} that this token can see"
