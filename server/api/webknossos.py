@@ -6,26 +6,39 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import func, select
 
 from server.api.deps import AdminUser, CurrentUser, DatasetId, SessionDep, StateDep
 from server.datasets.service import get_dataset
 from server.db.tables import WkAnnotation, WkTask
-from server.webknossos.sync import link_of
+from server.webknossos.sync import find_dataset_id, link_of
 
 router = APIRouter(tags=["webknossos"])
 
 
 class WebknossosLink(BaseModel):
-    dataset_id: str = Field(
+    dataset_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{24}$",
+        description="The dataset's id on the webKnossos server: 24 hex digits, as in its "
+        "URL (/datasets/<name>-<id>/view) and in the dataset's settings",
+        examples=["6980c803d10000d7de2cc080"],
+    )
+    dataset_name: str | None = Field(
+        default=None,
         min_length=1,
         max_length=200,
-        pattern=r"^\S+$",
-        description="The dataset's id on the webKnossos server",
+        description="Instead of dataset_id: the dataset's name on the server, looked up there",
     )
     push: bool = Field(default=False, description="Push proposed patches as webKnossos tasks")
     instances: int = Field(default=1, ge=1, le=10, description="Annotators per pushed task")
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> WebknossosLink:
+        if (self.dataset_id is None) == (self.dataset_name is None):
+            raise ValueError("give either dataset_id (24 hex digits) or dataset_name")
+        return self
 
 
 class WebknossosStatus(BaseModel):
@@ -85,6 +98,10 @@ def put_link(
     _user: AdminUser,
 ) -> WebknossosStatus:
     dataset = get_dataset(session, dataset_id)
-    dataset.settings = {**(dataset.settings or {}), "webknossos": body.model_dump()}
+    link = body.model_dump(exclude={"dataset_name"})
+    if body.dataset_id is None:
+        assert body.dataset_name is not None
+        link["dataset_id"] = find_dataset_id(state.runtime.settings, name=body.dataset_name)
+    dataset.settings = {**(dataset.settings or {}), "webknossos": link}
     session.flush()
     return _status(session, state, dataset_id)

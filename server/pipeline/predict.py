@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def check(settings: Settings, dataset: Dataset, params: dict[str, Any]) -> None:
-    from server.predictions.dense import validate_params
+    from server.predictions.plan import validate_params
 
     validate_params(dataset, params)
 
@@ -134,14 +134,15 @@ def run_chunk(ctx: StepContext, job: Job) -> dict[str, Any]:
 def chunks_done(ctx: StepContext, job: Job) -> dict[str, Any]:
     """Every chunk is written: merge their clusters into the NML and write the report."""
     from server.predictions import dense
+    from server.predictions.finish import finish_prediction
 
     with write_transaction(ctx.sessions) as session:
         dataset = session.get(Dataset, job.dataset_id)
+        if dataset is not None:
+            session.expunge(dataset)
         chunks = len(list(session.scalars(select(Job.id).where(Job.parent_id == job.id))))
-        name = dataset.name if dataset is not None else "dataset"
-        voxel_size = tuple(dataset.voxel_size) if dataset is not None else (1, 1, 1)
     plan = dense.Plan.from_dict(job.params["plan"])
-    report = dense.finish(plan, n_chunks=chunks, dataset_name=name, voxel_size=voxel_size)
+    report = finish_prediction(plan, n_chunks=chunks, dataset=dataset, settings=ctx.settings)
     gt = report.get("ground_truth")
     summary = f"{report['clusters']} artifact clusters" + (
         f"; patch PR-AUC {gt['pr_auc']}" if gt and gt.get("pr_auc") is not None else ""

@@ -45,7 +45,7 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
 
 def push_new_proposals(ctx: StepContext, *, dataset_id: int) -> None:
     """A dataset that pushes tasks to webKnossos: sync its new proposals there now."""
-    from server.webknossos.sync import link_of
+    from server.webknossos.client import link_of
 
     with write_transaction(ctx.sessions) as session:
         dataset = session.get(Dataset, dataset_id)
@@ -56,7 +56,7 @@ def push_new_proposals(ctx: StepContext, *, dataset_id: int) -> None:
 
 def periodic_sync(rt: Runtime, sender: JobSender) -> list[int]:
     """A sync job for every dataset linked to webKnossos that has none waiting or running."""
-    from server.webknossos.sync import link_of
+    from server.webknossos.client import link_of
 
     if not rt.settings.wk_url or rt.settings.wk_token is None:
         return []

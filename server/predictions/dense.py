@@ -11,174 +11,61 @@ A ``predict`` job plans the work and leaves it to chunk jobs that any gpu worker
   per tile instead of one per overlapping patch;
 * the region is cut along the layers' shards, so each chunk job writes whole shards that no
   other job touches: a killed job is simply run again and overwrites what it left;
-* each chunk job also writes a small JSON (artifact clusters in its block, the map's score
-  of every ground-truth patch centred in its block); when the last one is done the parent
-  merges them into ``artifacts.nml`` (one bounding box per cluster) and a report, with the
-  patch-level PR-AUC against ``ground_truth.csv`` when the dataset has one.
+* each chunk job also writes a small JSON (artifact clusters in its block, its cells above
+  threshold per section, the map's score of every ground-truth patch centred in its block);
+  when the last one is done the parent merges them (:mod:`server.predictions.finish`).
+
+The plan lives in :mod:`server.predictions.plan` (re-exported here).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from server.errors import InvalidInput
-from server.pixels.source import Vec3, parse_mag
+from server.pixels.source import Vec3
+from server.predictions.plan import (
+    BLOCK_CELLS,
+    BLOCK_SECTIONS,
+    DEFAULT_REIMAGE_RATE,
+    DEFAULT_STRIDE,
+    ENCODER_SCALE,
+    MASK_LAYER,
+    PROB_LAYER,
+    STRIDES,
+    Plan,
+    chunks,
+    make_plan,
+    validate_params,
+)
 from server.webknossos.lib import wk
 
-PROB_LAYER = "artifact_prob"
-MASK_LAYER = "artifact_mask"
-DEFAULT_STRIDE = 32
-STRIDES = (16, 32, 64)  # multiples of the encoder's total stride and powers of two (mags)
-BLOCK_CELLS = 64  # shard width and height in cells; a chunk job writes one shard column
-BLOCK_SECTIONS = 8
-ENCODER_SCALE = 16
-
-Report = Callable[[float, str], None]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Where and how a prediction is computed; all JSON-serialisable for the job row."""
-
-    out_path: str
-    source_mag: tuple[int, int, int]
-    out_mag: tuple[int, int, int]
-    stride: int  # pixels at the source mag between neighbouring cells
-    patch: int
-    threshold: float
-    region_offset: tuple[int, int, int]  # mag-1 voxels
-    region_size: tuple[int, int, int]
-    dataset_offset: tuple[int, int, int]  # mag-1 voxels, for clamping reads
-    dataset_size: tuple[int, int, int]
-    block_sections: int = BLOCK_SECTIONS  # sections per chunk job (and per shard)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        return cls(
-            **{
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in data.items()
-                if k in cls.__dataclass_fields__
-            }
-        )
-
-    @property
-    def cell_px(self) -> tuple[int, int]:
-        """A cell's width and height in mag-1 voxels."""
-        return self.out_mag[0], self.out_mag[1]
-
-    def cell_range(self) -> tuple[int, int, int, int, int, int]:
-        """The region as cells: x0, y0, z0, x1, y1, z1 (half-open; z in sections)."""
-        cw, ch = self.cell_px
-        ox, oy, oz = self.region_offset
-        sx, sy, sz = self.region_size
-        return (
-            ox // cw,
-            oy // ch,
-            oz,
-            -(-(ox + sx) // cw),
-            -(-(oy + sy) // ch),
-            oz + sz,
-        )
-
-
-def validate_params(dataset: Any, params: dict[str, Any]) -> None:
-    """Reject bad predict parameters before a job is queued (raises :class:`InvalidInput`)."""
-    stride = params.get("stride", DEFAULT_STRIDE)
-    if not isinstance(stride, int) or stride not in STRIDES:
-        raise InvalidInput(f"stride must be one of {', '.join(map(str, STRIDES))} pixels")
-    threshold = params.get("threshold")
-    if threshold is not None and (
-        not isinstance(threshold, int | float) or not 0.0 < float(threshold) < 1.0
-    ):
-        raise InvalidInput("threshold must be a number between 0 and 1")
-    sections = params.get("sections_per_chunk", BLOCK_SECTIONS)
-    if not isinstance(sections, int) or not 1 <= sections <= 64:
-        raise InvalidInput("sections_per_chunk must be an integer from 1 to 64")
-    bbox = params.get("bbox")
-    if bbox is not None:
-        _region(dataset, bbox)
-
-
-def _region(dataset: Any, bbox: Any) -> tuple[Vec3, Vec3]:
-    offset = (int(dataset.bbox_x), int(dataset.bbox_y), int(dataset.bbox_z))
-    size = (int(dataset.bbox_w), int(dataset.bbox_h), int(dataset.bbox_d))
-    if bbox is None:
-        return offset, size
-    if (
-        not isinstance(bbox, list | tuple)
-        or len(bbox) != 6
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in bbox)
-    ):
-        raise InvalidInput(
-            "bbox must be six integers: x, y, z, width, height, depth (mag-1 voxels)"
-        )
-    x, y, z, w, h, d = bbox
-    if w <= 0 or h <= 0 or d <= 0:
-        raise InvalidInput("bbox width, height and depth must be positive")
-    end = (x + w, y + h, z + d)
-    if any(v < o for v, o in zip((x, y, z), offset, strict=True)) or any(
-        e > o + s for e, o, s in zip(end, offset, size, strict=True)
-    ):
-        raise InvalidInput(
-            f"bbox {list(bbox)} is not inside the dataset "
-            f"(offset {list(offset)}, size {list(size)})"
-        )
-    return (x, y, z), (w, h, d)
-
-
-def make_plan(dataset: Any, params: dict[str, Any], *, out_root: Path, threshold: float) -> Plan:
-    validate_params(dataset, params)
-    stride = int(params.get("stride", DEFAULT_STRIDE))
-    mag = parse_mag(dataset.mag)
-    offset, size = _region(dataset, params.get("bbox"))
-    return Plan(
-        out_path=str(out_root / f"{dataset.name}_artifact_pred"),
-        source_mag=mag,
-        out_mag=(stride * mag[0], stride * mag[1], mag[2]),
-        stride=stride,
-        patch=int(dataset.patch_size),
-        threshold=float(params.get("threshold", threshold)),
-        region_offset=offset,
-        region_size=size,
-        dataset_offset=(int(dataset.bbox_x), int(dataset.bbox_y), int(dataset.bbox_z)),
-        dataset_size=(int(dataset.bbox_w), int(dataset.bbox_h), int(dataset.bbox_d)),
-        block_sections=int(params.get("sections_per_chunk", BLOCK_SECTIONS)),
-    )
-
-
-def chunks(plan: Plan) -> list[tuple[int, int, int, int, int, int]]:
-    """The region's cells cut along shard borders: (x0, y0, z0, x1, y1, z1) per chunk."""
-    x0, y0, z0, x1, y1, z1 = plan.cell_range()
-    out = []
-    depth = plan.block_sections
-    for bz in range(z0 // depth, -(-z1 // depth)):
-        for by in range(y0 // BLOCK_CELLS, -(-y1 // BLOCK_CELLS)):
-            for bx in range(x0 // BLOCK_CELLS, -(-x1 // BLOCK_CELLS)):
-                out.append(
-                    (
-                        max(x0, bx * BLOCK_CELLS),
-                        max(y0, by * BLOCK_CELLS),
-                        max(z0, bz * depth),
-                        min(x1, (bx + 1) * BLOCK_CELLS),
-                        min(y1, (by + 1) * BLOCK_CELLS),
-                        min(z1, (bz + 1) * depth),
-                    )
-                )
-    return out
+__all__ = [
+    "BLOCK_CELLS",
+    "BLOCK_SECTIONS",
+    "DEFAULT_REIMAGE_RATE",
+    "DEFAULT_STRIDE",
+    "MASK_LAYER",
+    "PROB_LAYER",
+    "STRIDES",
+    "Plan",
+    "block_summary",
+    "chunk_file",
+    "chunks",
+    "create_output",
+    "ground_truth",
+    "make_plan",
+    "predict_block",
+    "save_summary",
+    "validate_params",
+    "write_block",
+]
 
 
 # -- output dataset ------------------------------------------------------------------------------
@@ -357,10 +244,16 @@ def block_summary(
         for i in np.flatnonzero(inside):
             value = prob[cx[i] - block[0], cy[i] - block[1], z[i] - block[2]]
             scores.append([float(value), float(labels_true[i])])
+    per_section = mask.reshape(-1, mask.shape[2]).sum(axis=0)
     return {
         "block": list(block),
         "cells": int(prob.size),
         "artifact_cells": int(mask.sum()),
+        # z -> [cells, cells above threshold]: the per-section QC
+        "sections": {
+            str(block[2] + k): [int(prob.shape[0] * prob.shape[1]), int(n)]
+            for k, n in enumerate(per_section)
+        },
         "clusters": clusters,
         "truth_scores": scores,
     }
@@ -391,81 +284,3 @@ def save_summary(path: Path, summary: dict[str, Any]) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(summary))
     tmp.replace(path)
-
-
-# -- the end: merge clusters, NML, report ---------------------------------------------------------
-def merge_boxes(boxes: list[list[int]], *, gap: tuple[int, int, int]) -> list[list[int]]:
-    """Union of boxes (x, y, z, w, h, d) that overlap or touch (within ``gap``)."""
-    parent = list(range(len(boxes)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    arr = np.asarray(boxes, dtype=np.int64).reshape(-1, 6)
-    lo, hi = arr[:, :3], arr[:, :3] + arr[:, 3:]
-    g = np.asarray(gap)
-    for i in range(len(arr)):
-        touching = np.all((lo <= hi[i] + g - 1) & (hi >= lo[i] - g + 1), axis=1)
-        touching[: i + 1] = False
-        for j in np.flatnonzero(touching):
-            parent[find(int(j))] = find(i)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(arr)):
-        groups.setdefault(find(i), []).append(i)
-    merged = []
-    for members in groups.values():
-        a, b = lo[members].min(0), hi[members].max(0)
-        merged.append([*map(int, a), *map(int, b - a)])
-    return merged
-
-
-def finish(plan: Plan, *, n_chunks: int, dataset_name: str, voxel_size: Any) -> dict[str, Any]:
-    from models.metrics import average_precision
-
-    boxes: list[list[int]] = []
-    cells = artifact_cells = 0
-    scores: list[list[float]] = []
-    for i in range(n_chunks):
-        summary = json.loads(chunk_file(plan, i).read_text())
-        boxes += [c["box"] for c in summary["clusters"]]
-        cells += summary["cells"]
-        artifact_cells += summary["artifact_cells"]
-        scores += summary["truth_scores"]
-    cw, ch = plan.cell_px
-    clusters = merge_boxes(boxes, gap=(cw, ch, 0)) if boxes else []
-    clusters.sort(key=lambda b: (b[2], b[1], b[0]))
-    nml = Path(plan.out_path) / "artifacts.nml"
-    annotation = wk.Annotation(
-        name=f"{dataset_name} artifacts", dataset_name=dataset_name, voxel_size=voxel_size
-    )
-    for i, (x, y, z, w, h, d) in enumerate(clusters):
-        annotation.user_bounding_boxes.append(
-            wk.BoundingBox((x, y, z), (w, h, d))
-            .with_name(f"artifact {i + 1}")
-            .with_color((1.0, 0.0, 0.0, 1.0))
-            .with_is_visible(True)
-        )
-    annotation.save(nml)
-    report: dict[str, Any] = {
-        "output": plan.out_path,
-        "layers": [PROB_LAYER, MASK_LAYER],
-        "mag": "-".join(map(str, plan.out_mag)),
-        "threshold": plan.threshold,
-        "cells": cells,
-        "artifact_cells": artifact_cells,
-        "clusters": len(clusters),
-        "nml": str(nml),
-    }
-    if scores:
-        arr = np.asarray(scores)
-        pr_auc = average_precision(arr[:, 1].astype(bool), arr[:, 0])
-        report["ground_truth"] = {
-            "patches": len(arr),
-            "artifacts": int(arr[:, 1].sum()),
-            "pr_auc": None if math.isnan(pr_auc) else round(pr_auc, 4),
-        }
-    (Path(plan.out_path) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report

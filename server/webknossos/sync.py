@@ -15,15 +15,26 @@ A ``sync`` job (queue ``io``; on demand, after each proposal and periodically):
    ``modified`` time changed, and the import's idempotency keys keep labels from counting
    twice;
 3. deletes pushed tasks whose patch was labelled elsewhere (in the web page or the API)
-   before anyone finished them in webKnossos.
+   before anyone started them in webKnossos; a task someone is working on is left on the
+   server (deleting it would delete that annotator's work) and its annotation, once
+   finished, is imported like any other: one more person's verdict on the patch.
+
+The server assigns a task only to users who hold its experience domain
+(:data:`EXPERIENCE_DOMAIN`, any value): an admin grants it once per annotator on the
+server's Users screen. The sync reports pushed tasks that no active user of the team can be
+assigned. A task the server refuses to create fails the sync with the server's reason (what
+could be imported still is); it is offered again on the next sync.
+
+Pushing and cleaning up tasks live in :mod:`server.webknossos.tasks`, the server context and
+its errors in :mod:`server.webknossos.client`; this module pulls annotations and runs the job.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,19 +43,42 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, WkAnnotation, WkTask
-from server.errors import ArtifactLoopError, InvalidInput, ServiceUnavailable
+from server.errors import InvalidInput, ServiceUnavailable
 from server.settings import Settings
+from server.webknossos.client import (
+    DATASET_ID,
+    WebknossosError,
+    link_of,
+    project_name,
+    server,
+    server_reason,
+)
 from server.webknossos.lib import wk
+from server.webknossos.tasks import (
+    EXPERIENCE_DOMAIN,
+    _find_project,
+    cancel_labelled_elsewhere,
+    push_proposals,
+)
+
+__all__ = [
+    "DATASET_ID",
+    "EXPERIENCE_DOMAIN",
+    "SyncReport",
+    "WebknossosError",
+    "cancel_labelled_elsewhere",
+    "check_sync",
+    "find_dataset_id",
+    "link_of",
+    "project_name",
+    "pull_annotations",
+    "push_proposals",
+    "server",
+    "server_reason",
+    "sync",
+]
 
 log = logging.getLogger(__name__)
-
-EXPERIENCE_DOMAIN = "artifact-loop"
-
-
-class WebknossosError(ArtifactLoopError):
-    """The webKnossos server refused or could not be reached."""
-
-    status_code = 502
 
 
 @dataclass
@@ -55,142 +89,26 @@ class SyncReport:
     annotations_imported: int = 0
     annotations_unchanged: int = 0
     labels_added: int = 0
+    kept_in_progress: int = 0
+    unassignable: int = 0
     errors: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "pushed": self.pushed,
+            "refused": self.refused,
+            "unassignable": self.unassignable,
             "cancelled": self.cancelled,
+            "kept_in_progress": self.kept_in_progress,
+            "warnings": self.warnings,
             "annotations_seen": self.annotations_seen,
             "annotations_imported": self.annotations_imported,
             "annotations_unchanged": self.annotations_unchanged,
             "labels_added": self.labels_added,
             "errors": self.errors,
         }
-
-
-def link_of(dataset: Dataset) -> dict[str, Any] | None:
-    link = (dataset.settings or {}).get("webknossos")
-    return link if isinstance(link, dict) and link.get("dataset_id") else None
-
-
-def project_name(settings: Settings, dataset: Dataset) -> str:
-    return f"{settings.wk_project_prefix}-{dataset.name}"
-
-
-@contextmanager
-def server(settings: Settings) -> Iterator[None]:
-    """The library's context for the configured server, with its failures as clear errors."""
-    from webknossos.client.api_client.errors import ApiClientError
-
-    if not settings.wk_url or settings.wk_token is None:
-        raise InvalidInput(
-            "no webKnossos server configured: set ARTIFACT_LOOP_WK_URL and ARTIFACT_LOOP_WK_TOKEN"
-        )
-    url = settings.wk_url.rstrip("/")
-    try:
-        with wk.webknossos_context(
-            url=url, token=settings.wk_token.get_secret_value(), timeout=settings.wk_timeout_s
-        ):
-            yield
-    except httpx.TransportError as exc:
-        raise ServiceUnavailable(
-            f"webKnossos server {url} is unreachable ({type(exc).__name__})"
-        ) from None
-    except ApiClientError as exc:
-        text = str(exc)
-        if "401" in text or "403" in text:
-            raise WebknossosError(
-                f"webKnossos server {url} refused the token (401/403): check ARTIFACT_LOOP_WK_TOKEN"
-            ) from None
-        first = next((line for line in text.splitlines() if line.strip()), text)
-        raise WebknossosError(f"webKnossos server {url}: {first}") from None
-
-
-# -- push ------------------------------------------------------------------------------------------
-def _ensure_project(settings: Settings, dataset: Dataset) -> tuple[str, str]:
-    """The task type's id and the project's name, created on first use."""
-    from webknossos.client.api_client.errors import UnexpectedStatusError
-
-    teams = wk.Team.get_list()
-    if not teams:
-        raise WebknossosError("the webKnossos user is in no team: add it to one")
-    team = (
-        next((t for t in teams if t.name == settings.wk_team), None)
-        if settings.wk_team
-        else teams[0]
-    )
-    if team is None:
-        raise InvalidInput(f"webKnossos has no team {settings.wk_team!r}")
-    try:
-        task_type = wk.TaskType.get_by_name(settings.wk_task_type)
-    except ValueError:
-        task_type = wk.TaskType.create(
-            name=settings.wk_task_type,
-            description=(
-                "Is there an imaging artifact in the box? Draw a bounding box named "
-                "'artifact:<type>' (or 'artifact') over it, or one named 'clean' over the "
-                "whole box, then finish the task."
-            ),
-            team=team,
-            tracing_type="skeleton",
-        )
-    name = project_name(settings, dataset)
-    try:
-        wk.Project.get_by_name(name)
-    except UnexpectedStatusError:
-        wk.Project.create(name=name, team=team, priority=100, paused=False, expected_time=2)
-    return task_type.task_type_id, name
-
-
-def push_proposals(sessions: sessionmaker[Session], settings: Settings, dataset: Dataset) -> int:
-    """Open proposals not yet on the server become tasks; returns how many."""
-    link = link_of(dataset)
-    if link is None or not link.get("push"):
-        return 0
-    with write_transaction(sessions) as session:
-        pushed = select(WkTask.task_id).where(
-            WkTask.dataset_id == dataset.id, WkTask.task_id.is_not(None)
-        )
-        todo = [
-            (t.id, t.x, t.y, t.z, t.w, t.h)
-            for t in session.scalars(
-                select(AnnotationTask)
-                .where(
-                    AnnotationTask.dataset_id == dataset.id,
-                    AnnotationTask.kind == "proposal",
-                    AnnotationTask.status == "open",
-                    AnnotationTask.id.not_in(pushed),
-                )
-                .order_by(AnnotationTask.rank, AnnotationTask.id)
-            )
-        ]
-    if not todo:
-        return 0
-    from server.pixels.source import parse_mag
-
-    mag = parse_mag(dataset.mag)
-    cx, cy = settings.wk_context_px * mag[0], settings.wk_context_px * mag[1]
-    task_type_id, project = _ensure_project(settings, dataset)
-    count = 0
-    for task_id, x, y, z, w, h in todo:
-        created = wk.Task.create(
-            task_type_id=task_type_id,
-            project_name=project,
-            needed_experience_domain=EXPERIENCE_DOMAIN,
-            needed_experience_value=0,
-            starting_position=(x + w // 2, y + h // 2, z),
-            dataset_id=str(link["dataset_id"]),
-            instances=int(link.get("instances", 1)),
-            bounding_box=wk.BoundingBox((x - cx, y - cy, z), (w + 2 * cx, h + 2 * cy, 1)),
-        )
-        with write_transaction(sessions) as session:  # recorded one by one: a crash loses none
-            for remote in created:
-                session.add(
-                    WkTask(dataset_id=dataset.id, task_id=task_id, wk_task_id=remote.task_id)
-                )
-        count += len(created)
-    return count
 
 
 # -- pull ------------------------------------------------------------------------------------------
@@ -200,14 +118,12 @@ class _Finished:
     modified: int
     owner: str | None
     wk_task_id: str | None
+    problem: str | None = None  # why it cannot be read, found while listing
 
 
 def _finished_annotations(settings: Settings, dataset: Dataset) -> list[_Finished]:
-    from webknossos.client.api_client.errors import UnexpectedStatusError
-
-    try:
-        project = wk.Project.get_by_name(project_name(settings, dataset))
-    except UnexpectedStatusError:
+    project = _find_project(project_name(settings, dataset))
+    if project is None:
         return []  # nothing pushed yet
     out = []
     for task in project.get_tasks(fetch_all=True):
@@ -230,26 +146,40 @@ def _annotation_ref(value: str) -> str:
 
 
 def _explicit_annotations(refs: list[str]) -> list[_Finished]:
-    from webknossos.client.context import _get_api_client
-
-    client = _get_api_client()
+    """Annotations given by id: their ``time`` (the last save) stands for ``modified``."""
     out = []
     for ref in refs:
-        info = client.annotation_info(annotation_id=ref)
-        owner = info.owner.id if info.owner is not None else None
-        out.append(_Finished(info.id, int(info.modified or 0), owner, None))
+        annotation = _fetch(ref)
+        if isinstance(annotation, str):
+            out.append(_Finished(ref, 0, None, None, problem=annotation))
+            continue
+        out.append(_Finished(ref, int(annotation.time or 0), annotation.owner_name, None))
     return out
 
 
-def _download(annotation_id: str) -> tuple[str, bytes]:
-    """The annotation file exactly as the server gives it (``.nml`` or ``.zip``, volume data
-    left out): the label importer reads it and explains what is wrong with a bad one."""
-    from webknossos.client.context import _get_api_client
+def _fetch(annotation_id: str) -> Any:
+    """The annotation as the library reads it, or why it cannot be read."""
+    from webknossos.client.api_client.errors import ApiClientError
 
-    data, filename = _get_api_client().annotation_download(
-        annotation_id=annotation_id, skip_volume_data=True
-    )
-    return filename or f"{annotation_id}.nml", data
+    try:
+        return wk.Annotation.download(annotation_id, skip_volume_data=True)
+    except (ApiClientError, httpx.TransportError):
+        raise
+    except Exception as exc:  # what the library raises for a file it cannot parse varies
+        return f"not a readable webKnossos annotation ({type(exc).__name__}: {exc})"
+
+
+def _download(annotation_id: str) -> tuple[str, bytes] | str:
+    """The annotation as a file the label importer reads (``.nml``, or ``.zip`` when it has
+    volume layers; their data left out), or why it cannot be read."""
+    annotation = _fetch(annotation_id)
+    if isinstance(annotation, str):
+        return annotation
+    suffix = ".zip" if annotation.get_volume_layer_names() else ".nml"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{annotation_id}{suffix}"
+        annotation.save(path)
+        return path.name, path.read_bytes()
 
 
 def pull_annotations(
@@ -271,7 +201,11 @@ def pull_annotations(
             if seen is not None and seen.modified == item.modified:
                 report.annotations_unchanged += 1
                 continue
-        filename, data = _download(item.annotation_id)
+        downloaded = item.problem or _download(item.annotation_id)
+        if isinstance(downloaded, str):
+            report.errors.append(f"annotation {item.annotation_id}: {downloaded}")
+            continue
+        filename, data = downloaded
         try:
             with write_transaction(sessions) as session:
                 ds = session.get(Dataset, dataset.id)
@@ -326,40 +260,6 @@ def _task_finished(session: Session, *, dataset_id: int, wk_task_id: str) -> Non
             task.status, task.updated_at = "labelled", utcnow()
 
 
-def cancel_labelled_elsewhere(
-    sessions: sessionmaker[Session], dataset: Dataset, *, report: SyncReport
-) -> None:
-    """Pushed tasks nobody finished in webKnossos whose patch was answered elsewhere."""
-    from webknossos.client.api_client.errors import UnexpectedStatusError
-
-    with write_transaction(sessions) as session:
-        stale = [
-            (p.id, p.wk_task_id)
-            for p in session.scalars(
-                select(WkTask)
-                .join(AnnotationTask, AnnotationTask.id == WkTask.task_id)
-                .where(
-                    WkTask.dataset_id == dataset.id,
-                    WkTask.state == "open",
-                    AnnotationTask.status.in_(("labelled", "skipped", "retired")),
-                )
-            )
-        ]
-    for row_id, wk_task_id in stale:
-        try:
-            remote = wk.Task.get_by_id(wk_task_id)
-            if remote.status.finished_instance_count > 0:
-                continue  # its annotation is on its way in
-            remote.delete()
-        except UnexpectedStatusError:
-            pass  # already gone on the server
-        with write_transaction(sessions) as session:
-            row = session.get(WkTask, row_id)
-            if row is not None:
-                row.state, row.updated_at = "cancelled", utcnow()
-        report.cancelled += 1
-
-
 def check_sync(settings: Settings, dataset: Dataset, params: dict[str, Any]) -> list[str]:
     """The annotation ids a sync imports besides the project's; raises InvalidInput for a
     sync that cannot work (no server configured, nothing linked, malformed references)."""
@@ -384,8 +284,35 @@ def sync(
     ids = check_sync(settings, dataset, params)
     report = SyncReport()
     with server(settings):
-        report.pushed = push_proposals(sessions, settings, dataset)
+        push_proposals(sessions, settings, dataset, report=report)
         pull_annotations(sessions, settings, dataset, ids=ids, report=report)
         if link_of(dataset) is not None:
             cancel_labelled_elsewhere(sessions, dataset, report=report)
+    if report.refused:
+        # what was pushed and imported is kept; the refused proposals are offered again
+        raise WebknossosError(
+            f"webKnossos refused {len(report.refused)} task(s) "
+            f"({report.pushed} pushed, {report.labels_added} label(s) imported): "
+            + "; ".join(report.refused + report.errors)
+        )
     return report
+
+
+def find_dataset_id(settings: Settings, *, name: str) -> str:
+    """The server's id of its dataset called ``name`` (for an admin who knows only the name);
+    a server that refuses or cannot be reached is the caller's input problem here (422)."""
+    try:
+        with server(settings):
+            ids = sorted(wk.RemoteDataset.list(name=name).keys())
+    except (WebknossosError, ServiceUnavailable) as exc:
+        raise InvalidInput(f"cannot look up the dataset {name!r}: {exc}") from None
+    if not ids:
+        raise InvalidInput(
+            f"the webKnossos server has no dataset named {name!r} that this token can see"
+        )
+    if len(ids) > 1:
+        raise InvalidInput(
+            f"the webKnossos server has {len(ids)} datasets named {name!r} ({', '.join(ids)}): "
+            "link by dataset_id"
+        )
+    return ids[0]

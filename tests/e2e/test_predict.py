@@ -91,3 +91,7 @@ def test_predict_survives_a_killed_worker(pg_url: str, redis_url: str, tmp_path:
     assert len(nml.user_bounding_boxes) == result["clusters"] > 0
     # a classifier trained on 300 labels already ranks artifacts well above chance (~0.1)
     assert result["ground_truth"]["pr_auc"] > 0.3
+    # the per-section QC: every section, adding up to the map's cells above threshold
+    assert [s["z"] for s in result["sections"]] == list(range(16))
+    assert sum(s["artifact_cells"] for s in result["sections"]) == result["artifact_cells"]
+    assert Path(result["sections_csv"]).is_file() and result["webknossos"] is None

@@ -1,8 +1,9 @@
-"""The webKnossos cycle against a local server that speaks the library's REST API:
-proposals pushed as tasks -> annotators finish some in "webKnossos" (files made by the real
-library) -> sync -> labels in the database, each exactly once -> retraining. Plus a patch
-labelled in the web page whose task gets cancelled, an annotation given by id, a broken
-annotation, and a wrong token. PostgreSQL + Redis, real API and worker processes."""
+"""The webKnossos cycle against a local server answering like real ones (tests/wkserver.py):
+proposals pushed as tasks (one refused by the server) -> annotators finish some in
+"webKnossos" (files made by the real library) -> sync -> labels in the database, each exactly
+once -> retraining. Plus patches labelled in the web page whose tasks get cancelled (unless
+someone is working on one), an annotation given by id, a broken annotation, and a wrong
+token. PostgreSQL + Redis, real API and worker processes."""
 
 from __future__ import annotations
 
@@ -16,9 +17,13 @@ import pytest
 from server.sim.synth import make_synthetic_dataset
 from server.webknossos.lib import wk
 from tests.processes import api_server, celery_worker, pg_redis_env, wait_for
-from tests.wkserver import serve
+from tests.wkserver import ANNOTATOR_ID, serve
 
 TOKEN = "wk-secret-token"
+DATASET_ID = "6980c803d10000d7de2cc080"  # the server's ids are 24 hex digits
+NAME = "mSEM run 3.v2"  # dataset names may hold spaces and dots; project names may not
+PROJECT = "artifact-loop-mSEM_run_3_v2"
+REFUSAL = "Invalid bounding box"  # a message of the server's catalogue (boundingBox.invalid)
 
 
 def _nml(dataset: str, voxel: list[float], box: tuple[int, int, int, int, int], name: str) -> bytes:
@@ -44,6 +49,12 @@ def _run_sync(http: httpx.Client, ds: int, params: dict | None = None) -> dict:
     )
 
 
+def _jobs(http: httpx.Client, ds: int, kind: str) -> list[dict]:
+    r = http.get("/jobs", params={"dataset_id": ds, "kind": kind, "limit": 100})
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_push_finish_sync_retrain(pg_url: str, redis_url: str, tmp_path: Path) -> None:
@@ -55,6 +66,9 @@ def test_push_finish_sync_retrain(pg_url: str, redis_url: str, tmp_path: Path) -
             for r in csv.DictReader(fh)
         }
     with serve(TOKEN) as fake:
+        fake.add_dataset(DATASET_ID, dataset, name=NAME)
+        # the server refuses the third task it is asked to create
+        fake.refuse_task(creation=3, reason=REFUSAL)
         env, secret = pg_redis_env(
             pg_url,
             tmp_path / "data",
@@ -72,7 +86,7 @@ def test_push_finish_sync_retrain(pg_url: str, redis_url: str, tmp_path: Path) -
             http = httpx.Client(
                 base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
             )
-            r = http.post("/datasets", json={"name": "wk", "path": str(dataset)})
+            r = http.post("/datasets", json={"name": NAME, "path": str(dataset)})
             assert r.status_code == 201, r.text
             ds = r.json()["id"]
             voxel = r.json()["voxel_size"]
@@ -80,56 +94,79 @@ def test_push_finish_sync_retrain(pg_url: str, redis_url: str, tmp_path: Path) -
             # not linked yet: the sync is refused before it reaches a worker
             refused = http.post(f"/datasets/{ds}/jobs", json={"kind": "sync"})
             assert refused.status_code == 422 and "not linked" in refused.json()["detail"]
-            link = http.put(
-                f"/datasets/{ds}/webknossos", json={"dataset_id": "wk-ds-1", "push": True}
-            )
+            # a server dataset id is 24 hex digits
+            bad = http.put(f"/datasets/{ds}/webknossos", json={"dataset_id": "wk-ds-1"})
+            assert bad.status_code == 422 and "dataset_id" in bad.text
+            # the admin knows the name; the id is looked up on the server
+            link = http.put(f"/datasets/{ds}/webknossos", json={"dataset_name": NAME, "push": True})
             assert link.status_code == 200, link.text
+            assert link.json()["link"]["dataset_id"] == DATASET_ID
             assert TOKEN not in link.text
 
-            # the cold-start proposals are pushed by themselves once they exist
-            wait_for(
-                lambda: http.get(f"/datasets/{ds}/webknossos").json()["tasks"]["open"] >= 20,
-                "proposals pushed as webKnossos tasks",
-            )
+            # the cold-start proposals are pushed by themselves once they exist; the refused
+            # one fails that sync with the server's reason, the others are on the server
+            failed = wait_for(
+                lambda: [j for j in _jobs(http, ds, "sync") if j["state"] == "failed"],
+                "the first push (with one task refused)",
+            )[0]
+            assert REFUSAL in failed["error"] and "refused 1 task" in failed["error"]
+            assert len(fake.tasks()) == 19
+            # offered again by the next sync (the server accepts it this time)
+            again = _run_sync(http, ds)
+            assert again["state"] == "succeeded", again["error"]
+            assert again["result"]["pushed"] == 1 and again["result"]["refused"] == []
             tasks = fake.tasks()
             assert len(tasks) == 20
-            assert {t["datasetId"] for t in tasks} == {"wk-ds-1"}
+            assert {t["datasetId"] for t in tasks} == {DATASET_ID}
             bbox = tasks[0]["boundingBox"]
             assert (bbox["width"], bbox["height"], bbox["depth"]) == (140 + 140, 140 + 140, 1)
             assert sum(1 for r in fake.state.requests if r == "POST /taskTypes") == 1
+            # project created once, its name made of what the server allows
             assert sum(1 for r in fake.state.requests if r == "POST /projects") == 1
+            assert [p["name"] for p in fake.state.projects.values()] == [PROJECT]
+            # nobody holds the tasks' experience yet: the sync says so
+            assert again["result"]["unassignable"] == 20
+            assert "Change Experience" in again["result"]["warnings"][0]
+            fake.grant_experience(ANNOTATOR_ID, "artifact-loop")
 
-            # someone answers one patch in the web page instead
+            # two patches are answered in the web page instead: nobody has started the first
+            # in webKnossos, an annotator is working on the second
+            by_patch = {}
+            for task in tasks:
+                top = task["boundingBox"]["topLeft"]
+                by_patch[(top[0] + 70, top[1] + 70, top[2])] = task["id"]
             open_tasks = http.get(
                 f"/datasets/{ds}/tasks", params={"status": "open", "limit": 100}
             ).json()["items"]
-            elsewhere = open_tasks[0]
-            answer = http.post(f"/tasks/{elsewhere['id']}/label", json={"label": "clean"})
-            assert answer.status_code == 200, answer.text
+            untouched, busy = open_tasks[0], open_tasks[1]
+            untouched_task = by_patch[(untouched["x"], untouched["y"], untouched["z"])]
+            busy_task = by_patch[(busy["x"], busy["y"], busy["z"])]
+            in_progress = fake.start(busy_task)
+            for task in (untouched, busy):
+                answer = http.post(f"/tasks/{task['id']}/label", json={"label": "clean"})
+                assert answer.status_code == 200, answer.text
 
-            # annotators finish 15 tasks in webKnossos (not the one answered elsewhere)
+            # annotators finish 15 tasks in webKnossos (not the ones answered elsewhere)
             finished = {}
-            for task in tasks:
-                top = task["boundingBox"]["topLeft"]
-                patch = (top[0] + 70, top[1] + 70, top[2])
-                if (patch[0], patch[1]) == (elsewhere["x"], elsewhere["y"]) and patch[
-                    2
-                ] == elsewhere["z"]:
-                    cancelled_task = task["id"]
-                    continue
-                if len(finished) == 15:
+            for patch, task_id in by_patch.items():
+                if task_id in (untouched_task, busy_task) or len(finished) == 15:
                     continue
                 label, kind = truth[patch]
                 name = f"artifact:{kind}" if label == "artifact" else "clean"
-                data = _nml("wk", voxel, (*patch, 140, 140), name)
-                finished[fake.finish(task["id"], filename="annotation.nml", data=data)] = label
+                data = _nml(NAME, voxel, (*patch, 140, 140), name)
+                finished[fake.finish(task_id, filename="annotation.nml", data=data)] = label
 
             first = _run_sync(http, ds)
             assert first["state"] == "succeeded", first["error"]
             assert first["result"]["annotations_imported"] == 15
             assert first["result"]["labels_added"] == 15
+            assert first["result"]["unassignable"] == 0
+            # the untouched task is deleted; the one with work in progress is not
             assert first["result"]["cancelled"] == 1
-            assert cancelled_task not in {t["id"] for t in fake.tasks()}
+            assert first["result"]["kept_in_progress"] == 1
+            remaining = {t["id"] for t in fake.tasks()}
+            assert untouched_task not in remaining and busy_task in remaining
+            assert in_progress in {a.id for a in fake.annotations()}
 
             labels = http.get(f"/datasets/{ds}/labels", params={"limit": 1000}).json()["items"]
             from_wk = [lab for lab in labels if lab["source"] == "webknossos"]
@@ -147,19 +184,37 @@ def test_push_finish_sync_retrain(pg_url: str, redis_url: str, tmp_path: Path) -
             assert status["annotations_imported"] == 15 and status["labels_from_annotations"] == 15
 
             # the new labels started a retraining by themselves
-            trains = wait_for(
-                lambda: http.get(
-                    "/jobs", params={"dataset_id": ds, "kind": "train", "limit": 10}
-                ).json()["items"],
-                "a retraining",
-            )
+            trains = wait_for(lambda: _jobs(http, ds, "train"), "a retraining")
             assert trains[0]["requested_by"] == "loop"
+
+            # a prediction lands on the server next to the EM
+            wait_for(
+                lambda: http.get(f"/jobs/{trains[0]['id']}").json()["state"] == "succeeded",
+                "the retraining",
+            )
+            job = http.post(f"/datasets/{ds}/jobs", json={"kind": "predict"}).json()["job"]
+            predicted = wait_for(
+                lambda: (
+                    (j := http.get(f"/jobs/{job['id']}").json())["state"] in ("succeeded", "failed")
+                    and j
+                ),
+                "the prediction",
+            )
+            assert predicted["state"] == "succeeded", predicted["error"]
+            published = predicted["result"]["webknossos"]
+            assert fake.dataset(published["dataset_id"]).linked == {"color": (DATASET_ID, "color")}
+            with wk.webknossos_context(url=fake.url, token=TOKEN):
+                remote = wk.RemoteDataset.open(dataset_id=published["dataset_id"])
+                assert set(remote.layers) == {"color", "artifact_prob", "artifact_mask"}
+            nml = wk.Annotation.load(Path(predicted["result"]["nml"]))
+            assert (nml.dataset_name, nml.dataset_id) == (remote.name, remote.dataset_id)
+            assert [s["z"] for s in predicted["result"]["sections"]] == list(range(6))
 
             # an annotation shared by id that is not an NML: a failed job with its reason
             broken = fake.add_annotation(filename="broken.nml", data=b"<things><oops")
-            bad = _run_sync(http, ds, {"annotations": [broken]})
-            assert bad["state"] == "failed"
-            assert broken in bad["error"]
+            bad_sync = _run_sync(http, ds, {"annotations": [broken]})
+            assert bad_sync["state"] == "failed"
+            assert broken in bad_sync["error"]
 
     # the server went away: the sync fails and says so
     gone = _unreachable_sync(pg_url, tmp_path, env, secret, ds)

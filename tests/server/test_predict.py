@@ -14,6 +14,8 @@ from server.errors import InvalidInput
 from server.labels.truth import load_truth
 from server.pixels.source import PatchSource
 from server.predictions import dense as predict
+from server.predictions.finish import finish_prediction, merge_boxes
+from server.settings import Settings
 from server.sim.synth import make_synthetic_dataset
 from server.webknossos.lib import wk
 
@@ -32,6 +34,9 @@ def _dataset(path: Path, size: tuple[int, int, int]) -> types.SimpleNamespace:
         patch_size=140,
         norm_mean=128.0,
         norm_std=40.0,
+        layer="color",
+        voxel_size=(32.0, 32.0, 35.0),
+        settings={},
     )
 
 
@@ -76,7 +81,7 @@ def test_touching_boxes_merge_into_one_cluster() -> None:
         [0, 0, 1, 32, 32, 2],  # the next section
         [500, 500, 0, 32, 32, 1],  # alone
     ]
-    merged = sorted(predict.merge_boxes(boxes, gap=(32, 32, 1)))
+    merged = sorted(merge_boxes(boxes, gap=(32, 32, 1)))
     assert merged == [[0, 0, 0, 96, 64, 3], [500, 500, 0, 32, 32, 1]]
 
 
@@ -109,7 +114,9 @@ def test_prediction_layers_nml_and_report(tmp_path: Path) -> None:
                 with torch.no_grad():
                     logit = clf(torch.from_numpy((patch - 128.0) / 40.0)[None, None])[0]
                 assert prob[cx, cy, z] == pytest.approx(float(torch.sigmoid(logit)), abs=0.05)
-    report = predict.finish(plan, n_chunks=len(blocks), dataset_name="ds", voxel_size=(32, 32, 35))
+    report = finish_prediction(
+        plan, n_chunks=len(blocks), dataset=ds, settings=Settings(data_dir=tmp_path / "data")
+    )
 
     out = wk.Dataset.open(plan.out_path)
     assert set(out.layers) == {predict.PROB_LAYER, predict.MASK_LAYER}
@@ -129,3 +136,63 @@ def test_prediction_layers_nml_and_report(tmp_path: Path) -> None:
     assert report["artifact_cells"] == int(mask.sum())
     gt = report["ground_truth"]
     assert gt["patches"] == len(truth[0]) and 0.0 <= gt["pr_auc"] <= 1.0
+    # the per-section QC adds up to the totals
+    assert [s["z"] for s in report["sections"]] == list(range(10))
+    assert sum(s["artifact_cells"] for s in report["sections"]) == report["artifact_cells"]
+    assert (Path(plan.out_path) / "sections.csv").is_file()
+
+
+EM_ID = "6980c803d10000d7de2cc080"
+
+
+def test_prediction_is_published_next_to_the_em_on_the_server(tmp_path: Path) -> None:
+    """With a server configured and the dataset linked to its copy there, the prediction's
+    layers are uploaded as a server dataset with the EM layer linked into it, and the NML
+    names that dataset."""
+    from tests.wkserver import serve
+
+    make_synthetic_dataset(tmp_path / "ds", seed=4, shape=(420, 2))
+    ds = _dataset(tmp_path / "ds", (420, 420, 2))
+    ds.name = "mSEM run 3.v2"
+    ds.settings = {"webknossos": {"dataset_id": EM_ID, "push": False}}
+    plan = predict.make_plan(ds, {}, out_root=tmp_path / "out", threshold=0.5)
+    predict.create_output(plan, voxel_size=ds.voxel_size)
+    torch.manual_seed(0)
+    clf = Classifier().eval()
+    blocks = predict.chunks(plan)
+    with PatchSource.open(tmp_path / "ds") as source:
+        for i, block in enumerate(blocks):
+            prob = predict.predict_block(
+                source, clf, plan=plan, block=block, norm=(128.0, 40.0), temperature=1.0
+            )
+            predict.write_block(plan, block, prob)
+            summary = predict.block_summary(plan, block, prob, None)
+            predict.save_summary(predict.chunk_file(plan, i), summary)
+    with serve("wk-token") as fake:
+        fake.add_dataset(EM_ID, tmp_path / "ds", name="mSEM run 3.v2")
+        settings = Settings(data_dir=tmp_path / "data", wk_url=fake.url, wk_token="wk-token")
+        report = finish_prediction(plan, n_chunks=len(blocks), dataset=ds, settings=settings)
+        published = report["webknossos"]
+        again = finish_prediction(plan, n_chunks=len(blocks), dataset=ds, settings=settings)
+        assert again["webknossos"] == published  # published once
+        assert sum(1 for r in fake.state.requests if r.endswith("/finishUpload")) == 1
+
+        with wk.webknossos_context(url=fake.url, token="wk-token"):
+            remote = wk.RemoteDataset.open(dataset_id=published["dataset_id"])
+            assert set(remote.layers) == {"color", predict.PROB_LAYER, predict.MASK_LAYER}
+            assert remote.name == "mSEM run 3.v2_artifact_pred"
+            # the EM is the server dataset's own layer, linked, not a copy
+            assert fake.dataset(remote.dataset_id).linked == {"color": (EM_ID, "color")}
+            em = (
+                remote.get_layer("color")
+                .get_mag(1)
+                .read(absolute_offset=(0, 0, 0), size=(64, 64, 2))
+            )
+            local = wk.Dataset.open(tmp_path / "ds").get_layer("color").get_mag(1)
+            assert np.array_equal(em, local.read(absolute_offset=(0, 0, 0), size=(64, 64, 2)))
+            there = remote.get_layer(predict.PROB_LAYER).get_mag("32-32-1").read()
+            here = wk.Dataset.open(plan.out_path).get_layer(predict.PROB_LAYER).get_mag("32-32-1")
+            assert np.array_equal(there, here.read())
+        nml = wk.Annotation.load(Path(report["nml"]))
+        assert (nml.dataset_name, nml.dataset_id) == (remote.name, remote.dataset_id)
+        assert len(nml.user_bounding_boxes) == report["clusters"]
