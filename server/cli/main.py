@@ -11,6 +11,7 @@ from rich.table import Table
 
 from server.cli.common import console, err_console, friendly_errors
 from server.cli.common import runtime as _runtime
+from server.cli.jobs import register as _register_job_commands
 from server.cli.labels import labels_app
 from server.cli.tokens import token_app
 from server.errors import ArtifactLoopError
@@ -28,6 +29,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(token_app, name="token")
 app.add_typer(labels_app, name="labels")
+_register_job_commands(app)
 
 
 # -- synth -----------------------------------------------------------------------------------
@@ -91,7 +93,8 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     try:
         migrate.upgrade(settings.database_url, revision)
     except OperationalError as exc:
-        raise ArtifactLoopError(f"cannot reach the database: {exc.orig}") from None
+        reason = " ".join(str(exc.orig).split())
+        raise ArtifactLoopError(f"cannot reach the database: {reason}") from None
     console.print(
         f"database at revision {migrate.head_revision()} ({_redact(settings.database_url)})"
     )
@@ -128,8 +131,18 @@ def dataset_add(
         str | None,
         typer.Option(help="Restrict to x,y,z,w,h,d (mag-1 voxels); default: the layer's box."),
     ] = None,
+    pretrain: Annotated[
+        bool,
+        typer.Option(
+            "--pretrain/--no-pretrain",
+            help="Start autoencoder pretraining now (--no-pretrain: later, with "
+            "`artifact-loop pretrain` or `artifact-loop up`).",
+        ),
+    ] = True,
 ) -> None:
-    """Register a webKnossos dataset and compute its normalisation statistics."""
+    """Register a webKnossos dataset, compute its normalisation statistics and start
+    pretraining (it runs when a worker is up: `artifact-loop up`)."""
+    from server.cli.jobs import WORKER_HINT, start_dataset_job
     from server.datasets.service import BBox, grid_of, register_dataset
     from server.db.base import session_scope
 
@@ -154,6 +167,11 @@ def dataset_add(
                 f"of {dataset.patch_size} px at mag {dataset.mag}, grid {grid.shape[2]} x {grid.shape[1]} "
                 f"x {grid.shape[0]} (x, y, z); mean {dataset.norm_mean:.1f}, std {dataset.norm_std:.1f}"
             )
+            if pretrain:
+                job_id, _ = start_dataset_job(
+                    session, settings=runtime.settings, kind="pretrain", dataset_id=dataset.id
+                )
+                console.print(f"started pretrain job {job_id}; {WORKER_HINT}", highlight=False)
     finally:
         runtime.close()
 
@@ -262,9 +280,15 @@ def up(
     # SIGINT for background jobs (an ignored SIGINT is inherited across exec)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)  # the terminal went away
+    from server.cli.jobs import start_pending
+
     runtime = _runtime()  # creates/migrates the embedded database
     settings = runtime.settings
-    runtime.close()
+    try:
+        pending = start_pending(runtime)  # what waits for a worker: this one takes it
+    finally:
+        runtime.close()
     exe = sys.executable
     procs = {
         "api": subprocess.Popen(
@@ -290,6 +314,8 @@ def up(
         f"database: {_redact(settings.database_url)}  broker: {settings.broker_url}  data: {settings.data_dir}\n"
         "press Ctrl-C to stop"
     )
+    for started in pending:
+        console.print(f"started {started}" if " job " in started else started, highlight=False)
     try:
         while all(p.poll() is None for p in procs.values()):
             time.sleep(0.5)
@@ -332,8 +358,10 @@ def simulate(
 
     from rich.progress import Progress
 
+    from server.labels.truth import read_truth
     from server.sim.simulate import SimulationConfig, quick_config, run_simulation
 
+    read_truth(dataset_dir)  # a bad ground truth stops here, before the progress bar
     strategies = tuple(s.strip() for s in strategy.split(",") if s.strip())
     if quick:
         config = quick_config(strategies)
