@@ -127,13 +127,19 @@ def _run_job_command(
         with write_transaction(rt.sessions) as session:
             target = get_dataset(session, dataset)
             name = target.name
+            if kind != "pretrain":
+                _require_autoencoder(session, dataset_id=target.id, name=name, kind=kind)
             job_id, coalesced = start_dataset_job(
                 session, settings=rt.settings, kind=kind, dataset_id=target.id, params=params
             )
         verb = "joined the waiting" if coalesced else "started"
-        console.print(f"{verb} {kind} job {job_id} of dataset {name!r}", highlight=False)
+        console.print(
+            f"{verb} {kind} job {job_id} of dataset {name!r}", highlight=False, soft_wrap=True
+        )
         if not wait:
-            console.print(f"follow it with `artifact-loop job {job_id}`; {WORKER_HINT}")
+            console.print(
+                f"follow it with `artifact-loop job {job_id}`; {WORKER_HINT}", soft_wrap=True
+            )
             return None
         try:
             return follow_job(rt, job_id=job_id, label=f"{label} {name}")
@@ -142,6 +148,34 @@ def _run_job_command(
             return None
     finally:
         rt.close()
+
+
+def _require_autoencoder(session: Session, *, dataset_id: int, name: str, kind: str) -> None:
+    """A training or prediction needs a pretrained autoencoder: say what to do instead of
+    queueing a job that can only fail."""
+    from sqlalchemy import select
+
+    from server.db.tables import ModelVersion
+    from server.jobs.state import active_jobs
+
+    ready = session.scalar(
+        select(ModelVersion.id).where(
+            ModelVersion.dataset_id == dataset_id,
+            ModelVersion.kind == "ae",
+            ModelVersion.status == "ready",
+        )
+    )
+    if ready is not None:
+        return
+    waiting = active_jobs(session, dataset_id=dataset_id, kinds=("pretrain",))
+    if waiting:
+        raise ArtifactLoopError(
+            f"dataset {name!r} has no autoencoder yet: pretrain job {waiting[0].id} is "
+            f"{waiting[0].state}; {kind} after it ends (`artifact-loop job {waiting[0].id}`)"
+        )
+    raise ArtifactLoopError(
+        f"dataset {name!r} has no autoencoder yet: run `artifact-loop pretrain {name}` first"
+    )
 
 
 def _describe_version(rt: Runtime, version_id: int | None) -> str:
@@ -259,13 +293,16 @@ def register(app: typer.Typer) -> None:
                 job = get_job(session, job_id)
                 kind, state, message = job.kind, job.state, job.message
             if state in TERMINAL or not wait:
-                console.print(f"{kind} job {job_id}: {state} ({message})", highlight=False)
+                detail = f" ({message})" if message and message != state else ""
+                console.print(
+                    f"{kind} job {job_id}: {state}{detail}", highlight=False, soft_wrap=True
+                )
                 return
             try:
                 follow_job(rt, job_id=job_id, label=f"{kind} job {job_id}")
             except KeyboardInterrupt:
                 return
-            console.print(f"{kind} job {job_id}: succeeded", highlight=False)
+            console.print(f"{kind} job {job_id}: succeeded", highlight=False, soft_wrap=True)
         finally:
             rt.close()
 

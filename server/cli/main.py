@@ -165,13 +165,16 @@ def dataset_add(
             console.print(
                 f"registered dataset {dataset.name!r} (id {dataset.id}): {len(grid):,} patches "
                 f"of {dataset.patch_size} px at mag {dataset.mag}, grid {grid.shape[2]} x {grid.shape[1]} "
-                f"x {grid.shape[0]} (x, y, z); mean {dataset.norm_mean:.1f}, std {dataset.norm_std:.1f}"
+                f"x {grid.shape[0]} (x, y, z); mean {dataset.norm_mean:.1f}, std {dataset.norm_std:.1f}",
+                soft_wrap=True,
             )
             if pretrain:
                 job_id, _ = start_dataset_job(
                     session, settings=runtime.settings, kind="pretrain", dataset_id=dataset.id
                 )
-                console.print(f"started pretrain job {job_id}; {WORKER_HINT}", highlight=False)
+                console.print(
+                    f"started pretrain job {job_id}; {WORKER_HINT}", highlight=False, soft_wrap=True
+                )
     finally:
         runtime.close()
 
