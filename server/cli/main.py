@@ -414,6 +414,12 @@ def demo(
         bool,
         typer.Option(help="End with a dense prediction of the whole dataset (webKnossos layers)."),
     ] = True,
+    results: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the results (default: demo-results.json in the data dir)."
+        ),
+    ] = None,
 ) -> None:
     """The loop on a laptop: synthetic data, the embedded stack, a simulated annotator."""
     from server.settings import get_settings
@@ -427,6 +433,7 @@ def demo(
         port=port,
         keep_serving=not exit_at_end,
         predict=predict,
+        results_path=results.resolve() if results else None,
     )
 
 
