@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -139,7 +140,7 @@ def test_readme_commands_in_a_fresh_venv_lead_to_a_proposal(tmp_path: Path) -> N
     for command in quickstart + real_data:
         for old, new in substitutions.items():
             command = command.replace(old, new)
-        script.append(f"echo '+ {command}'")
+        script.append(f"echo {shlex.quote('+ ' + command)}")
         script.append(command)
     assert script[-1].startswith("artifact-loop up")
     script[-1] = "exec " + script[-1]  # keeps serving: the test stops it
