@@ -129,6 +129,8 @@ def _run_job_command(
             name = target.name
             if kind != "pretrain":
                 _require_autoencoder(session, dataset_id=target.id, name=name, kind=kind)
+            if kind == "predict" and "model_version_id" not in params:
+                _require_classifier(session, dataset_id=target.id, name=name)
             job_id, coalesced = start_dataset_job(
                 session, settings=rt.settings, kind=kind, dataset_id=target.id, params=params
             )
@@ -176,6 +178,16 @@ def _require_autoencoder(session: Session, *, dataset_id: int, name: str, kind: 
     raise ArtifactLoopError(
         f"dataset {name!r} has no autoencoder yet: run `artifact-loop pretrain {name}` first"
     )
+
+
+def _require_classifier(session: Session, *, dataset_id: int, name: str) -> None:
+    from server.versions.service import active_model
+
+    if active_model(session, dataset_id=dataset_id, kind="classifier") is None:
+        raise ArtifactLoopError(
+            f"dataset {name!r} has no classifier yet: label patches (a training starts after "
+            f"ARTIFACT_LOOP_RETRAIN_EVERY labels) or run `artifact-loop train {name}`"
+        )
 
 
 def _describe_version(rt: Runtime, version_id: int | None) -> str:

@@ -149,6 +149,10 @@ def ready_classifiers(api: DemoClient, dataset_id: int) -> list[dict[str, Any]]:
     ]
 
 
+def _more_classifiers(api: DemoClient, dataset_id: int, *, than: int) -> Callable[[], bool]:
+    return lambda: len(ready_classifiers(api, dataset_id)) > than
+
+
 def play(
     console: Console,
     api: DemoClient,
@@ -185,8 +189,7 @@ def play(
             if not new_trains:  # fewer tasks than a training needs: ask for it
                 api.json("POST", f"/datasets/{dataset_id}/jobs", json={"kind": "train"})
             progress.update(bar, description=f"round {round_no}/{rounds}: training and scoring")
-            known = len(before)
-            waiter.until(lambda k=known: len(ready_classifiers(api, dataset_id)) > k, bar)
+            waiter.until(_more_classifiers(api, dataset_id, than=len(before)), bar)
             waiter.idle(bar)
             version = ready_classifiers(api, dataset_id)[-1]
             progress.update(bar, total=1, completed=1, info=f"version {version['id']}")
