@@ -145,8 +145,11 @@ def readme_block(readme: str) -> str:
 
 def update_readme(readme_path: Path, results: dict[str, Any]) -> None:
     text = readme_path.read_text()
-    old = readme_block(text)
-    readme_path.write_text(text.replace(old, render_markdown(results), 1))
+    readme_block(text)  # the markers are there
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    block = f"{START}\n{render_markdown(results)}\n{END}"
+    readme_path.write_text(head + block + tail)
 
 
 def main(argv: list[str] | None = None) -> int:
