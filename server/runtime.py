@@ -38,7 +38,8 @@ class Runtime:
             current = migrate.current_revision(engine)
         except OperationalError as exc:
             engine.dispose()
-            raise ServiceUnavailable(f"cannot reach the database: {exc.orig}") from None
+            reason = " ".join(str(exc.orig).split())  # psycopg's message spans lines
+            raise ServiceUnavailable(f"cannot reach the database: {reason}") from None
         head = migrate.head_revision()
         if current != head:
             if settings.is_sqlite and auto_migrate_sqlite:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -81,6 +81,29 @@ class Settings(BaseSettings):
         if self.model_store_dir is None:
             self.model_store_dir = self.data_dir / "models"
         return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        """A URL that cannot be used fails here, once, with what is wrong (password hidden)."""
+        if not value:
+            return value  # the embedded SQLite file, filled in below
+        from sqlalchemy.engine import make_url
+
+        try:
+            url = make_url(value)
+        except Exception:  # ArgumentError, or ValueError for a port that is not a number
+            shown = f"...@{value.rsplit('@', 1)[1]}" if "@" in value else value  # no password
+            raise ValueError(
+                f"cannot parse database URL {shown!r}; write "
+                "postgresql://user:password@host:5432/name or sqlite:///path/to/file.sqlite"
+            ) from None
+        if url.get_backend_name() not in ("postgresql", "sqlite"):
+            raise ValueError(
+                f"unsupported database {url.get_backend_name()!r}: use postgresql://... or "
+                "sqlite:///..."
+            )
+        return value
 
     @property
     def model_store(self) -> Path:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from server.errors import ArtifactLoopError
@@ -32,6 +33,17 @@ def friendly_errors(func: F) -> F:
             raise typer.Exit(code=1) from None
         except (FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
+        except ValidationError as exc:  # settings from the environment or .env
+            problems = "; ".join(
+                f"ARTIFACT_LOOP_{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}"
+                if e["loc"]
+                else e["msg"]
+                for e in exc.errors()
+            )
+            err_console.print(
+                f"[bold red]error:[/] invalid setting {problems}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(code=1) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,9 @@ from rich.table import Table
 
 from server.cli.common import console, err_console, friendly_errors
 from server.cli.common import runtime as _runtime
+from server.cli.jobs import register as _register_job_commands
 from server.cli.labels import labels_app
+from server.cli.sim import register as _register_sim_commands
 from server.cli.tokens import token_app
 from server.errors import ArtifactLoopError
 
@@ -28,6 +31,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(token_app, name="token")
 app.add_typer(labels_app, name="labels")
+_register_job_commands(app)
+_register_sim_commands(app)
 
 
 # -- synth -----------------------------------------------------------------------------------
@@ -91,7 +96,8 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     try:
         migrate.upgrade(settings.database_url, revision)
     except OperationalError as exc:
-        raise ArtifactLoopError(f"cannot reach the database: {exc.orig}") from None
+        reason = " ".join(str(exc.orig).split())
+        raise ArtifactLoopError(f"cannot reach the database: {reason}") from None
     console.print(
         f"database at revision {migrate.head_revision()} ({_redact(settings.database_url)})"
     )
@@ -128,8 +134,18 @@ def dataset_add(
         str | None,
         typer.Option(help="Restrict to x,y,z,w,h,d (mag-1 voxels); default: the layer's box."),
     ] = None,
+    pretrain: Annotated[
+        bool,
+        typer.Option(
+            "--pretrain/--no-pretrain",
+            help="Start autoencoder pretraining now (--no-pretrain: later, with "
+            "`artifact-loop pretrain` or `artifact-loop up`).",
+        ),
+    ] = True,
 ) -> None:
-    """Register a webKnossos dataset and compute its normalisation statistics."""
+    """Register a webKnossos dataset, compute its normalisation statistics and start
+    pretraining (it runs when a worker is up: `artifact-loop up`)."""
+    from server.cli.jobs import WORKER_HINT, start_dataset_job
     from server.datasets.service import BBox, grid_of, register_dataset
     from server.db.base import session_scope
 
@@ -152,8 +168,16 @@ def dataset_add(
             console.print(
                 f"registered dataset {dataset.name!r} (id {dataset.id}): {len(grid):,} patches "
                 f"of {dataset.patch_size} px at mag {dataset.mag}, grid {grid.shape[2]} x {grid.shape[1]} "
-                f"x {grid.shape[0]} (x, y, z); mean {dataset.norm_mean:.1f}, std {dataset.norm_std:.1f}"
+                f"x {grid.shape[0]} (x, y, z); mean {dataset.norm_mean:.1f}, std {dataset.norm_std:.1f}",
+                soft_wrap=True,
             )
+            if pretrain:
+                job_id, _ = start_dataset_job(
+                    session, settings=runtime.settings, kind="pretrain", dataset_id=dataset.id
+                )
+                console.print(
+                    f"started pretrain job {job_id}; {WORKER_HINT}", highlight=False, soft_wrap=True
+                )
     finally:
         runtime.close()
 
@@ -236,9 +260,8 @@ def worker(
     """Run a worker against the configured broker and database."""
     argv = worker_argv(queues=queues, name=name, loglevel=loglevel)
     _runtime().close()  # fail early with a clear message if the database is not usable
-    from worker.app import celery_app
-
-    celery_app.worker_main(argv)
+    # the worker process is Celery's own command, as in docker-compose.yml
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "worker.app", *argv])
 
 
 @app.command()
@@ -262,9 +285,15 @@ def up(
     # SIGINT for background jobs (an ignored SIGINT is inherited across exec)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)  # the terminal went away
+    from server.cli.jobs import start_pending
+
     runtime = _runtime()  # creates/migrates the embedded database
     settings = runtime.settings
-    runtime.close()
+    try:
+        pending = start_pending(runtime)  # what waits for a worker: this one takes it
+    finally:
+        runtime.close()
     exe = sys.executable
     procs = {
         "api": subprocess.Popen(
@@ -290,6 +319,8 @@ def up(
         f"database: {_redact(settings.database_url)}  broker: {settings.broker_url}  data: {settings.data_dir}\n"
         "press Ctrl-C to stop"
     )
+    for started in pending:
+        console.print(f"started {started}" if " job " in started else started, highlight=False)
     try:
         while all(p.poll() is None for p in procs.values()):
             time.sleep(0.5)
@@ -307,96 +338,6 @@ def up(
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
-
-
-@app.command()
-@friendly_errors
-def simulate(
-    dataset_dir: Annotated[Path, typer.Argument(help="webKnossos dataset with ground_truth.csv.")],
-    strategy: Annotated[str, typer.Option(help="Comma-separated strategies.")] = (
-        "random,uncertainty,recon,hybrid"
-    ),
-    budget: Annotated[int, typer.Option(min=1, help="Labels per run.")] = 400,
-    batch: Annotated[int, typer.Option(min=1, help="Labels per round.")] = 25,
-    seeds: Annotated[int, typer.Option(min=1, help="Repetitions with other seeds.")] = 5,
-    out: Annotated[Path, typer.Option(help="Folder for results.json and the plot.")] = Path(
-        "simulation"
-    ),
-    quick: Annotated[bool, typer.Option("--quick", help="A tiny run (for tests).")] = False,
-    workers: Annotated[
-        int, typer.Option(min=0, help="Curves run side by side (0: one per CPU core).")
-    ] = 0,
-) -> None:
-    """Offline benchmark: acquisition strategies vs. random sampling, ground truth as oracle."""
-    from dataclasses import replace
-
-    from rich.progress import Progress
-
-    from server.sim.simulate import SimulationConfig, quick_config, run_simulation
-
-    strategies = tuple(s.strip() for s in strategy.split(",") if s.strip())
-    if quick:
-        config = quick_config(strategies)
-    else:
-        config = replace(
-            SimulationConfig(), strategies=strategies, budget=budget, batch=batch, seeds=seeds
-        )
-    if workers:
-        config = replace(config, workers=workers)
-    with Progress(console=err_console) as progress:
-        bar = progress.add_task("simulating", total=None)
-
-        def report(message: str, done: int, total: int) -> None:
-            progress.update(bar, completed=done, total=total, description=message)
-
-        results = run_simulation(dataset_dir, out_dir=out, config=config, progress=report)
-    table = Table("strategy", "labels to F1 0.8", "labels to F1 0.9", "final F1", "final PR-AUC")
-    for name, s in results["strategies"].items():
-        reach = s["labels_to_f1"]
-        table.add_row(
-            name,
-            str(reach["0.8"] or "not reached"),
-            str(reach["0.9"] or "not reached"),
-            f"{s['final_f1']:.3f}",
-            f"{s['final_pr_auc']:.3f}",
-        )
-    console.print(table)
-    console.print(
-        f"wrote {out / 'results.json'} and {out / 'learning_curves.png'} "
-        f"in {results['seconds']:.0f} s"
-    )
-
-
-@app.command()
-@friendly_errors
-def demo(
-    dataset: Annotated[
-        Path | None,
-        typer.Option(help="A webKnossos dataset with a ground_truth.csv (default: make one)."),
-    ] = None,
-    rounds: Annotated[int, typer.Option(min=1, max=20, help="Rounds of labelling.")] = 5,
-    port: Annotated[int, typer.Option(help="Port of the API and pages.")] = 8000,
-    exit_at_end: Annotated[
-        bool, typer.Option("--exit", help="Stop when the rounds are done instead of serving.")
-    ] = False,
-    predict: Annotated[
-        bool,
-        typer.Option(help="End with a dense prediction of the whole dataset (webKnossos layers)."),
-    ] = True,
-) -> None:
-    """The loop on a laptop: synthetic data, the embedded stack, a simulated annotator."""
-    from server.settings import get_settings
-    from server.sim.demo import run_demo
-
-    run_demo(
-        console=console,
-        data_dir=get_settings().data_dir,
-        dataset=dataset.resolve() if dataset else None,
-        rounds=rounds,
-        port=port,
-        keep_serving=not exit_at_end,
-        predict=predict,
-    )
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m server.cli.main`

@@ -30,11 +30,19 @@ def check(settings: Settings, dataset: Dataset, params: dict[str, Any]) -> None:
 def run(ctx: StepContext, job: Job) -> dict[str, Any]:
     from server.labels.service import labels_arrived
     from server.webknossos import sync as wk_sync
+    from server.webknossos.client import WebknossosError
 
     dataset = ctx.dataset_of(job)
     report = wk_sync.sync(ctx.sessions, ctx.settings, dataset, job.params)
     if report.labels_added:
         labels_arrived(ctx.rt, ctx.sender, dataset_id=dataset.id)
+    if report.refused:
+        # what was pushed and imported is kept; the refused proposals are offered again
+        raise WebknossosError(
+            f"webKnossos refused {len(report.refused)} task(s) "
+            f"({report.pushed} pushed, {report.labels_added} label(s) imported): "
+            + "; ".join(report.refused + report.errors)
+        )
     if report.errors:
         # what could be imported is kept (one transaction per annotation); say what was not
         raise InvalidInput(

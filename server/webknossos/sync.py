@@ -288,14 +288,7 @@ def sync(
         pull_annotations(sessions, settings, dataset, ids=ids, report=report)
         if link_of(dataset) is not None:
             cancel_labelled_elsewhere(sessions, dataset, report=report)
-    if report.refused:
-        # what was pushed and imported is kept; the refused proposals are offered again
-        raise WebknossosError(
-            f"webKnossos refused {len(report.refused)} task(s) "
-            f"({report.pushed} pushed, {report.labels_added} label(s) imported): "
-            + "; ".join(report.refused + report.errors)
-        )
-    return report
+    return report  # refused tasks are reported by the job (server/pipeline/sync.py)
 
 
 def find_dataset_id(settings: Settings, *, name: str) -> str:

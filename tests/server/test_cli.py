@@ -44,6 +44,7 @@ def test_register_and_list(env: dict[str, str], tmp_path: Path) -> None:
     code, out = _run("dataset", "add", "demo", str(tmp_path / "ds"))
     assert code == 0, out
     assert "60 patches" in out  # 5 x 3 x 4
+    assert "started pretrain job 1" in out
     code, out = _run(
         "dataset",
         "add",
@@ -55,12 +56,85 @@ def test_register_and_list(env: dict[str, str], tmp_path: Path) -> None:
         "50",
         "--bbox",
         "0,0,1,300,200,2",
+        "--no-pretrain",
     )
     assert code == 0, out
     assert "30 patches" in out  # 5 x 3 x 2
+    assert "pretrain" not in out
     code, out = _run("dataset", "list")
     assert code == 0
-    assert "demo" in out and "sub" in out and "60" in out and "30" in out
+    rows = {cells[1]: cells for cells in _table_rows(out)}
+    assert rows["demo"][7] == "60" and rows["sub"][7] == "30", out
+    assert _jobs() == [(1, "pretrain", "queued")], "registering starts pretraining, once"
+
+
+def _table_rows(out: str) -> list[list[str]]:
+    """The cells of each body row of a rich table."""
+    return [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in out.splitlines()
+        if line.startswith("│")
+    ]
+
+
+def _jobs() -> list[tuple[int, str, str]]:
+    from sqlalchemy import select
+
+    from server.db.base import session_scope
+    from server.db.tables import Job
+    from server.runtime import Runtime
+
+    rt = Runtime.start()
+    try:
+        with session_scope(rt.sessions) as session:
+            return [(j.id, j.kind, j.state) for j in session.scalars(select(Job).order_by(Job.id))]
+    finally:
+        rt.close()
+
+
+def test_job_commands_start_jobs_and_say_what_is_missing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    write_test_dataset(tmp_path / "ds", shape=(300, 300, 2))
+    assert _run("db", "upgrade")[0] == 0
+    code, out = _run("dataset", "add", "demo", str(tmp_path / "ds"), "--no-pretrain")
+    assert code == 0 and _jobs() == [], out
+    code, out = _run("train", "demo", "--no-wait")
+    assert code == 1 and "run `artifact-loop pretrain demo` first" in out, out
+    code, out = _run("pretrain", "demo", "--no-wait", "--epochs", "2")
+    assert code == 0 and "started pretrain job 1 of dataset 'demo'" in out, out
+    code, out = _run("pretrain", "demo", "--no-wait")
+    assert code == 0 and "joined the waiting pretrain job 1" in out, out
+    for command in ("train", "predict"):
+        code, out = _run(command, "demo", "--no-wait")
+        assert code == 1 and "pretrain job 1 is queued" in out, out
+        assert len(out.strip().splitlines()) == 1, out
+    code, out = _run("job", "1", "--no-wait")
+    assert code == 0 and out.strip() == "pretrain job 1: queued", out
+    assert _jobs() == [(1, "pretrain", "queued")]
+    code, out = _run("train", "nope", "--no-wait")
+    assert code == 1 and "nope" in out and len(out.strip().splitlines()) == 1, out
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "cannot parse database URL 'not a url'"),
+        ("postgresql://u:secret@host:port/db", "cannot parse database URL '...@host:port/db'"),
+        ("mysql://u@host/db", "unsupported database 'mysql'"),
+    ],
+)
+def test_malformed_database_url_is_one_line(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, url: str, message: str
+) -> None:
+    monkeypatch.setenv("ARTIFACT_LOOP_DATABASE_URL", url)
+    get_settings.cache_clear()
+    for args in (["db", "upgrade"], ["dataset", "list"]):
+        code, out = _run(*args)
+        assert code == 1
+        assert message in out and "ARTIFACT_LOOP_DATABASE_URL" in out, out
+        assert "secret" not in out and "Traceback" not in out
+        assert len(out.strip().splitlines()) == 1, out
 
 
 BAD_INPUTS = [
@@ -104,7 +178,8 @@ def test_console_script_end_to_end(tmp_path: Path, sqlite_url: str) -> None:
     ):
         proc = subprocess.run(exe + args, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
-    assert "demo" in proc.stdout and "4" in proc.stdout
+    rows = _table_rows(proc.stdout)
+    assert [(r[1], r[7]) for r in rows] == [("demo", "8")], proc.stdout  # 2 x 2 x 2 patches
     proc = subprocess.run(
         [*exe, "dataset", "add", "demo", str(tmp_path / "ds")],
         env=env,

@@ -55,3 +55,65 @@ def test_ground_truth_columns_are_read_by_name(tmp_path: Path) -> None:
     )
     origins, labels = load_truth(tmp_path)
     assert origins.tolist() == [[1, 2, 3], [6, 5, 4]] and labels.tolist() == [False, True]
+
+
+def _rewrite_labels(src: Path, dst: Path, mapping: dict[str, str]) -> None:
+    """A copy of the dataset whose ground_truth.csv spells ``label`` another way."""
+    import csv
+    import shutil
+
+    shutil.copytree(src, dst)
+    with (src / "ground_truth.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with (dst / "ground_truth.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "label": mapping[row["label"]]})
+
+
+def test_one_zero_labels_give_the_same_simulation(tiny: Path, tmp_path: Path) -> None:
+    """1/0 (the most common spelling) is read as artifact/clean, not as all clean."""
+    ones = tmp_path / "ones"
+    _rewrite_labels(tiny, ones, {"artifact": "1", "clean": "0"})
+    results = {}
+    for name, dataset in (("words", tiny), ("ones", ones)):
+        out = tmp_path / f"out-{name}"
+        result = CliRunner().invoke(
+            app,
+            ["simulate", str(dataset), "--quick", "--strategy", "random", "--out", str(out)],
+        )
+        assert result.exit_code == 0, result.output
+        results[name] = json.loads((out / "results.json").read_text())
+    words, ones_ = (results[k]["strategies"]["random"] for k in ("words", "ones"))
+    assert words["final_pr_auc"] > 0, "the tiny dataset has artifacts the model finds"
+    assert ones_["curve"] == words["curve"]
+    assert ones_["final_f1"] == words["final_f1"]
+    assert ones_["final_pr_auc"] == words["final_pr_auc"]
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({"artifact": "clean", "clean": "clean"}, "no artifact (artifact, 1 or true)"),
+        ({"artifact": "yes", "clean": "no"}, "neither artifact/clean, 1/0 nor true/false"),
+    ],
+)
+def test_ground_truth_without_positives_or_with_unknown_labels_stops(
+    tiny: Path, tmp_path: Path, labels: dict[str, str], message: str
+) -> None:
+    bad = tmp_path / "bad"
+    _rewrite_labels(tiny, bad, labels)
+    result = CliRunner().invoke(app, ["simulate", str(bad), "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert message in result.output and "column 'label'" in result.output
+    for value in set(labels.values()):
+        assert repr(value) in result.output, "the values found are named"
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_ground_truth_accepts_true_false_in_any_case(tmp_path: Path) -> None:
+    (tmp_path / "ground_truth.csv").write_text("x,y,z,label\n0,0,0,TRUE\n1,0,0,False\n2,0,0, 1\n")
+    _, labels = load_truth(tmp_path)
+    assert labels.tolist() == [True, False, True]

@@ -1,0 +1,119 @@
+"""The simulation commands: ``simulate`` (the offline benchmark) and ``demo`` (the loop on a
+laptop)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from server.cli.common import console, err_console, friendly_errors
+
+
+def register(app: typer.Typer) -> None:
+    """Add the simulation commands to the top-level app."""
+
+    @app.command()
+    @friendly_errors
+    def simulate(
+        dataset_dir: Annotated[
+            Path, typer.Argument(help="webKnossos dataset with ground_truth.csv.")
+        ],
+        strategy: Annotated[str, typer.Option(help="Comma-separated strategies.")] = (
+            "random,uncertainty,recon,hybrid"
+        ),
+        budget: Annotated[int, typer.Option(min=1, help="Labels per run.")] = 400,
+        batch: Annotated[int, typer.Option(min=1, help="Labels per round.")] = 25,
+        seeds: Annotated[int, typer.Option(min=1, help="Repetitions with other seeds.")] = 5,
+        out: Annotated[Path, typer.Option(help="Folder for results.json and the plot.")] = Path(
+            "simulation"
+        ),
+        quick: Annotated[bool, typer.Option("--quick", help="A tiny run (for tests).")] = False,
+        workers: Annotated[
+            int, typer.Option(min=0, help="Curves run side by side (0: one per CPU core).")
+        ] = 0,
+    ) -> None:
+        """Offline benchmark: acquisition strategies vs. random sampling, ground truth as oracle."""
+        from dataclasses import replace
+
+        from rich.progress import Progress
+
+        from server.labels.truth import read_truth
+        from server.sim.simulate import SimulationConfig, quick_config, run_simulation
+
+        read_truth(dataset_dir)  # a bad ground truth stops here, before the progress bar
+        strategies = tuple(s.strip() for s in strategy.split(",") if s.strip())
+        if quick:
+            config = quick_config(strategies)
+        else:
+            config = replace(
+                SimulationConfig(), strategies=strategies, budget=budget, batch=batch, seeds=seeds
+            )
+        if workers:
+            config = replace(config, workers=workers)
+        with Progress(console=err_console) as progress:
+            bar = progress.add_task("simulating", total=None)
+
+            def report(message: str, done: int, total: int) -> None:
+                progress.update(bar, completed=done, total=total, description=message)
+
+            results = run_simulation(dataset_dir, out_dir=out, config=config, progress=report)
+        table = Table(
+            "strategy", "labels to F1 0.8", "labels to F1 0.9", "final F1", "final PR-AUC"
+        )
+        for name, s in results["strategies"].items():
+            reach = s["labels_to_f1"]
+            table.add_row(
+                name,
+                str(reach["0.8"] or "not reached"),
+                str(reach["0.9"] or "not reached"),
+                f"{s['final_f1']:.3f}",
+                f"{s['final_pr_auc']:.3f}",
+            )
+        console.print(table)
+        console.print(
+            f"wrote {out / 'results.json'} and {out / 'learning_curves.png'} "
+            f"in {results['seconds']:.0f} s"
+        )
+
+    @app.command()
+    @friendly_errors
+    def demo(
+        dataset: Annotated[
+            Path | None,
+            typer.Option(help="A webKnossos dataset with a ground_truth.csv (default: make one)."),
+        ] = None,
+        rounds: Annotated[int, typer.Option(min=1, max=20, help="Rounds of labelling.")] = 5,
+        port: Annotated[int, typer.Option(help="Port of the API and pages.")] = 8000,
+        exit_at_end: Annotated[
+            bool, typer.Option("--exit", help="Stop when the rounds are done instead of serving.")
+        ] = False,
+        predict: Annotated[
+            bool,
+            typer.Option(
+                help="End with a dense prediction of the whole dataset (webKnossos layers)."
+            ),
+        ] = True,
+        results: Annotated[
+            Path | None,
+            typer.Option(
+                help="Where to write the results (default: demo-results.json in the data dir)."
+            ),
+        ] = None,
+    ) -> None:
+        """The loop on a laptop: synthetic data, the embedded stack, a simulated annotator."""
+        from server.settings import get_settings
+        from server.sim.demo import run_demo
+
+        run_demo(
+            console=console,
+            data_dir=get_settings().data_dir,
+            dataset=dataset.resolve() if dataset else None,
+            rounds=rounds,
+            port=port,
+            keep_serving=not exit_at_end,
+            predict=predict,
+            results_path=results.resolve() if results else None,
+        )
