@@ -135,7 +135,14 @@ def label_task(
     if idempotency_key:
         from server.labels.service import find_by_key
 
-        existing = find_by_key(session, annotator=annotator.name, key=idempotency_key)
+        existing = find_by_key(
+            session,
+            annotator=annotator.name,
+            key=idempotency_key,
+            expect=_task_label(task, label=label, artifact_type=artifact_type),
+            dataset_id=task.dataset_id,
+            task_id=task.id,
+        )
         if existing is not None:
             return existing, False
     if _leased_by_other(task, annotator):
@@ -147,15 +154,7 @@ def label_task(
     created_label, created = create_label(
         session,
         dataset=dataset,
-        new=NewLabel(
-            x=task.x,
-            y=task.y,
-            z=task.z,
-            w=task.w,
-            h=task.h,
-            label=label,
-            artifact_type=artifact_type,
-        ),
+        new=_task_label(task, label=label, artifact_type=artifact_type),
         annotator=annotator,
         source=source,
         source_ref=f"task:{task.id}",
@@ -168,6 +167,12 @@ def label_task(
     task.lease_expires_at = None
     session.flush()
     return created_label, created
+
+
+def _task_label(task: AnnotationTask, *, label: str, artifact_type: str | None) -> NewLabel:
+    return NewLabel(
+        x=task.x, y=task.y, z=task.z, w=task.w, h=task.h, label=label, artifact_type=artifact_type
+    )
 
 
 def skip_task(session: Session, *, task_id: int, annotator: Annotator) -> AnnotationTask:

@@ -247,3 +247,22 @@ class Me(BaseModel):
     id: int
     name: str
     role: str
+
+
+# -- errors ------------------------------------------------------------------------------------
+class ErrorOut(BaseModel):
+    """Every error answer: what went wrong, in one sentence."""
+
+    detail: str
+
+
+class ValidationProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str | None = None
+
+
+class ValidationErrorOut(ErrorOut):
+    errors: list[ValidationProblem] = Field(
+        default_factory=list, description="One entry per invalid field, when fields were wrong"
+    )

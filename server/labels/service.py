@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from models.vocab import ARTIFACT_TYPES
 from server.db.tables import LABEL_SOURCES, LABEL_VALUES, Annotator, Dataset, Label
-from server.errors import InvalidInput
+from server.errors import Conflict, InvalidInput
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,14 @@ def create_label(
         raise InvalidInput(f"unknown label source {source!r}")
     validate_label(dataset, new)
     if idempotency_key and not key_checked:
-        existing = find_by_key(session, annotator=annotator.name, key=idempotency_key)
+        existing = find_by_key(
+            session,
+            annotator=annotator.name,
+            key=idempotency_key,
+            expect=new,
+            dataset_id=dataset.id,
+            task_id=task_id,
+        )
         if existing is not None:
             return existing, False
     label = Label(
@@ -94,7 +101,14 @@ def create_label(
                 session.add(label)
                 session.flush()
         except IntegrityError:
-            existing = find_by_key(session, annotator=annotator.name, key=idempotency_key)
+            existing = find_by_key(
+                session,
+                annotator=annotator.name,
+                key=idempotency_key,
+                expect=new,
+                dataset_id=dataset.id,
+                task_id=task_id,
+            )
             if existing is None:
                 raise
             return existing, False
@@ -104,10 +118,39 @@ def create_label(
     return label, True
 
 
-def find_by_key(session: Session, *, annotator: str, key: str) -> Label | None:
-    return session.scalar(
+def find_by_key(
+    session: Session,
+    *,
+    annotator: str,
+    key: str,
+    expect: NewLabel | None = None,
+    dataset_id: int | None = None,
+    task_id: int | None = None,
+) -> Label | None:
+    """The label ``annotator`` gave with idempotency ``key``, if any.
+
+    With ``expect``, the key must have been used for the same request: the same task (or,
+    for a label without a task, the same dataset and position) and the same verdict.
+    Anything else is a reuse of the key and raises :class:`Conflict`.
+    """
+    found = session.scalar(
         select(Label).where(Label.annotator == annotator, Label.idempotency_key == key)
     )
+    if found is None or expect is None:
+        return found
+    if found.task_id != task_id or (
+        task_id is None
+        and (found.dataset_id, found.x, found.y, found.z, found.w, found.h)
+        != (dataset_id, expect.x, expect.y, expect.z, expect.w, expect.h)
+    ):
+        where = f"task {found.task_id}" if found.task_id is not None else "another patch"
+        raise Conflict(f"idempotency key {key!r} was already used for {where}")
+    if (found.label, found.artifact_type) != (expect.label, expect.artifact_type):
+        raise Conflict(
+            f"idempotency key {key!r} was already used with the verdict {found.label!r}"
+            + (f" ({found.artifact_type})" if found.artifact_type else "")
+        )
+    return found
 
 
 @dataclass(frozen=True)
