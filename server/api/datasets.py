@@ -19,7 +19,7 @@ from server.api.deps import (
     TaskId,
 )
 from server.api.schemas import DatasetCreate, DatasetDetail, DatasetOut, PageOf
-from server.datasets.service import BBox, get_dataset, grid_of, register_dataset
+from server.datasets.service import AllowedLocations, BBox, get_dataset, grid_of, register_dataset
 from server.db.tables import Dataset
 from server.errors import InvalidInput
 from server.labels.service import label_counts
@@ -77,6 +77,9 @@ def create_dataset(
         stride=body.stride,
         bbox=BBox.parse(body.bbox) if body.bbox else None,
         stats_sample=state.settings.stats_sample_patches,
+        allowed=AllowedLocations(
+            roots=state.settings.dataset_root_paths, hosts=state.settings.webknossos_hosts
+        ),
     )
     out = dataset_out(dataset)
     if body.pretrain:

@@ -63,7 +63,7 @@ class RequestGuard:
             return
         state = scope["app"].state.artifact_loop
         outages = scope["app"].state.outages
-        refusal = self._refuse_early(scope, state)
+        refusal = self._refuse_early(scope)
         if refusal is not None:
             status, detail, headers = refusal
             await _respond(send, status, detail, headers)
@@ -85,7 +85,14 @@ class RequestGuard:
                 )
                 return
             scope.setdefault("state", {})["caller"] = caller
-            receive = _limited(receive, limit=self._body_limit(scope, state), scope=scope)
+            limit = self._body_limit(scope, state)
+            declared = _header(scope, b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                await _respond(
+                    send, 413, f"request body larger than the limit of {limit:,} bytes", {}
+                )
+                return
+            receive = _limited(receive, limit=limit, scope=scope)
 
         async def send_and_watch(message: Message) -> None:
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
@@ -94,7 +101,8 @@ class RequestGuard:
 
         await self.app(scope, receive, send_and_watch)
 
-    def _refuse_early(self, scope: Scope, state: Any) -> tuple[int, str, dict[str, str]] | None:
+    @staticmethod
+    def _refuse_early(scope: Scope) -> tuple[int, str, dict[str, str]] | None:
         query: bytes = scope.get("query_string", b"")
         if b"%00" in query or b"\x00" in query or "\x00" in scope["path"]:
             return 422, "invalid request: NUL characters are not allowed in the URL", {}
@@ -106,10 +114,6 @@ class RequestGuard:
                 "missing token: send `Authorization: Bearer <token>`",
                 {"WWW-Authenticate": "Bearer"},
             )
-        declared = _header(scope, b"content-length")
-        limit = self._body_limit(scope, state)
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return 413, f"request body larger than the limit of {limit:,} bytes", {}
         return None
 
     @staticmethod
