@@ -17,12 +17,12 @@ from server.pixels.grid import Grid
 
 def excluded_indices(session: Session, *, dataset: Dataset, grid: Grid) -> np.ndarray:
     """Grid patches acquisition must not propose: the audit set, labelled patches (labels
-    match the grid by overlap of more than half a patch) and tasks currently leased."""
+    match the grid by overlap of more than half a patch) and tasks leased or labelled."""
     blocked: list[np.ndarray] = []
     tasks = session.execute(
         select(AnnotationTask.grid_index).where(
             AnnotationTask.dataset_id == dataset.id,
-            (AnnotationTask.kind == "audit") | (AnnotationTask.status == "leased"),
+            (AnnotationTask.kind == "audit") | AnnotationTask.status.in_(("leased", "labelled")),
             AnnotationTask.grid_index.is_not(None),
         )
     ).scalars()
@@ -97,7 +97,16 @@ def replace_proposals(
     picks: list[dict[str, Any]],
 ) -> int:
     """Retire open proposals of older versions and add ``picks`` (each with ``index``,
-    ``reason`` and score components) as the new ranked batch."""
+    ``reason`` and score components) as the new ranked batch. Returns how many were added.
+
+    Annotators keep leasing and labelling meanwhile; two rules keep a patch from being
+    labelled twice. The old open tasks are retired first: that locks them until the caller
+    commits, so no lease can take one any more, and it waits for leases already taking one.
+    Then the patches leased or labelled by now are looked up again (the picks were chosen
+    earlier) and dropped from the batch. Leasing waits for the commit instead of finding
+    every open task locked (see :func:`server.annotation.tasks.lease_next`), so the caller
+    should commit soon after.
+    """
     session.execute(
         update(AnnotationTask)
         .where(
@@ -107,6 +116,15 @@ def replace_proposals(
         )
         .values(status="retired", updated_at=utcnow())
     )
+    blocked = set(excluded_indices(session, dataset=dataset, grid=grid).tolist())
+    seen: set[int] = set()
+    fresh: list[dict[str, Any]] = []
+    for pick in picks:
+        index = int(pick["index"])
+        if index not in blocked and index not in seen:
+            seen.add(index)
+            fresh.append(pick)
+    picks = fresh
     w, h = patch_extent(dataset)
     indices = np.asarray([p["index"] for p in picks], dtype=np.int64)
     origins = grid.origins(indices) if indices.size else np.empty((0, 3), dtype=np.int64)

@@ -7,9 +7,11 @@ the lease runs in a ``BEGIN IMMEDIATE`` transaction (see :func:`write_transactio
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from server.db.base import utcnow
@@ -20,6 +22,8 @@ from server.labels.service import NewLabel, create_label
 # An annotator may hold this many leases (the page prefetches the next patch); beyond it the
 # oldest goes back to the queue, so a reloaded page never strands tasks until they expire.
 MAX_LEASES_PER_ANNOTATOR = 3
+# How long `next` waits for a batch replacement to commit when it locked every open task.
+REPLACEMENT_WAIT_S = 10.0
 
 
 def reclaim_expired(session: Session, *, dataset_id: int) -> int:
@@ -52,8 +56,9 @@ def lease_next(
         .limit(1)
     )
     if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    task = session.scalar(stmt)
+        task = _lease_candidate_postgres(session, stmt, dataset_id=dataset_id)
+    else:
+        task = session.scalar(stmt)  # BEGIN IMMEDIATE: this transaction is the only writer
     if task is None:
         return None
     task.status = "leased"
@@ -61,6 +66,41 @@ def lease_next(
     task.lease_expires_at = now + timedelta(seconds=lease_seconds)
     session.flush()
     return task
+
+
+def _lease_candidate_postgres(
+    session: Session, stmt: Select[tuple[AnnotationTask]], *, dataset_id: int
+) -> AnnotationTask | None:
+    """The first open task no one else is taking (``SKIP LOCKED``).
+
+    When every open task is locked, a batch replacement is retiring them and has not
+    committed yet: wait for it (at most :data:`REPLACEMENT_WAIT_S` in all, replacements back
+    to back included), then take the first task of the batch it committed, rather than
+    answer "no tasks" with a queue full of them.
+    """
+    deadline = time.monotonic() + REPLACEMENT_WAIT_S
+    while True:
+        task = session.scalar(stmt.with_for_update(skip_locked=True))
+        if task is not None:
+            return task
+        visible = session.scalar(
+            select(AnnotationTask.id)
+            .where(AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == "open")
+            .limit(1)
+        )
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if visible is None or left_ms <= 0:
+            return None  # the queue is empty, not locked; or the replacement holds on
+        session.execute(text(f"SET LOCAL lock_timeout = {left_ms}"))
+        try:
+            with session.begin_nested():
+                task = session.scalar(stmt.with_for_update())
+        except OperationalError:  # lock_timeout
+            task = None
+        session.execute(text("SET LOCAL lock_timeout = 0"))
+        if task is not None:
+            return task
+        # the rows waited for were retired; the new batch is visible to a new statement
 
 
 def open_task_count(session: Session, *, dataset_id: int, cap: int = 1000) -> int:
