@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from models.vocab import ARTIFACT_TYPES
 
 T = TypeVar("T")
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# SQLite hands back naive datetimes (written in UTC): answer with the offset, as RFC 3339 needs
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
 
 LabelValue = Literal["clean", "artifact"]
 ArtifactType = Literal[
@@ -71,7 +79,7 @@ class DatasetOut(Orm):
     norm_mean: float
     norm_std: float
     patch_count: int
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class DatasetDetail(DatasetOut):
@@ -99,7 +107,7 @@ class TaskOut(Orm):
     rank: int
     reason: str
     status: str
-    lease_expires_at: datetime | None
+    lease_expires_at: UtcDateTime | None
     image_url: str = ""
 
 
@@ -158,7 +166,7 @@ class LabelOut(Orm):
     source: str
     source_ref: str | None
     task_id: int | None
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class ImportReportOut(BaseModel):
@@ -190,7 +198,7 @@ class ModelVersionOut(Orm):
     weights_sha256: str | None
     active: bool
     pinned: bool
-    created_at: datetime
+    created_at: UtcDateTime
     metrics: dict[str, Any]
 
 
@@ -233,9 +241,9 @@ class JobOut(Orm):
     attempts: int
     worker: str | None
     requested_by: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
 
 
 class StartedJobOut(BaseModel):
