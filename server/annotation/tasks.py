@@ -104,13 +104,31 @@ def _lease_candidate_postgres(
 
 
 def open_task_count(session: Session, *, dataset_id: int, cap: int = 1000) -> int:
-    """How many tasks wait, counted up to ``cap`` (an exact count would scan the queue)."""
+    """How many tasks wait, counted up to ``cap`` (an exact count would scan the queue).
+
+    A full count (``cap`` reached) is remembered for :data:`FULL_COUNT_SECONDS`: with a long
+    queue the answer hardly changes, and counting it was the dearest query of ``next``."""
+    key = (str(session.get_bind().url), dataset_id, cap)
+    remembered = _full_counts.get(key)
+    if remembered is not None and remembered > time.monotonic():
+        return cap
     waiting = (
         select(AnnotationTask.id)
         .where(AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == "open")
         .limit(cap)
     )
-    return int(session.scalar(select(func.count()).select_from(waiting.subquery())) or 0)
+    count = int(session.scalar(select(func.count()).select_from(waiting.subquery())) or 0)
+    if count >= cap:
+        if len(_full_counts) > 1000:
+            _full_counts.clear()
+        _full_counts[key] = time.monotonic() + FULL_COUNT_SECONDS
+    else:
+        _full_counts.pop(key, None)
+    return count
+
+
+FULL_COUNT_SECONDS = 2.0
+_full_counts: dict[tuple[str, int, int], float] = {}
 
 
 def _release_surplus(

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from models.vocab import ARTIFACT_TYPES
@@ -78,44 +79,51 @@ def create_label(
         )
         if existing is not None:
             return existing, False
-    label = Label(
-        dataset_id=dataset.id,
-        x=new.x,
-        y=new.y,
-        z=new.z,
-        w=new.w,
-        h=new.h,
-        label=new.label,
-        artifact_type=new.artifact_type,
-        annotator=annotator.name,
-        annotator_id=annotator.id,
-        source=source,
-        source_ref=source_ref,
-        task_id=task_id,
-        idempotency_key=idempotency_key or None,
-    )
-    if idempotency_key:
-        # Two identical requests racing: the unique key lets exactly one insert win.
-        try:
-            with session.begin_nested():
-                session.add(label)
-                session.flush()
-        except IntegrityError:
-            existing = find_by_key(
-                session,
-                annotator=annotator.name,
-                key=idempotency_key,
-                expect=new,
-                dataset_id=dataset.id,
-                task_id=task_id,
-            )
-            if existing is None:
-                raise
-            return existing, False
-    else:
+    values: dict[str, Any] = {
+        "dataset_id": dataset.id,
+        "x": new.x,
+        "y": new.y,
+        "z": new.z,
+        "w": new.w,
+        "h": new.h,
+        "label": new.label,
+        "artifact_type": new.artifact_type,
+        "annotator": annotator.name,
+        "annotator_id": annotator.id,
+        "source": source,
+        "source_ref": source_ref,
+        "task_id": task_id,
+        "idempotency_key": idempotency_key or None,
+    }
+    if not idempotency_key:
+        label = Label(**values)
         session.add(label)
         session.flush()
-    return label, True
+        return label, True
+    # Two identical requests racing: the unique key lets exactly one insert win, in one
+    # statement (a savepoint around the insert would cost two more round trips per label).
+    dialect = session.get_bind().dialect.name
+    insert_for = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}[dialect]
+    stmt = (
+        insert_for(Label)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["annotator", "idempotency_key"])
+        .returning(Label)
+    )
+    inserted = session.scalars(stmt).first()
+    if inserted is not None:
+        return inserted, True
+    existing = find_by_key(
+        session,
+        annotator=annotator.name,
+        key=idempotency_key,
+        expect=new,
+        dataset_id=dataset.id,
+        task_id=task_id,
+    )
+    if existing is None:  # pragma: no cover - the conflicting row cannot vanish in between
+        raise Conflict(f"idempotency key {idempotency_key!r} is in use; retry")
+    return existing, False
 
 
 def find_by_key(
