@@ -1,13 +1,18 @@
 """Load test of the annotation API: concurrent simulated annotators against uvicorn + PostgreSQL.
 
     python bench/api_load.py [--annotators 50] [--seconds 60] [--workers 2] [--think-ms 500]
+                             [--replace-at 15] [--repeats 3]
 
 Creates a scratch database on the PostgreSQL server (ARTIFACT_LOOP_BENCH_PG, default
 postgresql://postgres@127.0.0.1:5432/postgres), starts ``uvicorn server.main:app`` with
 ``--workers``, and lets every annotator loop: lease the next task, label it, look at the next patch for ``--think-ms`` (a fast human takes 1-3 s; 0 makes a
 closed loop that measures the saturation throughput). Prints latency
-percentiles and throughput per endpoint, and checks that no task was leased twice and no
-label got lost. Writes bench/results/api_load.json.
+percentiles and throughput per endpoint, and checks that no task was leased twice, no patch
+labelled twice, no label lost and no "no tasks" answer given while tasks were open.
+``--replace-at`` replaces the batch of proposals that many seconds into the measurement, as a
+propose job does, with a new batch overlapping the old one. ``--repeats`` runs it several
+times on fresh databases and reports the median and the spread (min-max) of each figure,
+with the load average of the machine beside each run. Writes bench/results/api_load.json.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from server.db.base import make_engine, make_sessionmaker, session_scope  # noqa
 from server.db.tables import AnnotationTask, Label  # noqa: E402
 
 WARM_UP_S = 5.0  # not measured: connection pools fill, first queries get planned
+PATCH = 28  # small patches: 10,000 distinct ones on a 1400 x 1400 x 4 dataset, one task each
 
 
 def make_database(admin_url: str) -> str:
@@ -78,18 +84,22 @@ def seed(url: str, dataset_path: Path, *, annotators: int, tasks: int) -> tuple[
     sessions = make_sessionmaker(engine)
     try:
         with session_scope(sessions) as session:
-            dataset = register_dataset(session, name="bench", path=str(dataset_path))
-            origins = grid_of(dataset).origins(np.arange(len(grid_of(dataset))))
+            dataset = register_dataset(
+                session, name="bench", path=str(dataset_path), patch=PATCH, stats_sample=8
+            )
+            grid = grid_of(dataset)
+            tasks = min(tasks, len(grid))
+            origins = grid.origins(np.arange(tasks))
             session.add_all(
                 AnnotationTask(
                     dataset_id=dataset.id,
                     kind="proposal",
-                    grid_index=i % len(origins),
-                    x=int(origins[i % len(origins)][0]),
-                    y=int(origins[i % len(origins)][1]),
-                    z=int(origins[i % len(origins)][2]),
-                    w=140,
-                    h=140,
+                    grid_index=i,
+                    x=int(origins[i][0]),
+                    y=int(origins[i][1]),
+                    z=int(origins[i][2]),
+                    w=PATCH,
+                    h=PATCH,
                     rank=i,
                     reason="uncertain",
                     status="open",
@@ -128,7 +138,9 @@ async def annotator(
                 continue
             task = r.json()["task"]
             if task is None:
-                return
+                log["no_tasks"].append(time.perf_counter())
+                await asyncio.sleep(0.5)
+                continue
             log["leased"].append(task["id"])
             body = {"label": "clean", "idempotency_key": f"{token[-8:]}-{task['id']}"}
             t0 = time.perf_counter()
@@ -144,7 +156,14 @@ async def annotator(
 
 
 async def run_load(
-    base: str, secrets: list[str], dataset_id: int, seconds: float, think_s: float
+    base: str,
+    secrets: list[str],
+    dataset_id: int,
+    seconds: float,
+    think_s: float,
+    *,
+    url: str,
+    replace_at: float | None,
 ) -> dict:
     log: dict[str, list] = {
         "next_ms": [],
@@ -152,15 +171,48 @@ async def run_load(
         "leased": [],
         "label_ids": [],
         "errors": [],
+        "no_tasks": [],
+        "replacement_s": [],
     }
     start = time.perf_counter()
     warm_until = start + WARM_UP_S
     stop_at = warm_until + seconds
-    await asyncio.gather(
-        *(annotator(base, s, dataset_id, stop_at, log, think_s, warm_until) for s in secrets)
-    )
+    jobs = [annotator(base, s, dataset_id, stop_at, log, think_s, warm_until) for s in secrets]
+    if replace_at is not None:
+        jobs.append(replace_batch(url, dataset_id, at=warm_until + replace_at, log=log))
+    await asyncio.gather(*jobs)
     log["elapsed_s"] = [time.perf_counter() - warm_until]
     return log
+
+
+async def replace_batch(url: str, dataset_id: int, *, at: float, log: dict[str, list]) -> None:
+    """What a propose job does: a new ranked batch, half of it on patches of the old one."""
+    await asyncio.sleep(max(0.0, at - time.perf_counter()))
+    log["replacement_s"].append(await asyncio.to_thread(_replace, url, dataset_id))
+
+
+def _replace(url: str, dataset_id: int) -> float:
+    from server.annotation.proposals import replace_proposals
+    from server.datasets.service import get_dataset
+    from server.db.base import write_transaction
+
+    engine = make_engine(url)
+    try:
+        t0 = time.perf_counter()
+        with write_transaction(make_sessionmaker(engine)) as session:
+            dataset = get_dataset(session, dataset_id)
+            grid = grid_of(dataset)
+            rng = np.random.default_rng(1)
+            picks = [
+                {"index": int(i), "reason": "uncertain", "score": 1.0}
+                for i in rng.permutation(len(grid))[: len(grid) // 2]
+            ]
+            replace_proposals(
+                session, dataset=dataset, grid=grid, model_version_id=None, job_id=None, picks=picks
+            )
+        return time.perf_counter() - t0
+    finally:
+        engine.dispose()
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -188,19 +240,17 @@ def summarise(values: list[float], elapsed: float) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--annotators", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--tasks", type=int, default=60_000)
-    parser.add_argument("--think-ms", type=float, default=500, help="Mean pause between labels")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "api_load.json")
-    args = parser.parse_args()
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
-    admin_url = os.environ.get(
-        "ARTIFACT_LOOP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
+
+def run_once(args: argparse.Namespace, admin_url: str) -> dict:
+    """One run on a fresh database and a fresh API; returns its figures."""
+    from sqlalchemy import func, select
+
     url = make_database(admin_url)
     tmp = Path(tempfile.mkdtemp(prefix="al-bench-"))
     proc = None
@@ -214,6 +264,8 @@ def main() -> None:
             "ARTIFACT_LOOP_DATABASE_URL": url,
             "ARTIFACT_LOOP_DATA_DIR": str(tmp / "data"),
             "ARTIFACT_LOOP_BROKER_URL": "filesystem://",
+            # the bench measures the annotation path, not training triggers
+            "ARTIFACT_LOOP_RETRAIN_EVERY": "1000000",
         }
         proc = subprocess.Popen(
             [
@@ -234,45 +286,139 @@ def main() -> None:
         )
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, proc)
-        print(
-            f"{args.annotators} annotators for {args.seconds:.0f} s against {args.workers} API workers ..."
+        load_before = loadavg()
+        log = asyncio.run(
+            run_load(
+                base,
+                secrets,
+                dataset_id,
+                args.seconds,
+                args.think_ms / 1000,
+                url=url,
+                replace_at=args.replace_at,
+            )
         )
-        log = asyncio.run(run_load(base, secrets, dataset_id, args.seconds, args.think_ms / 1000))
+        load_after = loadavg()
         elapsed = log["elapsed_s"][0]
         engine = make_engine(url)
         with session_scope(make_sessionmaker(engine)) as session:
-            stored = set(session.scalars(__import__("sqlalchemy").select(Label.id)))
+            stored = set(session.scalars(select(Label.id)))
+            twice = session.scalar(
+                select(func.count()).select_from(
+                    select(Label.x, Label.y, Label.z)
+                    .group_by(Label.x, Label.y, Label.z)
+                    .having(func.count() > 1)
+                    .subquery()
+                )
+            )
+            still_open = session.scalar(
+                select(func.count(AnnotationTask.id)).where(AnnotationTask.status == "open")
+            )
         engine.dispose()
         leased = Counter(log["leased"])
-        result = {
-            "annotators": args.annotators,
-            "seconds": round(elapsed, 1),
-            "api_workers": args.workers,
-            "think_ms": args.think_ms,
+        labels = summarise(log["label_ms"], elapsed)
+        return {
             "next": summarise(log["next_ms"], elapsed),
-            "label": summarise(log["label_ms"], elapsed),
+            "label": labels,
+            "labels_per_s": labels["rps"],
             "double_leases": sum(1 for n in leased.values() if n > 1),
+            "doubly_labelled_patches": int(twice or 0),
             "lost_labels": len(set(log["label_ids"]) - stored),
+            "no_tasks_answers": len(log["no_tasks"]),
+            "open_tasks_at_end": int(still_open or 0),
             "labels_stored": len(stored),
+            "replacement_s": [round(v, 3) for v in log["replacement_s"]],
             "errors": dict(Counter(log["errors"])),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "database": "postgresql",
+            "seconds": round(elapsed, 1),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
         }
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
         drop_database(admin_url, url)
+
+
+def spread(runs: list[dict], *path: str) -> dict[str, float]:
+    values = []
+    for run in runs:
+        value = run
+        for key in path:
+            value = value[key]
+        values.append(float(value))
+    return {
+        "median": round(float(np.median(values)), 2),
+        "min": round(min(values), 2),
+        "max": round(max(values), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--annotators", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--think-ms", type=float, default=500, help="Mean pause between labels")
+    parser.add_argument(
+        "--replace-at", type=float, default=None, help="Replace the batch this many s in"
+    )
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "api_load.json")
+    args = parser.parse_args()
+
+    admin_url = os.environ.get(
+        "ARTIFACT_LOOP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    runs = []
+    for i in range(args.repeats):
+        print(
+            f"run {i + 1}/{args.repeats}: {args.annotators} annotators for {args.seconds:.0f} s "
+            f"against {args.workers} API workers"
+            + (f", batch replaced at {args.replace_at:.0f} s" if args.replace_at else "")
+            + f" (load average {loadavg()}) ..."
+        )
+        run = run_once(args, admin_url)
+        runs.append(run)
+        for op in ("next", "label"):
+            r = run[op]
+            print(
+                f"  {op:>5}: p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
+                f"{r['rps']:.0f} req/s  ({r['count']} requests)"
+            )
+        print(
+            f"  double leases {run['double_leases']}, doubly labelled patches "
+            f"{run['doubly_labelled_patches']}, lost labels {run['lost_labels']}, "
+            f"'no tasks' answers {run['no_tasks_answers']}, errors {run['errors'] or 'none'}, "
+            f"load average {run['loadavg_before']} -> {run['loadavg_after']}"
+        )
+    result = {
+        "annotators": args.annotators,
+        "seconds": args.seconds,
+        "api_workers": args.workers,
+        "think_ms": args.think_ms,
+        "replace_at_s": args.replace_at,
+        "repeats": args.repeats,
+        "summary": {
+            "next_p50_ms": spread(runs, "next", "p50_ms"),
+            "next_p99_ms": spread(runs, "next", "p99_ms"),
+            "label_p50_ms": spread(runs, "label", "p50_ms"),
+            "label_p99_ms": spread(runs, "label", "p99_ms"),
+            "labels_per_s": spread(runs, "labels_per_s"),
+            "double_leases": sum(r["double_leases"] for r in runs),
+            "doubly_labelled_patches": sum(r["doubly_labelled_patches"] for r in runs),
+            "lost_labels": sum(r["lost_labels"] for r in runs),
+            "no_tasks_answers": sum(r["no_tasks_answers"] for r in runs),
+        },
+        "runs": runs,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "database": "postgresql",
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for op in ("next", "label"):
-        r = result[op]
-        print(
-            f"{op:>5}: p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  {r['rps']:.0f} req/s  ({r['count']} requests)"
-        )
-    print(
-        f"double leases: {result['double_leases']}  lost labels: {result['lost_labels']}  errors: {result['errors'] or 'none'}"
-    )
+    print(json.dumps(result["summary"], indent=1))
     print(f"wrote {args.out}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from server.datasets.service import patch_extent
@@ -104,9 +104,40 @@ def replace_proposals(
     commits, so no lease can take one any more, and it waits for leases already taking one.
     Then the patches leased or labelled by now are looked up again (the picks were chosen
     earlier) and dropped from the batch. Leasing waits for the commit instead of finding
-    every open task locked (see :func:`server.annotation.tasks.lease_next`), so the caller
-    should commit soon after.
+    every open task locked (see :func:`server.annotation.tasks.lease_next`), so everything
+    that can be done before the retirement is, and the rows go in as one bulk insert.
     """
+    w, h = patch_extent(dataset)
+    # before taking any lock: what was blocked when the picks were made, and the rows
+    blocked = set(excluded_indices(session, dataset=dataset, grid=grid).tolist())
+    picks = _unique(picks, blocked)
+    indices = np.asarray([p["index"] for p in picks], dtype=np.int64)
+    origins = grid.origins(indices) if indices.size else np.empty((0, 3), dtype=np.int64)
+    now = utcnow()
+    rows = [
+        {
+            "dataset_id": dataset.id,
+            "kind": "proposal",
+            "grid_index": int(pick["index"]),
+            "x": int(origin[0]),
+            "y": int(origin[1]),
+            "z": int(origin[2]),
+            "w": w,
+            "h": h,
+            "model_version_id": model_version_id,
+            "job_id": job_id,
+            "p_artifact": _opt_float(pick.get("p_artifact")),
+            "uncertainty": _opt_float(pick.get("uncertainty")),
+            "recon_error": _opt_float(pick.get("recon_error")),
+            "score": _opt_float(pick.get("score")),
+            "reason": str(pick.get("reason", "")),
+            "status": "open",
+            "created_at": now,
+            "updated_at": now,
+        }
+        for pick, origin in zip(picks, origins, strict=True)
+    ]
+    # from here until the caller commits, the old open proposals are locked
     session.execute(
         update(AnnotationTask)
         .where(
@@ -114,44 +145,34 @@ def replace_proposals(
             AnnotationTask.kind == "proposal",
             AnnotationTask.status.in_(("open", "expired")),
         )
-        .values(status="retired", updated_at=utcnow())
+        .values(status="retired", updated_at=now)
     )
-    blocked = set(excluded_indices(session, dataset=dataset, grid=grid).tolist())
+    taken_since = set(
+        session.scalars(
+            select(AnnotationTask.grid_index).where(
+                AnnotationTask.dataset_id == dataset.id,
+                AnnotationTask.status.in_(("leased", "labelled")),
+                AnnotationTask.grid_index.is_not(None),
+            )
+        )
+    )
+    rows = [row for row in rows if row["grid_index"] not in taken_since]
+    for rank, row in enumerate(rows):
+        row["rank"] = rank * 4 // 3
+    if rows:
+        session.execute(insert(AnnotationTask), rows)
+    return len(rows)
+
+
+def _unique(picks: list[dict[str, Any]], blocked: set[int]) -> list[dict[str, Any]]:
     seen: set[int] = set()
-    fresh: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
     for pick in picks:
         index = int(pick["index"])
         if index not in blocked and index not in seen:
             seen.add(index)
-            fresh.append(pick)
-    picks = fresh
-    w, h = patch_extent(dataset)
-    indices = np.asarray([p["index"] for p in picks], dtype=np.int64)
-    origins = grid.origins(indices) if indices.size else np.empty((0, 3), dtype=np.int64)
-    for rank, (pick, origin) in enumerate(zip(picks, origins, strict=True)):
-        session.add(
-            AnnotationTask(
-                dataset_id=dataset.id,
-                kind="proposal",
-                grid_index=int(pick["index"]),
-                x=int(origin[0]),
-                y=int(origin[1]),
-                z=int(origin[2]),
-                w=w,
-                h=h,
-                model_version_id=model_version_id,
-                job_id=job_id,
-                p_artifact=_opt_float(pick.get("p_artifact")),
-                uncertainty=_opt_float(pick.get("uncertainty")),
-                recon_error=_opt_float(pick.get("recon_error")),
-                score=_opt_float(pick.get("score")),
-                rank=rank * 4 // 3,
-                reason=str(pick.get("reason", "")),
-                status="open",
-            )
-        )
-    session.flush()
-    return len(picks)
+            out.append(pick)
+    return out
 
 
 def _opt_float(value: Any) -> float | None:
