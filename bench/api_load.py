@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -38,81 +37,18 @@ os.environ.setdefault("WEBKNOSSOS_SKIP_VERSION_CHECK", "True")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server.auth import create_token  # noqa: E402
-from server.datasets.service import grid_of, register_dataset  # noqa: E402
+from bench.load_setup import (  # noqa: E402
+    drop_database,
+    make_database,
+    replace_half_of_the_batch,
+    seed,
+    write_dataset,
+)
 from server.db import migrate  # noqa: E402
 from server.db.base import make_engine, make_sessionmaker, session_scope  # noqa: E402
 from server.db.tables import AnnotationTask, Label  # noqa: E402
 
 WARM_UP_S = 5.0  # not measured: connection pools fill, first queries get planned
-PATCH = 28  # small patches: 10,000 distinct ones on a 1400 x 1400 x 4 dataset, one task each
-
-
-def make_database(admin_url: str) -> str:
-    import psycopg
-
-    name = f"al_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_database(admin_url: str, url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-
-
-def write_dataset(path: Path) -> None:
-    from server.webknossos.lib import wk
-
-    data = np.random.default_rng(0).integers(0, 256, size=(1400, 1400, 4), dtype=np.uint8)
-    ds = wk.Dataset(path, voxel_size=(32, 32, 35))
-    layer = ds.add_layer("color", wk.COLOR_CATEGORY, dtype="uint8", data_format="zarr3")
-    layer.add_mag(1, chunk_shape=(32, 32, 32), shard_shape=(512, 512, 32)).write(
-        data, absolute_offset=(0, 0, 0), allow_resize=True
-    )
-
-
-def seed(url: str, dataset_path: Path, *, annotators: int, tasks: int) -> tuple[int, list[str]]:
-    engine = make_engine(url)
-    sessions = make_sessionmaker(engine)
-    try:
-        with session_scope(sessions) as session:
-            dataset = register_dataset(
-                session, name="bench", path=str(dataset_path), patch=PATCH, stats_sample=8
-            )
-            grid = grid_of(dataset)
-            tasks = min(tasks, len(grid))
-            origins = grid.origins(np.arange(tasks))
-            session.add_all(
-                AnnotationTask(
-                    dataset_id=dataset.id,
-                    kind="proposal",
-                    grid_index=i,
-                    x=int(origins[i][0]),
-                    y=int(origins[i][1]),
-                    z=int(origins[i][2]),
-                    w=PATCH,
-                    h=PATCH,
-                    rank=i,
-                    reason="uncertain",
-                    status="open",
-                )
-                for i in range(tasks)
-            )
-            secrets = [
-                create_token(session, name=f"annotator-{i:02d}", role="annotator")[1]
-                for i in range(annotators)
-            ]
-            return dataset.id, secrets
-    finally:
-        engine.dispose()
 
 
 async def annotator(
@@ -126,15 +62,28 @@ async def annotator(
 ) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
-        # annotators arrive over the first second, not in one burst
-        await asyncio.sleep(random.random())
-        while time.perf_counter() < stop_at:
+
+        async def post(op: str, path: str, **kwargs: object) -> httpx.Response | None:
             t0 = time.perf_counter()
-            r = await http.post(f"/api/v1/datasets/{dataset_id}/tasks/next")
-            if t0 > warm_until:  # connections and caches warm up first
-                log["next_ms"].append((time.perf_counter() - t0) * 1000)
+            try:
+                r = await http.post(path, **kwargs)  # type: ignore[arg-type]
+            except httpx.HTTPError as exc:
+                log["errors"].append(f"{op} {type(exc).__name__}")
+                return None
+            finally:
+                if t0 > warm_until:  # connections and caches warm up first
+                    log[f"{op}_ms"].append((time.perf_counter() - t0) * 1000)
             if r.status_code != 200:
-                log["errors"].append(f"next {r.status_code}")
+                log["errors"].append(f"{op} {r.status_code}")
+                # a client backs off as told (503 Retry-After), not in a tight loop
+                await asyncio.sleep(min(float(r.headers.get("retry-after", 0.5)), 2.0))
+                return None
+            return r
+
+        await asyncio.sleep(random.random())  # annotators arrive over the first second
+        while time.perf_counter() < stop_at:
+            r = await post("next", f"/api/v1/datasets/{dataset_id}/tasks/next")
+            if r is None:
                 continue
             task = r.json()["task"]
             if task is None:
@@ -143,14 +92,11 @@ async def annotator(
                 continue
             log["leased"].append(task["id"])
             body = {"label": "clean", "idempotency_key": f"{token[-8:]}-{task['id']}"}
-            t0 = time.perf_counter()
-            r = await http.post(f"/api/v1/tasks/{task['id']}/label", json=body)
-            if t0 > warm_until:
-                log["label_ms"].append((time.perf_counter() - t0) * 1000)
-            if r.status_code != 200:
-                log["errors"].append(f"label {r.status_code}")
-                continue
-            log["label_ids"].append(r.json()["id"])
+            r = await post("label", f"/api/v1/tasks/{task['id']}/label", json=body)
+            if r is not None:
+                log["label_ids"].append(r.json()["id"])
+                if time.perf_counter() > warm_until:
+                    log["labelled_at"].append(time.perf_counter())
             if think_s:
                 await asyncio.sleep(think_s * (0.5 + random.random()))
 
@@ -173,6 +119,7 @@ async def run_load(
         "errors": [],
         "no_tasks": [],
         "replacement_s": [],
+        "labelled_at": [],
     }
     start = time.perf_counter()
     warm_until = start + WARM_UP_S
@@ -188,31 +135,7 @@ async def run_load(
 async def replace_batch(url: str, dataset_id: int, *, at: float, log: dict[str, list]) -> None:
     """What a propose job does: a new ranked batch, half of it on patches of the old one."""
     await asyncio.sleep(max(0.0, at - time.perf_counter()))
-    log["replacement_s"].append(await asyncio.to_thread(_replace, url, dataset_id))
-
-
-def _replace(url: str, dataset_id: int) -> float:
-    from server.annotation.proposals import replace_proposals
-    from server.datasets.service import get_dataset
-    from server.db.base import write_transaction
-
-    engine = make_engine(url)
-    try:
-        t0 = time.perf_counter()
-        with write_transaction(make_sessionmaker(engine)) as session:
-            dataset = get_dataset(session, dataset_id)
-            grid = grid_of(dataset)
-            rng = np.random.default_rng(1)
-            picks = [
-                {"index": int(i), "reason": "uncertain", "score": 1.0}
-                for i in rng.permutation(len(grid))[: len(grid) // 2]
-            ]
-            replace_proposals(
-                session, dataset=dataset, grid=grid, model_version_id=None, job_id=None, picks=picks
-            )
-        return time.perf_counter() - t0
-    finally:
-        engine.dispose()
+    log["replacement_s"].append(await asyncio.to_thread(replace_half_of_the_batch, url, dataset_id))
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -230,13 +153,13 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 def summarise(values: list[float], elapsed: float) -> dict[str, float]:
-    arr = np.asarray(values)
+    arr = np.asarray(values if values else [np.nan])
     return {
-        "count": int(arr.size),
+        "count": len(values),
         "p50_ms": round(float(np.percentile(arr, 50)), 2),
         "p90_ms": round(float(np.percentile(arr, 90)), 2),
         "p99_ms": round(float(np.percentile(arr, 99)), 2),
-        "rps": round(arr.size / elapsed, 1),
+        "rps": round(len(values) / elapsed, 1),
     }
 
 
@@ -320,7 +243,7 @@ def run_once(args: argparse.Namespace, admin_url: str) -> dict:
         return {
             "next": summarise(log["next_ms"], elapsed),
             "label": labels,
-            "labels_per_s": labels["rps"],
+            "labels_per_s": round(len(log["labelled_at"]) / elapsed, 1),
             "double_leases": sum(1 for n in leased.values() if n > 1),
             "doubly_labelled_patches": int(twice or 0),
             "lost_labels": len(set(log["label_ids"]) - stored),
