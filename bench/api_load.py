@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -266,7 +267,7 @@ def run_once(args: argparse.Namespace, admin_url: str) -> dict:
 def spread(runs: list[dict], *path: str) -> dict[str, float]:
     values = []
     for run in runs:
-        value = run
+        value: Any = run
         for key in path:
             value = value[key]
         values.append(float(value))

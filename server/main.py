@@ -172,7 +172,7 @@ def declare_error_responses(router: APIRouter) -> None:
             codes[403] = "The token is not an admin's"
         if "{" in route.path:
             codes[404] = "No such resource"
-        if route.methods & {"POST", "PUT", "PATCH", "DELETE"}:
+        if (route.methods or set()) & {"POST", "PUT", "PATCH", "DELETE"}:
             codes[400] = "The body could not be parsed"
             codes[409] = "Conflicts with the current state"
             codes[413] = "The body is larger than the limit"

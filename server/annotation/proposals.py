@@ -26,7 +26,7 @@ def excluded_indices(session: Session, *, dataset: Dataset, grid: Grid) -> np.nd
             AnnotationTask.grid_index.is_not(None),
         )
     ).scalars()
-    blocked.append(np.fromiter((int(t) for t in tasks), dtype=np.int64))
+    blocked.append(np.fromiter((int(t) for t in tasks if t is not None), dtype=np.int64))
     positions = session.execute(
         select(Label.x, Label.y, Label.z, Label.w, Label.h).where(Label.dataset_id == dataset.id)
     ).all()
@@ -92,7 +92,7 @@ def replace_proposals(
     *,
     dataset: Dataset,
     grid: Grid,
-    model_version_id: int,
+    model_version_id: int | None,
     job_id: int | None,
     picks: list[dict[str, Any]],
 ) -> int:

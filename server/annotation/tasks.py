@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.exc import OperationalError
@@ -69,7 +70,7 @@ def lease_next(
 
 
 def _lease_candidate_postgres(
-    session: Session, stmt: Select[tuple[AnnotationTask]], *, dataset_id: int
+    session: Session, stmt: Select[Any], *, dataset_id: int
 ) -> AnnotationTask | None:
     """The first open task no one else is taking (``SKIP LOCKED``).
 
@@ -108,7 +109,7 @@ def open_task_count(session: Session, *, dataset_id: int, cap: int = 1000) -> in
 
     A full count (``cap`` reached) is remembered for :data:`FULL_COUNT_SECONDS`: with a long
     queue the answer hardly changes, and counting it was the dearest query of ``next``."""
-    key = (str(session.get_bind().url), dataset_id, cap)
+    key = (str(session.get_bind().engine.url), dataset_id, cap)
     remembered = _full_counts.get(key)
     if remembered is not None and remembered > time.monotonic():
         return cap

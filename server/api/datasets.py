@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import func, select
@@ -29,7 +29,9 @@ from server.versions.service import active_model
 
 router = APIRouter(tags=["datasets"])
 
-PNG = {200: {"content": {"image/png": {}}, "description": "The patch with context, outlined"}}
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "The patch with context, outlined"}
+}
 
 
 def dataset_out(dataset: Dataset) -> DatasetOut:

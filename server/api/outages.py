@@ -16,7 +16,7 @@ from sqlalchemy import exc as sa_exc
 log = logging.getLogger("artifact_loop.api")
 
 # Driver errors that mean "the database cannot answer now", not "the request is wrong".
-DATABASE_DOWN: tuple[type[BaseException], ...] = (
+DATABASE_DOWN: tuple[type[Exception], ...] = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
     sa_exc.DisconnectionError,
@@ -24,11 +24,11 @@ DATABASE_DOWN: tuple[type[BaseException], ...] = (
 )
 
 
-def broker_errors() -> tuple[type[BaseException], ...]:
+def broker_errors() -> tuple[type[Exception], ...]:
     """Errors of the Celery client when it cannot reach the broker."""
     from kombu.exceptions import OperationalError as KombuOperationalError
 
-    found: list[type[BaseException]] = [KombuOperationalError]
+    found: list[type[Exception]] = [KombuOperationalError]
     try:
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError

@@ -102,14 +102,12 @@ def create_label(
         return label, True
     # Two identical requests racing: the unique key lets exactly one insert win, in one
     # statement (a savepoint around the insert would cost two more round trips per label).
-    dialect = session.get_bind().dialect.name
-    insert_for = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}[dialect]
+    on_key = ["annotator", "idempotency_key"]
     stmt = (
-        insert_for(Label)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["annotator", "idempotency_key"])
-        .returning(Label)
-    )
+        postgresql_insert(Label).values(**values).on_conflict_do_nothing(index_elements=on_key)
+        if session.get_bind().dialect.name == "postgresql"
+        else sqlite_insert(Label).values(**values).on_conflict_do_nothing(index_elements=on_key)
+    ).returning(Label)
     inserted = session.scalars(stmt).first()
     if inserted is not None:
         return inserted, True
