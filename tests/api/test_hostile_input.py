@@ -212,3 +212,31 @@ def test_dataset_urls_only_to_the_configured_hosts(
         watcher.join()
         listener.close()
     assert contacted == []
+
+
+def test_broker_down_is_503_with_retry_after(tmp_path: Path, sqlite_url: str) -> None:
+    settings = make_settings(tmp_path, sqlite_url)
+    settings.broker_url = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    migrate.upgrade(sqlite_url)
+    write_test_dataset(tmp_path / "ds", shape=(280, 280, 2))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        sessions = client.app.state.artifact_loop.runtime.sessions  # type: ignore[attr-defined]
+        with session_scope(sessions) as session:
+            _, secret = create_token(session, name="ada", role="admin")
+        admin = {"Authorization": f"Bearer {secret}"}
+        ds = client.post(
+            f"{V1}/datasets",
+            json={"name": "d", "path": str(tmp_path / "ds"), "pretrain": False},
+            headers=admin,
+        )
+        assert ds.status_code == 201, ds.text
+        r = client.post(
+            f"{V1}/datasets/{ds.json()['id']}/jobs", json={"kind": "pretrain"}, headers=admin
+        )
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == str(settings.retry_after_s)
+        assert "broker" in r.json()["detail"]
+        # what needs no broker goes on working
+        label = {"x": 0, "y": 0, "z": 0, "label": "clean"}
+        ok = client.post(f"{V1}/datasets/{ds.json()['id']}/labels", json=label, headers=admin)
+        assert ok.status_code == 201, ok.text
