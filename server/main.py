@@ -9,15 +9,23 @@ from __future__ import annotations
 import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.utils import create_model_field
+from sqlalchemy import exc as sa_exc
 
 from server.api import router as api_router
+from server.api.deps import admin_user, current_user
+from server.api.guards import RequestGuard
+from server.api.outages import DATABASE_DOWN, Outages, broker_errors
+from server.api.schemas import ErrorOut, ValidationErrorOut
 from server.api.state import AppState
 from server.errors import ArtifactLoopError
 from server.settings import Settings, get_settings
@@ -56,10 +64,52 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
 
+    outages = Outages()
+    app.state.outages = outages
+
+    def retry_after(request: Request) -> dict[str, str]:
+        state: AppState | None = getattr(request.app.state, "artifact_loop", None)
+        return {"Retry-After": str(state.settings.retry_after_s if state else 5)}
+
     @app.exception_handler(ArtifactLoopError)
-    async def _known_error(_request: Request, exc: ArtifactLoopError) -> JSONResponse:
+    async def _known_error(request: Request, exc: ArtifactLoopError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        if exc.status_code == 503:
+            headers = retry_after(request)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)
+
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        outages.failed("database", exc)
+        return JSONResponse(
+            {"detail": "the database is unreachable or busy; retry later"},
+            status_code=503,
+            headers=retry_after(request),
+        )
+
+    async def _broker_down(request: Request, exc: Exception) -> JSONResponse:
+        outages.failed("broker", exc)
+        return JSONResponse(
+            {"detail": "the job queue (broker) is unreachable; retry later"},
+            status_code=503,
+            headers=retry_after(request),
+        )
+
+    async def _unstorable(_request: Request, exc: Exception) -> JSONResponse:
+        # what got past validation but not into the database: NUL bytes, lone surrogates
+        if isinstance(exc, sa_exc.DataError) or isinstance(
+            getattr(exc, "orig", None), UnicodeError
+        ):
+            return JSONResponse(
+                {"detail": "invalid request: a value cannot be stored (NUL or unencodable text)"},
+                status_code=422,
+            )
+        return await _unexpected(_request, exc)
+
+    for error in DATABASE_DOWN:
+        app.add_exception_handler(error, _database_down)
+    for error in broker_errors():
+        app.add_exception_handler(error, _broker_down)
+    app.add_exception_handler(sa_exc.StatementError, _unstorable)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -85,11 +135,59 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"detail": f"internal error (reference {ref}); see the server log"}, status_code=500
         )
 
+    declare_error_responses(api_router)
     app.include_router(api_router, prefix="/api/v1")
+    app.add_middleware(RequestGuard)
     from server.web.pages import mount_pages
 
     mount_pages(app)
     return app
+
+
+def _uses(dependant: Dependant, call: object) -> bool:
+    return any(d.call is call or _uses(d, call) for d in dependant.dependencies)
+
+
+def _api_routes(router: APIRouter) -> Iterator[APIRoute]:
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif isinstance(getattr(route, "original_router", None), APIRouter):
+            yield from _api_routes(route.original_router)  # type: ignore[attr-defined]
+
+
+def declare_error_responses(router: APIRouter) -> None:
+    """Put every error status an operation can answer into the OpenAPI schema, with its body.
+
+    Derived from what each route depends on, so a new route is documented as it is added.
+    Call before the router is included: including it builds the routes the app serves.
+    """
+    for route in _api_routes(router):
+        codes: dict[int, str] = {422: "Invalid request"}
+        if route.path != "/health":
+            codes[503] = "The database or the job queue is unreachable; see `Retry-After`"
+        if _uses(route.dependant, current_user):
+            codes[401] = "Missing, invalid or revoked token"
+        if _uses(route.dependant, admin_user):
+            codes[403] = "The token is not an admin's"
+        if "{" in route.path:
+            codes[404] = "No such resource"
+        if (route.methods or set()) & {"POST", "PUT", "PATCH", "DELETE"}:
+            codes[400] = "The body could not be parsed"
+            codes[409] = "Conflicts with the current state"
+            codes[413] = "The body is larger than the limit"
+        for code, description in codes.items():
+            existing = dict(route.responses.get(code, {}))
+            if "model" in existing:
+                continue
+            existing.setdefault("description", description)
+            existing["model"] = ValidationErrorOut if code == 422 else ErrorOut
+            route.responses[code] = existing
+            route.response_fields[code] = create_model_field(
+                name=f"Response_{code}_{route.unique_id}",
+                type_=existing["model"],
+                mode="serialization",
+            )
 
 
 def _disable_nagle_on_listeners() -> None:

@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     wk_project_prefix: str = "artifact-loop"
     wk_context_px: int = 70  # context around a pushed patch, each side, at the dataset's mag
 
+    # Faults, load and hostile input
+    # dataset folders the API may register, separated by ":" or ","; empty = any folder
+    dataset_roots: str = ""
+    # webKnossos servers (scheme://host[:port]) dataset URLs may point at, besides wk_url
+    wk_hosts: str = ""
+    max_json_bytes: int = 1024 * 1024  # any request body but a label-file upload
+    max_zip_members: int = 1000
+    max_zip_inflated_bytes: int = 256 * 1024 * 1024  # all members of a zip together
+    retry_after_s: int = 5  # told to clients when the database or the broker is down
+
     # Workers
     visibility_timeout_s: int = 6 * 3600
     # a job still queued this long while its broker queue is empty lost its message: resend
@@ -114,6 +124,24 @@ class Settings(BaseSettings):
     def broker_dir(self) -> Path:
         """Folder of Celery's filesystem broker (used only when ``broker_url`` is ``filesystem://``)."""
         return self.data_dir / "broker"
+
+    @property
+    def dataset_root_paths(self) -> list[Path]:
+        parts = self.dataset_roots.replace(",", os.pathsep).split(os.pathsep)
+        return [Path(p).expanduser().resolve() for p in parts if p.strip()]
+
+    @property
+    def webknossos_hosts(self) -> list[str]:
+        """``scheme://host[:port]`` of every webKnossos server a dataset URL may name."""
+        from urllib.parse import urlsplit
+
+        hosts = [self.wk_url or "", *self.wk_hosts.split(",")]
+        out = []
+        for value in hosts:
+            parts = urlsplit(value.strip())
+            if parts.scheme in ("http", "https") and parts.netloc:
+                out.append(f"{parts.scheme}://{parts.netloc.lower()}")
+        return out
 
     @property
     def is_sqlite(self) -> bool:

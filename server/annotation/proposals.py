@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from server.datasets.service import patch_extent
@@ -17,16 +17,16 @@ from server.pixels.grid import Grid
 
 def excluded_indices(session: Session, *, dataset: Dataset, grid: Grid) -> np.ndarray:
     """Grid patches acquisition must not propose: the audit set, labelled patches (labels
-    match the grid by overlap of more than half a patch) and tasks currently leased."""
+    match the grid by overlap of more than half a patch) and tasks leased or labelled."""
     blocked: list[np.ndarray] = []
     tasks = session.execute(
         select(AnnotationTask.grid_index).where(
             AnnotationTask.dataset_id == dataset.id,
-            (AnnotationTask.kind == "audit") | (AnnotationTask.status == "leased"),
+            (AnnotationTask.kind == "audit") | AnnotationTask.status.in_(("leased", "labelled")),
             AnnotationTask.grid_index.is_not(None),
         )
     ).scalars()
-    blocked.append(np.fromiter((int(t) for t in tasks), dtype=np.int64))
+    blocked.append(np.fromiter((int(t) for t in tasks if t is not None), dtype=np.int64))
     positions = session.execute(
         select(Label.x, Label.y, Label.z, Label.w, Label.h).where(Label.dataset_id == dataset.id)
     ).all()
@@ -100,12 +100,52 @@ def replace_proposals(
     *,
     dataset: Dataset,
     grid: Grid,
-    model_version_id: int,
+    model_version_id: int | None,
     job_id: int | None,
     picks: list[dict[str, Any]],
 ) -> int:
     """Retire open proposals of older versions and add ``picks`` (each with ``index``,
-    ``reason`` and score components) as the new ranked batch."""
+    ``reason`` and score components) as the new ranked batch. Returns how many were added.
+
+    Annotators keep leasing and labelling meanwhile; two rules keep a patch from being
+    labelled twice. The old open tasks are retired first: that locks them until the caller
+    commits, so no lease can take one any more, and it waits for leases already taking one.
+    Then the patches leased or labelled by now are looked up again (the picks were chosen
+    earlier) and dropped from the batch. Leasing waits for the commit instead of finding
+    every open task locked (see :func:`server.annotation.tasks.lease_next`), so everything
+    that can be done before the retirement is, and the rows go in as one bulk insert.
+    """
+    w, h = patch_extent(dataset)
+    # before taking any lock: what was blocked when the picks were made, and the rows
+    blocked = set(excluded_indices(session, dataset=dataset, grid=grid).tolist())
+    picks = _unique(picks, blocked)
+    indices = np.asarray([p["index"] for p in picks], dtype=np.int64)
+    origins = grid.origins(indices) if indices.size else np.empty((0, 3), dtype=np.int64)
+    now = utcnow()
+    rows = [
+        {
+            "dataset_id": dataset.id,
+            "kind": "proposal",
+            "grid_index": int(pick["index"]),
+            "x": int(origin[0]),
+            "y": int(origin[1]),
+            "z": int(origin[2]),
+            "w": w,
+            "h": h,
+            "model_version_id": model_version_id,
+            "job_id": job_id,
+            "p_artifact": _opt_float(pick.get("p_artifact")),
+            "uncertainty": _opt_float(pick.get("uncertainty")),
+            "recon_error": _opt_float(pick.get("recon_error")),
+            "score": _opt_float(pick.get("score")),
+            "reason": str(pick.get("reason", "")),
+            "status": "open",
+            "created_at": now,
+            "updated_at": now,
+        }
+        for pick, origin in zip(picks, origins, strict=True)
+    ]
+    # from here until the caller commits, the old open proposals are locked
     session.execute(
         update(AnnotationTask)
         .where(
@@ -113,35 +153,34 @@ def replace_proposals(
             AnnotationTask.kind == "proposal",
             AnnotationTask.status.in_(("open", "expired")),
         )
-        .values(status="retired", updated_at=utcnow())
+        .values(status="retired", updated_at=now)
     )
-    w, h = patch_extent(dataset)
-    indices = np.asarray([p["index"] for p in picks], dtype=np.int64)
-    origins = grid.origins(indices) if indices.size else np.empty((0, 3), dtype=np.int64)
-    for rank, (pick, origin) in enumerate(zip(picks, origins, strict=True)):
-        session.add(
-            AnnotationTask(
-                dataset_id=dataset.id,
-                kind="proposal",
-                grid_index=int(pick["index"]),
-                x=int(origin[0]),
-                y=int(origin[1]),
-                z=int(origin[2]),
-                w=w,
-                h=h,
-                model_version_id=model_version_id,
-                job_id=job_id,
-                p_artifact=_opt_float(pick.get("p_artifact")),
-                uncertainty=_opt_float(pick.get("uncertainty")),
-                recon_error=_opt_float(pick.get("recon_error")),
-                score=_opt_float(pick.get("score")),
-                rank=rank * 4 // 3,
-                reason=str(pick.get("reason", "")),
-                status="open",
+    taken_since = set(
+        session.scalars(
+            select(AnnotationTask.grid_index).where(
+                AnnotationTask.dataset_id == dataset.id,
+                AnnotationTask.status.in_(("leased", "labelled")),
+                AnnotationTask.grid_index.is_not(None),
             )
         )
-    session.flush()
-    return len(picks)
+    )
+    rows = [row for row in rows if row["grid_index"] not in taken_since]
+    for rank, row in enumerate(rows):
+        row["rank"] = rank * 4 // 3
+    if rows:
+        session.execute(insert(AnnotationTask), rows)
+    return len(rows)
+
+
+def _unique(picks: list[dict[str, Any]], blocked: set[int]) -> list[dict[str, Any]]:
+    seen: set[int] = set()
+    out: list[dict[str, Any]] = []
+    for pick in picks:
+        index = int(pick["index"])
+        if index not in blocked and index not in seen:
+            seen.add(index)
+            out.append(pick)
+    return out
 
 
 def _opt_float(value: Any) -> float | None:

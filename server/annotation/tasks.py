@@ -7,9 +7,12 @@ the lease runs in a ``BEGIN IMMEDIATE`` transaction (see :func:`write_transactio
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from server.db.base import utcnow
@@ -20,6 +23,8 @@ from server.labels.service import NewLabel, create_label
 # An annotator may hold this many leases (the page prefetches the next patch); beyond it the
 # oldest goes back to the queue, so a reloaded page never strands tasks until they expire.
 MAX_LEASES_PER_ANNOTATOR = 3
+# How long `next` waits for a batch replacement to commit when it locked every open task.
+REPLACEMENT_WAIT_S = 10.0
 
 
 def reclaim_expired(session: Session, *, dataset_id: int) -> int:
@@ -52,8 +57,9 @@ def lease_next(
         .limit(1)
     )
     if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    task = session.scalar(stmt)
+        task = _lease_candidate_postgres(session, stmt, dataset_id=dataset_id)
+    else:
+        task = session.scalar(stmt)  # BEGIN IMMEDIATE: this transaction is the only writer
     if task is None:
         return None
     task.status = "leased"
@@ -63,14 +69,67 @@ def lease_next(
     return task
 
 
+def _lease_candidate_postgres(
+    session: Session, stmt: Select[Any], *, dataset_id: int
+) -> AnnotationTask | None:
+    """The first open task no one else is taking (``SKIP LOCKED``).
+
+    When every open task is locked, a batch replacement is retiring them and has not
+    committed yet: wait for it (at most :data:`REPLACEMENT_WAIT_S` in all, replacements back
+    to back included), then take the first task of the batch it committed, rather than
+    answer "no tasks" with a queue full of them.
+    """
+    deadline = time.monotonic() + REPLACEMENT_WAIT_S
+    while True:
+        task = session.scalar(stmt.with_for_update(skip_locked=True))
+        if task is not None:
+            return task
+        visible = session.scalar(
+            select(AnnotationTask.id)
+            .where(AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == "open")
+            .limit(1)
+        )
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if visible is None or left_ms <= 0:
+            return None  # the queue is empty, not locked; or the replacement holds on
+        session.execute(text(f"SET LOCAL lock_timeout = {left_ms}"))
+        try:
+            with session.begin_nested():
+                task = session.scalar(stmt.with_for_update())
+        except OperationalError:  # lock_timeout
+            task = None
+        session.execute(text("SET LOCAL lock_timeout = 0"))
+        if task is not None:
+            return task
+        # the rows waited for were retired; the new batch is visible to a new statement
+
+
 def open_task_count(session: Session, *, dataset_id: int, cap: int = 1000) -> int:
-    """How many tasks wait, counted up to ``cap`` (an exact count would scan the queue)."""
+    """How many tasks wait, counted up to ``cap`` (an exact count would scan the queue).
+
+    A full count (``cap`` reached) is remembered for :data:`FULL_COUNT_SECONDS`: with a long
+    queue the answer hardly changes, and counting it was the dearest query of ``next``."""
+    key = (str(session.get_bind().engine.url), dataset_id, cap)
+    remembered = _full_counts.get(key)
+    if remembered is not None and remembered > time.monotonic():
+        return cap
     waiting = (
         select(AnnotationTask.id)
         .where(AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == "open")
         .limit(cap)
     )
-    return int(session.scalar(select(func.count()).select_from(waiting.subquery())) or 0)
+    count = int(session.scalar(select(func.count()).select_from(waiting.subquery())) or 0)
+    if count >= cap:
+        if len(_full_counts) > 1000:
+            _full_counts.clear()
+        _full_counts[key] = time.monotonic() + FULL_COUNT_SECONDS
+    else:
+        _full_counts.pop(key, None)
+    return count
+
+
+FULL_COUNT_SECONDS = 2.0
+_full_counts: dict[tuple[str, int, int], float] = {}
 
 
 def _release_surplus(
@@ -135,7 +194,14 @@ def label_task(
     if idempotency_key:
         from server.labels.service import find_by_key
 
-        existing = find_by_key(session, annotator=annotator.name, key=idempotency_key)
+        existing = find_by_key(
+            session,
+            annotator=annotator.name,
+            key=idempotency_key,
+            expect=_task_label(task, label=label, artifact_type=artifact_type),
+            dataset_id=task.dataset_id,
+            task_id=task.id,
+        )
         if existing is not None:
             return existing, False
     if _leased_by_other(task, annotator):
@@ -147,15 +213,7 @@ def label_task(
     created_label, created = create_label(
         session,
         dataset=dataset,
-        new=NewLabel(
-            x=task.x,
-            y=task.y,
-            z=task.z,
-            w=task.w,
-            h=task.h,
-            label=label,
-            artifact_type=artifact_type,
-        ),
+        new=_task_label(task, label=label, artifact_type=artifact_type),
         annotator=annotator,
         source=source,
         source_ref=f"task:{task.id}",
@@ -168,6 +226,12 @@ def label_task(
     task.lease_expires_at = None
     session.flush()
     return created_label, created
+
+
+def _task_label(task: AnnotationTask, *, label: str, artifact_type: str | None) -> NewLabel:
+    return NewLabel(
+        x=task.x, y=task.y, z=task.z, w=task.w, h=task.h, label=label, artifact_type=artifact_type
+    )
 
 
 def skip_task(session: Session, *, task_id: int, annotator: Annotator) -> AnnotationTask:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import func, select
@@ -19,7 +19,7 @@ from server.api.deps import (
     TaskId,
 )
 from server.api.schemas import DatasetCreate, DatasetDetail, DatasetOut, PageOf
-from server.datasets.service import BBox, get_dataset, grid_of, register_dataset
+from server.datasets.service import AllowedLocations, BBox, get_dataset, grid_of, register_dataset
 from server.db.tables import Dataset
 from server.errors import InvalidInput
 from server.jobs.kinds import JobKind
@@ -30,7 +30,9 @@ from server.versions.service import active_model
 
 router = APIRouter(tags=["datasets"])
 
-PNG = {200: {"content": {"image/png": {}}, "description": "The patch with context, outlined"}}
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "The patch with context, outlined"}
+}
 
 
 def dataset_out(dataset: Dataset) -> DatasetOut:
@@ -78,6 +80,9 @@ def create_dataset(
         stride=body.stride,
         bbox=BBox.parse(body.bbox) if body.bbox else None,
         stats_sample=state.settings.stats_sample_patches,
+        allowed=AllowedLocations(
+            roots=state.settings.dataset_root_paths, hosts=state.settings.webknossos_hosts
+        ),
     )
     out = dataset_out(dataset)
     if body.pretrain:

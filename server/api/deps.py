@@ -54,8 +54,13 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 def current_user(
     state: StateDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Annotator:
+    # requests with a body were authenticated before it was read (server.api.guards)
+    known: Annotator | None = getattr(request.state, "caller", None)
+    if known is not None:
+        return known
     return state.caller(credentials.credentials if credentials else None)
 
 

@@ -6,12 +6,19 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from server.api.deps import CurrentUser, StateDep
 from server.api.schemas import Me
 
 router = APIRouter(tags=["health"])
+
+
+class ReadyOut(BaseModel):
+    status: str
+    database: str
+    broker: str
 
 
 @router.get("/health", summary="The process is up")
@@ -22,7 +29,8 @@ def health() -> dict[str, str]:
 @router.get(
     "/ready",
     summary="Database and broker are reachable",
-    responses={503: {"description": "A dependency is down"}},
+    response_model=ReadyOut,
+    responses={503: {"description": "A dependency is down", "model": ReadyOut}},
 )
 def ready(state: StateDep) -> Any:
     checks: dict[str, str] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, Path, Query, Response, UploadFile, status
 from sqlalchemy import func, select
 
 from server.api.deps import (
@@ -170,7 +170,7 @@ def export(
     _user: CurrentUser,
     format: Literal["csv", "json"] = "csv",
 ) -> Response:
-    from server.labels.importer import export_labels_csv, export_labels_json
+    from server.labels.export import export_labels_csv, export_labels_json
 
     dataset = get_dataset(session, dataset_id)
     buffer = io.StringIO()
@@ -195,12 +195,14 @@ def export(
     responses={413: {"description": "The file is larger than the configured limit"}},
 )
 async def import_file(
-    dataset_id: DatasetId, file: UploadFile, request: Request, state: StateDep, user: AdminUser
+    dataset_id: DatasetId, file: UploadFile, state: StateDep, user: AdminUser
 ) -> ImportReportOut:
+    # The body was refused on its declared length, or counted while it streamed in, before
+    # this runs (server.api.guards); the parser spooled the file to disk, not to memory.
     limit = state.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise PayloadTooLarge(f"upload larger than the limit of {limit:,} bytes")
+    filename = file.filename or "upload"
+    if "\x00" in filename or len(filename) > 500:
+        raise InvalidInput("the file name must be at most 500 characters, without NUL")
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(f"upload larger than the limit of {limit:,} bytes")
@@ -210,7 +212,7 @@ async def import_file(
         _import,
         state,
         dataset_id=dataset_id,
-        filename=file.filename or "upload",
+        filename=filename,
         data=data,
         user=user,
     )
@@ -219,8 +221,13 @@ async def import_file(
 def _import(
     state: StateDep, *, dataset_id: int, filename: str, data: bytes, user: Any
 ) -> ImportReportOut:
+    from server.labels.files import ZipLimits
     from server.labels.importer import import_label_file
 
+    limits = ZipLimits(
+        members=state.settings.max_zip_members,
+        inflated_bytes=state.settings.max_zip_inflated_bytes,
+    )
     with write_transaction(state.runtime.sessions) as session:
         dataset = get_dataset(session, dataset_id)
         report = import_label_file(
@@ -230,6 +237,7 @@ def _import(
             data=data,
             annotator=user.name,
             annotator_id=user.id,
+            zip_limits=limits,
         )
     job = None
     if report.added:

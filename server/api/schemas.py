@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from models.vocab import ARTIFACT_TYPES
 from server.jobs.registry import STARTABLE_KINDS
 
 T = TypeVar("T")
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# SQLite hands back naive datetimes (written in UTC): answer with the offset, as RFC 3339 needs
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
 
 LabelValue = Literal["clean", "artifact"]
 ArtifactType = Literal[
@@ -73,7 +81,7 @@ class DatasetOut(Orm):
     norm_mean: float
     norm_std: float
     patch_count: int
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class DatasetDetail(DatasetOut):
@@ -101,7 +109,7 @@ class TaskOut(Orm):
     rank: int
     reason: str
     status: str
-    lease_expires_at: datetime | None
+    lease_expires_at: UtcDateTime | None
     image_url: str = ""
 
 
@@ -160,7 +168,7 @@ class LabelOut(Orm):
     source: str
     source_ref: str | None
     task_id: int | None
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class ImportReportOut(BaseModel):
@@ -192,7 +200,7 @@ class ModelVersionOut(Orm):
     weights_sha256: str | None
     active: bool
     pinned: bool
-    created_at: datetime
+    created_at: UtcDateTime
     metrics: dict[str, Any]
 
 
@@ -240,9 +248,9 @@ class JobOut(Orm):
     attempts: int
     worker: str | None
     requested_by: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
 
 
 class StartedJobOut(BaseModel):
@@ -254,3 +262,22 @@ class Me(BaseModel):
     id: int
     name: str
     role: str
+
+
+# -- errors ------------------------------------------------------------------------------------
+class ErrorOut(BaseModel):
+    """Every error answer: what went wrong, in one sentence."""
+
+    detail: str
+
+
+class ValidationProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str | None = None
+
+
+class ValidationErrorOut(ErrorOut):
+    errors: list[ValidationProblem] = Field(
+        default_factory=list, description="One entry per invalid field, when fields were wrong"
+    )

@@ -7,6 +7,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import OperationalError
+
 from server.auth import authenticate, hash_token
 from server.datasets.service import open_source
 from server.db.tables import Annotator, Dataset
@@ -68,8 +70,13 @@ class AppState:
             return cached[1]
         with self.runtime.sessions() as session:
             annotator = authenticate(session, secret)
-            session.commit()
             session.expunge(annotator)
+            try:
+                session.commit()  # the token's last use, when it is old enough to record
+            except OperationalError:
+                # SQLite while another process writes: the read cannot become a write now.
+                # The last-use time is advisory; the request must not fail for it.
+                session.rollback()
         if len(self._callers) > 10_000:
             self._callers.clear()
         self._callers[key] = (now + AUTH_CACHE_SECONDS, annotator)

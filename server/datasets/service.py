@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 from sqlalchemy import select
@@ -79,6 +81,39 @@ def sample_statistics(
     return mean, std if std > 1e-6 else 1.0
 
 
+@dataclass(frozen=True)
+class AllowedLocations:
+    """Where datasets registered through the API may live: folders under ``roots`` (any
+    folder when there are none) and URLs on the webKnossos servers ``hosts``
+    (``scheme://host[:port]``)."""
+
+    roots: Sequence[Path] = ()
+    hosts: Sequence[str] = ()
+
+    def check(self, path: str) -> None:
+        """Raise :class:`DatasetError` naming ``path`` (never the server's folders) when
+        ``path`` is not allowed."""
+        if "://" in path or path.startswith(("http:", "https:")):
+            parts = urlsplit(path)
+            origin = f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+            if parts.scheme.lower() not in ("http", "https") or origin not in self.hosts:
+                raise DatasetError(
+                    f"{path!r} is not on a webKnossos server this service is configured for"
+                )
+            return
+        if not self.roots:
+            return
+        try:
+            resolved = Path(path).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):
+            raise DatasetError(f"{path!r} is not a usable dataset path") from None
+        if not any(resolved.is_relative_to(root) for root in self.roots):
+            raise DatasetError(
+                f"{path!r} is not inside a dataset folder this service may read "
+                "(ARTIFACT_LOOP_DATASET_ROOTS)"
+            )
+
+
 def register_dataset(
     session: Session,
     *,
@@ -90,7 +125,10 @@ def register_dataset(
     stride: int | None = None,
     bbox: BBox | None = None,
     stats_sample: int = 64,
+    allowed: AllowedLocations | None = None,
 ) -> Dataset:
+    """Register the dataset at ``path``. With ``allowed`` (requests from the API), only
+    paths it allows are opened, and errors name the input, never what the server found."""
     name = name.strip()
     if not name:
         raise InvalidInput("dataset name must not be empty")
@@ -102,7 +140,16 @@ def register_dataset(
     if stride <= 0:
         raise InvalidInput("stride must be positive")
     mag_vec = parse_mag(mag)
-    with PatchSource.open(path, layer=layer, mag=mag_vec) as source:
+    if allowed is not None:
+        allowed.check(str(path))
+    try:
+        opened = PatchSource.open(path, layer=layer, mag=mag_vec)
+    except DatasetError as exc:
+        if allowed is None or not str(exc).startswith("cannot open"):
+            raise
+        # the library's message may name resolved folders or internal hosts
+        raise DatasetError(f"cannot open {str(path)!r} as a webKnossos dataset") from None
+    with opened as source:
         layer_box = BBox(source.info.bbox_offset, source.info.bbox_size)
         box = bbox or layer_box
         if not layer_box.contains(box):

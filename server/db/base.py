@@ -5,6 +5,9 @@ Engines are made by :func:`make_engine` when a command or the app starts, never 
 
 from __future__ import annotations
 
+import logging
+import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -13,6 +16,12 @@ from typing import Any
 from sqlalchemy import JSON, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+log = logging.getLogger("artifact_loop.db")
+
+# Writers wait for each other on SQLite up to this long; normal work never comes close.
+SQLITE_BUSY_TIMEOUT_S = 30
+SLOW_WRITE_S = 2.0  # a write transaction longer than this is logged (SQLite)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -50,7 +59,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+            **kwargs,
         )
 
         @event.listens_for(engine, "connect")
@@ -60,7 +71,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -70,6 +81,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    # a stopped server refuses at once; an unreachable one must not hang a request for minutes
+    kwargs.setdefault("connect_args", {"connect_timeout": 5})
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(url, **kwargs)
@@ -96,10 +109,17 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
 @contextmanager
 def write_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """Like :func:`session_scope`, but on SQLite the transaction takes the write lock at
-    BEGIN (``BEGIN IMMEDIATE``), so read-then-write sequences such as leasing cannot race."""
+    BEGIN (``BEGIN IMMEDIATE``), so read-then-write sequences such as leasing cannot race.
+
+    SQLite has one writer at a time: everyone else waits (up to the busy timeout) while
+    this runs, so keep the work inside short: compute first, then write. A write
+    transaction that held the lock for long is logged with where it was opened.
+    """
     session = factory()
-    if session.get_bind().dialect.name == "sqlite":
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    if sqlite:
         session.connection(execution_options={"sqlite_immediate": True})
+    started = time.monotonic()
     try:
         yield session
         session.commit()
@@ -108,3 +128,13 @@ def write_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+        held = time.monotonic() - started
+        if sqlite and held > SLOW_WRITE_S:
+            caller = traceback.extract_stack(limit=3)[0]
+            log.warning(
+                "a write transaction held the SQLite write lock for %.1f s (%s:%d); "
+                "requests that write waited meanwhile",
+                held,
+                caller.filename,
+                caller.lineno,
+            )

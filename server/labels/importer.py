@@ -8,14 +8,12 @@ from the file, so the same file twice, or the same verdict in two files, adds it
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, NoReturn, TextIO
+from typing import Any, Final, NoReturn
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
@@ -23,25 +21,25 @@ from sqlalchemy.orm import Session
 
 from models.vocab import LABEL_ARTIFACT, LABEL_CLEAN
 from server.datasets.service import grid_of, patch_extent
-from server.db.base import as_utc, utcnow
+from server.db.base import utcnow
 from server.db.tables import LABEL_SOURCES, Dataset, Label
 from server.errors import Conflict, InvalidInput
-from server.labels.files import BOX, CENTRE, LabelRecord, format_voxel_size, parse_label_file
+from server.labels.export import (  # noqa: F401 - they were here before
+    EXPORT_COLUMNS,
+    export_labels_csv,
+    export_labels_json,
+)
+from server.labels.files import (
+    BOX,
+    CENTRE,
+    LabelRecord,
+    ZipLimits,
+    format_voxel_size,
+    parse_label_file,
+)
 
 MAX_LABELS_PER_IMPORT: Final = 250_000
 """A file that would add more (a clean box over a whole dataset) is refused."""
-EXPORT_COLUMNS: Final = (
-    "x",
-    "y",
-    "z",
-    "label",
-    "type",
-    "annotator",
-    "source",
-    "created_at",
-    "w",
-    "h",
-)
 UNTYPED: Final = "untyped"
 _QUERY_CHUNK = 500
 _VOXEL_TOLERANCE = 1e-3
@@ -97,6 +95,7 @@ def import_label_file(
     annotator_id: int | None = None,
     source: str = "file",
     type_map: dict[str, str] | None = None,
+    zip_limits: ZipLimits | None = None,
 ) -> ImportReport:
     """Import the labels of one file into ``dataset`` within the caller's transaction.
 
@@ -113,7 +112,9 @@ def import_label_file(
         raise InvalidInput(
             f"unknown label source {source!r}; use one of {', '.join(LABEL_SOURCES)}"
         )
-    parsed = parse_label_file(filename=filename, data=data, type_map=type_map)
+    parsed = parse_label_file(
+        filename=filename, data=data, type_map=type_map, zip_limits=zip_limits
+    )
     report = ImportReport(dataset=dataset.name, filename=filename, format=parsed.format)
 
     if parsed.voxel_size is not None and dataset.voxel_size:
@@ -306,18 +307,8 @@ def _too_many(count: int) -> NoReturn:
     )
 
 
-def _bbox_text(dataset: Dataset) -> str:
-    return ",".join(
-        str(v)
-        for v in (
-            dataset.bbox_x,
-            dataset.bbox_y,
-            dataset.bbox_z,
-            dataset.bbox_w,
-            dataset.bbox_h,
-            dataset.bbox_d,
-        )
-    )
+def _bbox_text(d: Dataset) -> str:
+    return ",".join(str(v) for v in (d.bbox_x, d.bbox_y, d.bbox_z, d.bbox_w, d.bbox_h, d.bbox_d))
 
 
 def _check_box_inside(dataset: Dataset, record: LabelRecord) -> None:
@@ -402,70 +393,3 @@ def _count_conflicts(session: Session, *, dataset_id: int, items: Sequence[_Plac
         if verdicts.get(item.patch, set()) - {item.label}:
             conflicts += 1
     return conflicts
-
-
-# -- export --------------------------------------------------------------------------------------
-def _label_rows(session: Session, *, dataset: Dataset) -> Iterable[dict[str, Any]]:
-    stmt = (
-        select(
-            Label.x,
-            Label.y,
-            Label.z,
-            Label.label,
-            Label.artifact_type,
-            Label.annotator,
-            Label.source,
-            Label.created_at,
-            Label.w,
-            Label.h,
-            Label.source_ref,
-        )
-        .where(Label.dataset_id == dataset.id)
-        .order_by(Label.id)
-        .execution_options(yield_per=2000)
-    )
-    for x, y, z, label, kind, annotator, source, created, w, h, ref in session.execute(stmt):
-        yield {
-            "x": x,
-            "y": y,
-            "z": z,
-            "label": label,
-            "type": kind,  # None: csv writes an empty field, JSON null
-            "annotator": annotator,
-            "source": source,
-            "created_at": as_utc(created).isoformat(),
-            "w": w,
-            "h": h,
-            "source_ref": ref,
-        }
-
-
-def export_labels_csv(session: Session, *, dataset: Dataset, out: TextIO) -> int:
-    """Write every label of ``dataset`` as CSV (:data:`EXPORT_COLUMNS`); returns the count."""
-    writer = csv.DictWriter(out, fieldnames=list(EXPORT_COLUMNS), extrasaction="ignore")
-    writer.writeheader()
-    count = 0
-    for row in _label_rows(session, dataset=dataset):
-        writer.writerow(row)
-        count += 1
-    return count
-
-
-def export_labels_json(session: Session, *, dataset: Dataset, out: TextIO) -> int:
-    """Write every label of ``dataset`` as one JSON object; returns the count."""
-    header: Mapping[str, Any] = {
-        "dataset": dataset.name,
-        "voxel_size": list(dataset.voxel_size or []),
-        "patch_size": dataset.patch_size,
-        "mag": dataset.mag,
-    }
-    out.write("{\n")
-    for key, value in header.items():
-        out.write(f"  {json.dumps(key)}: {json.dumps(value)},\n")
-    out.write('  "labels": [')
-    count = 0
-    for row in _label_rows(session, dataset=dataset):
-        out.write(("," if count else "") + "\n    " + json.dumps(row))
-        count += 1
-    out.write("\n  ]\n}\n")
-    return count

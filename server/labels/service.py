@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from models.vocab import ARTIFACT_TYPES
 from server.db.base import write_transaction
 from server.db.tables import LABEL_SOURCES, LABEL_VALUES, Annotator, Dataset, Job, Label
-from server.errors import InvalidInput
+from server.errors import Conflict, InvalidInput
 from server.jobs.queue import JobSender
 from server.runtime import Runtime
 
@@ -71,46 +72,94 @@ def create_label(
         raise InvalidInput(f"unknown label source {source!r}")
     validate_label(dataset, new)
     if idempotency_key and not key_checked:
-        existing = find_by_key(session, annotator=annotator.name, key=idempotency_key)
+        existing = find_by_key(
+            session,
+            annotator=annotator.name,
+            key=idempotency_key,
+            expect=new,
+            dataset_id=dataset.id,
+            task_id=task_id,
+        )
         if existing is not None:
             return existing, False
-    label = Label(
-        dataset_id=dataset.id,
-        x=new.x,
-        y=new.y,
-        z=new.z,
-        w=new.w,
-        h=new.h,
-        label=new.label,
-        artifact_type=new.artifact_type,
-        annotator=annotator.name,
-        annotator_id=annotator.id,
-        source=source,
-        source_ref=source_ref,
-        task_id=task_id,
-        idempotency_key=idempotency_key or None,
-    )
-    if idempotency_key:
-        # Two identical requests racing: the unique key lets exactly one insert win.
-        try:
-            with session.begin_nested():
-                session.add(label)
-                session.flush()
-        except IntegrityError:
-            existing = find_by_key(session, annotator=annotator.name, key=idempotency_key)
-            if existing is None:
-                raise
-            return existing, False
-    else:
+    values: dict[str, Any] = {
+        "dataset_id": dataset.id,
+        "x": new.x,
+        "y": new.y,
+        "z": new.z,
+        "w": new.w,
+        "h": new.h,
+        "label": new.label,
+        "artifact_type": new.artifact_type,
+        "annotator": annotator.name,
+        "annotator_id": annotator.id,
+        "source": source,
+        "source_ref": source_ref,
+        "task_id": task_id,
+        "idempotency_key": idempotency_key or None,
+    }
+    if not idempotency_key:
+        label = Label(**values)
         session.add(label)
         session.flush()
-    return label, True
+        return label, True
+    # Two identical requests racing: the unique key lets exactly one insert win, in one
+    # statement (a savepoint around the insert would cost two more round trips per label).
+    on_key = ["annotator", "idempotency_key"]
+    stmt = (
+        postgresql_insert(Label).values(**values).on_conflict_do_nothing(index_elements=on_key)
+        if session.get_bind().dialect.name == "postgresql"
+        else sqlite_insert(Label).values(**values).on_conflict_do_nothing(index_elements=on_key)
+    ).returning(Label)
+    inserted = session.scalars(stmt).first()
+    if inserted is not None:
+        return inserted, True
+    existing = find_by_key(
+        session,
+        annotator=annotator.name,
+        key=idempotency_key,
+        expect=new,
+        dataset_id=dataset.id,
+        task_id=task_id,
+    )
+    if existing is None:  # pragma: no cover - the conflicting row cannot vanish in between
+        raise Conflict(f"idempotency key {idempotency_key!r} is in use; retry")
+    return existing, False
 
 
-def find_by_key(session: Session, *, annotator: str, key: str) -> Label | None:
-    return session.scalar(
+def find_by_key(
+    session: Session,
+    *,
+    annotator: str,
+    key: str,
+    expect: NewLabel | None = None,
+    dataset_id: int | None = None,
+    task_id: int | None = None,
+) -> Label | None:
+    """The label ``annotator`` gave with idempotency ``key``, if any.
+
+    With ``expect``, the key must have been used for the same request: the same task (or,
+    for a label without a task, the same dataset and position) and the same verdict.
+    Anything else is a reuse of the key and raises :class:`Conflict`.
+    """
+    found = session.scalar(
         select(Label).where(Label.annotator == annotator, Label.idempotency_key == key)
     )
+    if found is None or expect is None:
+        return found
+    if found.task_id != task_id or (
+        task_id is None
+        and (found.dataset_id, found.x, found.y, found.z, found.w, found.h)
+        != (dataset_id, expect.x, expect.y, expect.z, expect.w, expect.h)
+    ):
+        where = f"task {found.task_id}" if found.task_id is not None else "another patch"
+        raise Conflict(f"idempotency key {key!r} was already used for {where}")
+    if (found.label, found.artifact_type) != (expect.label, expect.artifact_type):
+        raise Conflict(
+            f"idempotency key {key!r} was already used with the verdict {found.label!r}"
+            + (f" ({found.artifact_type})" if found.artifact_type else "")
+        )
+    return found
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Property-based run over the OpenAPI schema against the real server: no 5xx, ever."""
+"""Property-based run over the OpenAPI schema against the real server: no 5xx, ever, and
+every answer (status code, content type, body) is one the schema declares."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from dataclasses import dataclass
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from server.auth import create_token
 from server.datasets.service import register_dataset
@@ -64,5 +70,13 @@ schema = schemathesis.from_pytest_fixture("api_schema")
 )
 def test_no_server_errors(case: schemathesis.Case, live: Live) -> None:
     response = case.call(headers=live.headers, timeout=60)
-    case.validate_response(response, checks=(not_a_server_error,))
+    case.validate_response(
+        response,
+        checks=(
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        ),
+    )
     assert "Traceback" not in response.text
