@@ -106,8 +106,15 @@ def bootstrap_intervals(
     fp = (pred & ~truth).sum(axis=1)
     fn = (~pred & truth).sum(axis=1)
     f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
-    pr_auc = np.array([average_precision(truth[i], score[i]) for i in range(resamples)])
-    p90 = np.array([precision_at_recall(truth[i], score[i], 0.9) for i in range(resamples)])
+    # ranking metrics of all resamples at once: sort each row by score, highest first (ties
+    # in any order; probabilities in float64 rarely tie)
+    order = np.argsort(-score, axis=1)
+    hits = np.take_along_axis(truth, order, axis=1)
+    tp_at = np.cumsum(hits, axis=1)
+    precision_at = tp_at / np.arange(1, hits.shape[1] + 1)
+    pr_auc = (precision_at * hits).sum(axis=1) / pos.size  # average precision
+    reached = tp_at >= 0.9 * pos.size - 1e-9
+    p90 = np.where(reached, precision_at, 0.0).max(axis=1)
     tail = (1 - level) / 2 * 100
     out: dict[str, list[float] | None] = {}
     for name, values in zip(names, (f1, pr_auc, p90), strict=True):

@@ -266,8 +266,8 @@ def change_verdict(
     position = NewLabel(
         x=old.x, y=old.y, z=old.z, w=old.w, h=old.h, label=label, artifact_type=artifact_type
     )
-    session.delete(old)
-    session.flush()
+    # the new one first: its id is then above every existing one on SQLite too (which
+    # reuses the highest id once it is deleted), so a training snapshot counts the change
     created, _ = create_label(
         session,
         dataset=dataset,
@@ -277,6 +277,8 @@ def change_verdict(
         source_ref=source_ref,
         task_id=task_id,
     )
+    session.delete(old)
+    session.flush()
     return created
 
 

@@ -26,6 +26,8 @@ def held_back_reason(candidate: ModelVersion, incumbent: ModelVersion) -> str | 
     value itself when it has no interval). Versions without audit metrics are not compared."""
     new = (candidate.metrics or {}).get("audit") or {}
     old = (incumbent.metrics or {}).get("audit") or {}
+    if not (_measured(new) and _measured(old)):
+        return None
     for name in COMPARED_METRICS:
         value, before = new.get(name), old.get(name)
         if value is None or before is None:
@@ -38,6 +40,17 @@ def held_back_reason(candidate: ModelVersion, incumbent: ModelVersion) -> str | 
                 f"{float(before):.3f} of version {incumbent.id}"
             )
     return None
+
+
+def _measured(audit: dict[str, object]) -> bool:
+    """An audit set with both classes: without one, F1 0.0 or a missing PR-AUC is no
+    measurement (older metrics without the counts are taken as measured)."""
+    positives, negatives = audit.get("positives"), audit.get("negatives")
+    if positives is None:
+        return True
+    if negatives is None and isinstance(audit.get("n"), int):
+        negatives = int(audit["n"]) - int(positives)  # type: ignore[call-overload]
+    return bool(positives) and (negatives is None or bool(negatives))
 
 
 def _automatic_choice(
