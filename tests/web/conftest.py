@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -65,8 +66,6 @@ def audit_metrics(
 ) -> dict[str, Any]:
     """Audit metrics as the training step stores them (``classification_report`` plus examples);
     ``f1=None``: an audit set without artifacts, so nothing is measured."""
-    import numpy as np
-
     if f1 is None:
         return {
             "audit": {"n": 30, "positives": 0, "negatives": 30, "f1": 0.0, "pr_auc": None},
@@ -129,11 +128,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         grid = grid_of(dataset)
         origins = [tuple(int(v) for v in o) for o in grid.origins(list(range(len(grid))))]
         middle = [o for o in origins if o[2] == 1]  # sections above and below exist
+        ranks = np.random.default_rng(7).permutation(TASKS)  # the queue wanders the section
         for i, (x, y, z) in enumerate(middle[:TASKS]):
             session.add(
                 AnnotationTask(
                     dataset_id=dataset.id, kind="proposal", grid_index=i, x=x, y=y, z=z,
-                    w=140, h=140, rank=i, reason="uncertain", status="open", p_artifact=0.5,
+                    w=140, h=140, rank=int(ranks[i]), reason="uncertain", status="open",
+                    p_artifact=round(0.3 + 0.4 * ranks[i] / TASKS, 2),
                 )
             )  # fmt: skip
         ae = ModelVersion(
