@@ -74,8 +74,9 @@ def test_a_worse_new_version_is_kept_flagged_and_not_activated(tmp_path: Path) -
         # within its interval (0.88 up to 0.93 >= 0.91): noise, the newer one takes over
         close = _record(session, dataset, _audit(f1=0.88, pr_auc=0.92))
         assert close.active and not good.active
-        # without audit metrics nothing says it is worse: the newest wins
-        unmeasured = _record(session, dataset, {"audit": {"n": 0, "f1": None, "pr_auc": None}})
+        # an audit set without artifacts measures nothing (F1 0.0 is no value): the newest wins
+        no_artifacts = {"n": 30, "positives": 0, "negatives": 30, "f1": 0.0, "pr_auc": None}
+        unmeasured = _record(session, dataset, {"audit": no_artifacts})
         assert unmeasured.active
 
         # an admin may still activate the held-back one; unpinning returns to the rule
