@@ -71,10 +71,63 @@ def precision_at_recall(y_true: np.ndarray, scores: np.ndarray, recall: float = 
     return float(precision[ok].max()) if ok.any() else 0.0
 
 
+def bootstrap_intervals(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    resamples: int = 500,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float] | None]:
+    """Percentile bootstrap intervals of F1, PR-AUC and precision at recall 0.9.
+
+    Resampling is stratified (positives and negatives drawn separately), so every resample
+    keeps the set's prevalence and has artifacts to rank; with no positive or no negative
+    there is nothing to resample and every interval is ``None``.
+    """
+    t = np.asarray(y_true).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    pos, neg = np.flatnonzero(t), np.flatnonzero(~t)
+    names = ("f1", "pr_auc", "precision_at_recall_0.9")
+    if pos.size == 0 or neg.size == 0:
+        return dict.fromkeys(names, None)
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate(
+        [
+            pos[rng.integers(0, pos.size, size=(resamples, pos.size))],
+            neg[rng.integers(0, neg.size, size=(resamples, neg.size))],
+        ],
+        axis=1,
+    )
+    truth, score = t[idx], s[idx]
+    pred = score >= threshold
+    tp = (pred & truth).sum(axis=1)
+    fp = (pred & ~truth).sum(axis=1)
+    fn = (~pred & truth).sum(axis=1)
+    f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    # ranking metrics of all resamples at once: sort each row by score, highest first (ties
+    # in any order; probabilities in float64 rarely tie)
+    order = np.argsort(-score, axis=1)
+    hits = np.take_along_axis(truth, order, axis=1)
+    tp_at = np.cumsum(hits, axis=1)
+    precision_at = tp_at / np.arange(1, hits.shape[1] + 1)
+    pr_auc = (precision_at * hits).sum(axis=1) / pos.size  # average precision
+    reached = tp_at >= 0.9 * pos.size - 1e-9
+    p90 = np.where(reached, precision_at, 0.0).max(axis=1)
+    tail = (1 - level) / 2 * 100
+    out: dict[str, list[float] | None] = {}
+    for name, values in zip(names, (f1, pr_auc, p90), strict=True):
+        lo, hi = np.percentile(values, [tail, 100 - tail])
+        out[name] = [round(float(lo), 4), round(float(hi), 4)]
+    return out
+
+
 def classification_report(
     y_true: np.ndarray, scores: np.ndarray, *, threshold: float = 0.5
 ) -> dict[str, Any]:
-    """Everything the dashboard and the benchmark report, JSON-ready."""
+    """Everything the dashboard and the benchmark report, JSON-ready; ``intervals`` holds
+    bootstrap 95% intervals of the headline metrics."""
     t = np.asarray(y_true).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
     pred = s >= threshold
@@ -88,6 +141,7 @@ def classification_report(
     return {
         "n": int(t.size),
         "positives": int(t.sum()),
+        "negatives": int((~t).sum()),
         "threshold": float(threshold),
         "accuracy": float((pred == t).mean()) if t.size else float("nan"),
         "precision": float(precision),
@@ -101,6 +155,7 @@ def classification_report(
             "recall": [round(float(v), 4) for v in rec_curve[::step]],
             "precision": [round(float(v), 4) for v in prec_curve[::step]],
         },
+        "intervals": bootstrap_intervals(t, s, threshold=threshold),
     }
 
 

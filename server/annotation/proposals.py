@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from server.datasets.service import patch_extent
@@ -169,7 +169,32 @@ def replace_proposals(
         row["rank"] = rank * 4 // 3
     if rows:
         session.execute(insert(AnnotationTask), rows)
+    _interleave_audit(session, dataset_id=dataset.id)
     return len(rows)
+
+
+def _interleave_audit(session: Session, *, dataset_id: int) -> None:
+    """Ranks start again at 0 with every batch: the open audit patches are ranked anew, one
+    in every four tasks, so the audit set keeps getting labels instead of waiting behind
+    every batch to come."""
+    waiting = session.execute(
+        select(AnnotationTask.id)
+        .where(
+            AnnotationTask.dataset_id == dataset_id,
+            AnnotationTask.kind == "audit",
+            AnnotationTask.status == "open",
+        )
+        .order_by(AnnotationTask.rank, AnnotationTask.id)
+    ).scalars()
+    params = [{"task_id": task_id, "new_rank": i * 4 + 3} for i, task_id in enumerate(waiting)]
+    if params:
+        table = AnnotationTask.__table__
+        session.connection().execute(
+            update(table)
+            .where(table.c.id == bindparam("task_id"))
+            .values(rank=bindparam("new_rank")),
+            params,
+        )
 
 
 def _unique(picks: list[dict[str, Any]], blocked: set[int]) -> list[dict[str, Any]]:

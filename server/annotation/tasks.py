@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from server.db.base import utcnow
-from server.db.tables import AnnotationTask, Annotator, Dataset, Label
+from server.db.tables import AnnotationTask, Annotator, Dataset, Label, TaskSkip
 from server.errors import Conflict, NotFound
 from server.labels.service import NewLabel, create_label
 
@@ -50,9 +50,16 @@ def lease_next(
     reclaim_expired(session, dataset_id=dataset_id)
     _release_surplus(session, dataset_id=dataset_id, annotator=annotator, now=now)
     # (dataset_id, status, rank, id) is an index: this reads one row, not the queue.
+    passed = select(TaskSkip.task_id).where(
+        TaskSkip.annotator_id == annotator.id, TaskSkip.task_id == AnnotationTask.id
+    )
     stmt = (
         select(AnnotationTask)
-        .where(AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == "open")
+        .where(
+            AnnotationTask.dataset_id == dataset_id,
+            AnnotationTask.status == "open",
+            ~passed.exists(),  # a task someone skipped goes to the others, not back to them
+        )
         .order_by(AnnotationTask.rank, AnnotationTask.id)
         .limit(1)
     )
@@ -234,17 +241,109 @@ def _task_label(task: AnnotationTask, *, label: str, artifact_type: str | None) 
     )
 
 
-def skip_task(session: Session, *, task_id: int, annotator: Annotator) -> AnnotationTask:
+def skip_task(
+    session: Session, *, task_id: int, annotator: Annotator, unsure: bool = False
+) -> AnnotationTask:
+    """Pass on a task: it goes back to the queue for the other annotators, never again to
+    this one. ``unsure`` also puts the patch on the review list."""
     task = get_task(session, task_id, lock=True)
     if _leased_by_other(task, annotator):
         raise Conflict(f"task {task_id} is leased by another annotator")
     if task.status == "labelled":
         raise Conflict(f"task {task_id} is already labelled")
-    task.status = "skipped"
-    task.lease_holder_id = annotator.id
+    if task.status == "retired":
+        raise Conflict(f"task {task_id} was retired: ask for the next task")
+    skip = session.scalar(
+        select(TaskSkip).where(TaskSkip.task_id == task.id, TaskSkip.annotator_id == annotator.id)
+    )
+    if skip is None:
+        session.add(TaskSkip(task_id=task.id, annotator_id=annotator.id, unsure=unsure))
+    else:
+        skip.unsure = skip.unsure or unsure
+    task.status = "open"
+    task.lease_holder_id = None
     task.lease_expires_at = None
     session.flush()
     return task
+
+
+def undo_skip(
+    session: Session, *, task_id: int, annotator: Annotator, lease_seconds: int
+) -> AnnotationTask:
+    """Take a skip back: the task is leased to the annotator again, if nobody took it."""
+    task = get_task(session, task_id, lock=True)
+    skip = session.scalar(
+        select(TaskSkip).where(TaskSkip.task_id == task.id, TaskSkip.annotator_id == annotator.id)
+    )
+    if skip is None:
+        raise Conflict(f"you did not skip task {task_id}")
+    if task.status != "open":
+        raise Conflict(f"task {task_id} is {task.status} now: someone else took it")
+    session.delete(skip)
+    task.status = "leased"
+    task.lease_holder_id = annotator.id
+    task.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+    session.flush()
+    return task
+
+
+def review_list(
+    session: Session, *, dataset_id: int, limit: int, offset: int
+) -> tuple[list[tuple[AnnotationTask, int]], int]:
+    """Tasks flagged "unsure" by at least one annotator, with how many flagged them."""
+    flagged = (
+        select(TaskSkip.task_id, func.count(TaskSkip.id).label("flags"))
+        .where(TaskSkip.unsure.is_(True))
+        .group_by(TaskSkip.task_id)
+        .subquery()
+    )
+    stmt = (
+        select(AnnotationTask, flagged.c.flags)
+        .join(flagged, flagged.c.task_id == AnnotationTask.id)
+        .where(AnnotationTask.dataset_id == dataset_id)
+    )
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.execute(
+        stmt.order_by(AnnotationTask.rank, AnnotationTask.id).limit(limit).offset(offset)
+    ).all()
+    return [(task, int(flags)) for task, flags in rows], int(total)
+
+
+def change_verdict(
+    session: Session,
+    *,
+    label_id: int,
+    annotator: Annotator,
+    label: str,
+    artifact_type: str | None,
+) -> Label:
+    """Replace one of the annotator's labels by a new verdict on the same patch. The new
+    label gets a new id, so the next training snapshot counts it."""
+    old = session.get(Label, label_id)
+    if old is None:
+        raise NotFound(f"no label {label_id}")
+    if old.annotator_id != annotator.id:
+        raise Conflict(f"label {label_id} is not yours to change")
+    dataset = session.get(Dataset, old.dataset_id)
+    assert dataset is not None
+    task_id, source_ref, source = old.task_id, old.source_ref, old.source
+    position = NewLabel(
+        x=old.x, y=old.y, z=old.z, w=old.w, h=old.h, label=label, artifact_type=artifact_type
+    )
+    # the new one first: its id is then above every existing one on SQLite too (which
+    # reuses the highest id once it is deleted), so a training snapshot counts the change
+    created, _ = create_label(
+        session,
+        dataset=dataset,
+        new=position,
+        annotator=annotator,
+        source=source if source in ("ui", "api") else "ui",
+        source_ref=source_ref,
+        task_id=task_id,
+    )
+    session.delete(old)
+    session.flush()
+    return created
 
 
 def release_task(session: Session, *, task_id: int, annotator: Annotator) -> AnnotationTask:
@@ -257,25 +356,3 @@ def release_task(session: Session, *, task_id: int, annotator: Annotator) -> Ann
     task.lease_expires_at = None
     session.flush()
     return task
-
-
-def task_counts(session: Session, *, dataset_id: int) -> dict[str, int]:
-    now = utcnow()
-    counts = {
-        status: int(n)
-        for status, n in session.execute(
-            select(AnnotationTask.status, func.count(AnnotationTask.id))
-            .where(AnnotationTask.dataset_id == dataset_id)
-            .group_by(AnnotationTask.status)
-        ).all()
-    }
-    # leases that ran out count as available: the next `next` call reclaims them
-    expired = session.scalar(
-        select(func.count(AnnotationTask.id)).where(
-            AnnotationTask.dataset_id == dataset_id,
-            AnnotationTask.status == "leased",
-            AnnotationTask.lease_expires_at < now,
-        )
-    )
-    counts["available"] = counts.get("open", 0) + int(expired or 0)
-    return counts

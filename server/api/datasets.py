@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.annotation.tasks import get_task, task_counts
+from server.annotation.progress import task_counts
+from server.annotation.tasks import get_task
 from server.api.deps import (
     AdminUser,
     CurrentUser,

@@ -19,6 +19,7 @@ from server.api.deps import (
 from server.api.schemas import (
     ArtifactType,
     ImportReportOut,
+    LabelChange,
     LabelCreate,
     LabelOut,
     LabelValue,
@@ -142,6 +143,33 @@ def undo(label_id: LabelId, state: StateDep, user: CurrentUser) -> Response:
                 task.lease_holder_id = user.id
                 task.lease_expires_at = utcnow() + timedelta(seconds=state.settings.lease_seconds)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put(
+    "/labels/{label_id}",
+    response_model=LabelOut,
+    summary="Change your verdict on a patch",
+    description="The old label is replaced by a new one (a new id, the same patch and task), "
+    "so the next training counts the change.",
+    responses={409: {"description": "The label is someone else's"}},
+)
+def change(label_id: LabelId, body: LabelChange, state: StateDep, user: CurrentUser) -> LabelOut:
+    from server.annotation.tasks import change_verdict
+
+    if body.artifact_type is not None and body.label != "artifact":
+        raise InvalidInput("only artifact labels carry an artifact type")
+    with write_transaction(state.runtime.sessions) as session:
+        label = change_verdict(
+            session,
+            label_id=label_id,
+            annotator=user,
+            label=body.label,
+            artifact_type=body.artifact_type,
+        )
+        out = LabelOut.model_validate(label)
+        dataset_id = label.dataset_id
+    labels_arrived(state.runtime, state.sender, dataset_id=dataset_id)
+    return out
 
 
 @router.get(

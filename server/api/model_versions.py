@@ -20,7 +20,7 @@ from server.api.schemas import ModelVersionDetail, ModelVersionOut, PageOf
 from server.datasets.service import get_dataset
 from server.db.tables import ModelVersion
 from server.jobs import state as jobs
-from server.versions.service import activate_version, get_version, unpin
+from server.versions.service import activate_version, get_version, held_back_versions, unpin
 
 router = APIRouter(tags=["models"])
 
@@ -45,8 +45,12 @@ def list_versions(
     rows = session.scalars(
         stmt.order_by(ModelVersion.id.desc()).limit(page.limit).offset(page.offset)
     )
+    held = held_back_versions(session, dataset_id=dataset_id, kind="classifier")
     return PageOf(
-        items=[ModelVersionOut.model_validate(r) for r in rows],
+        items=[
+            ModelVersionOut.model_validate(r).model_copy(update={"held_back": held.get(r.id)})
+            for r in rows
+        ],
         total=total,
         limit=page.limit,
         offset=page.offset,
@@ -55,7 +59,11 @@ def list_versions(
 
 @router.get("/models/{version_id}", response_model=ModelVersionDetail, summary="One version")
 def get_one(version_id: VersionId, session: SessionDep, _user: CurrentUser) -> ModelVersionDetail:
-    return ModelVersionDetail.model_validate(get_version(session, version_id))
+    version = get_version(session, version_id)
+    held = held_back_versions(session, dataset_id=version.dataset_id, kind=version.kind)
+    return ModelVersionDetail.model_validate(version).model_copy(
+        update={"held_back": held.get(version.id)}
+    )
 
 
 @router.post(

@@ -111,6 +111,33 @@ class TaskOut(Orm):
     status: str
     lease_expires_at: UtcDateTime | None
     image_url: str = ""
+    webknossos_url: str | None = Field(
+        default=None,
+        description="The patch centre in webKnossos, when the dataset is on a webKnossos server "
+        "or linked to one.",
+    )
+
+
+class ReviewTaskOut(TaskOut):
+    unsure_flags: int = Field(description="Annotators who flagged the patch as unsure")
+
+
+class SkipTask(BaseModel):
+    unsure: bool = Field(
+        default=False, description="The annotator cannot decide: put the patch on the review list"
+    )
+
+
+class LabellingProgress(BaseModel):
+    remaining: int = Field(description="Open tasks (counted up to 1000)")
+    labels_total: int
+    my_labels_last_hour: int
+    labels_since_training: int = Field(description="Labels added since the last training began")
+    retrain_every: int
+    labels_until_training: int = Field(description="0: a training starts with the next label")
+    training: dict[str, Any] | None = Field(
+        description="The training job waiting or running (id, state, progress, message), if any"
+    )
 
 
 class NextTask(BaseModel):
@@ -134,6 +161,15 @@ class LabelTask(BaseModel):
         default=None, min_length=1, max_length=200, description="Repeat-safe request key."
     )
     source: Literal["ui", "api"] = "api"
+
+
+class LabelChange(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"label": "artifact", "artifact_type": "fold"}]}
+    )
+
+    label: LabelValue
+    artifact_type: ArtifactType | None = None
 
 
 # -- labels ------------------------------------------------------------------------------------
@@ -202,6 +238,11 @@ class ModelVersionOut(Orm):
     pinned: bool
     created_at: UtcDateTime
     metrics: dict[str, Any]
+    held_back: str | None = Field(
+        default=None,
+        description="Why this newer version was not made active automatically (worse on the "
+        "audit set than the active one beyond its interval); an admin may still activate it.",
+    )
 
 
 class ModelVersionDetail(ModelVersionOut):

@@ -1,4 +1,5 @@
-"""Annotation tasks: lease the next one, label, skip, release."""
+"""Annotation tasks: lease the next one, label, skip (and take a skip back), release, the
+review list of unsure patches and the labelling progress."""
 
 from __future__ import annotations
 
@@ -7,28 +8,47 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
+from server.annotation.progress import labelling_progress
 from server.annotation.tasks import (
     get_task,
     label_task,
     lease_next,
     open_task_count,
     release_task,
+    review_list,
     skip_task,
+    undo_skip,
 )
 from server.api.deps import CurrentUser, DatasetId, PageDep, SessionDep, StateDep, TaskId
-from server.api.schemas import LabelOut, LabelTask, NextTask, PageOf, TaskOut
+from server.api.schemas import (
+    LabellingProgress,
+    LabelOut,
+    LabelTask,
+    NextTask,
+    PageOf,
+    ReviewTaskOut,
+    SkipTask,
+    TaskOut,
+)
 from server.datasets.service import get_dataset
 from server.db.base import write_transaction
-from server.db.tables import TASK_KINDS, TASK_STATUSES, AnnotationTask
+from server.db.tables import TASK_KINDS, TASK_STATUSES, AnnotationTask, Dataset
 from server.errors import InvalidInput
 from server.labels.service import labels_arrived
+from server.webknossos.links import position_url
 
 router = APIRouter(tags=["tasks"])
 
 
-def task_out(task: AnnotationTask) -> TaskOut:
+def task_out(
+    task: AnnotationTask, *, dataset: Dataset | None = None, server: str | None = None
+) -> TaskOut:
     out = TaskOut.model_validate(task)
     out.image_url = f"/api/v1/tasks/{task.id}/image.png"
+    if dataset is not None:
+        out.webknossos_url = position_url(
+            dataset, server=server, x=task.x, y=task.y, z=task.z, w=task.w, h=task.h
+        )
     return out
 
 
@@ -41,7 +61,7 @@ def task_out(task: AnnotationTask) -> TaskOut:
 )
 def next_task(dataset_id: DatasetId, state: StateDep, user: CurrentUser) -> NextTask:
     with write_transaction(state.runtime.sessions) as session:
-        get_dataset(session, dataset_id)
+        dataset = get_dataset(session, dataset_id)
         task = lease_next(
             session,
             dataset_id=dataset_id,
@@ -55,7 +75,10 @@ def next_task(dataset_id: DatasetId, state: StateDep, user: CurrentUser) -> Next
                 remaining=0,
                 message="no tasks left: the model proposes more after the next training",
             )
-        return NextTask(task=task_out(task), remaining=remaining)
+        return NextTask(
+            task=task_out(task, dataset=dataset, server=state.settings.wk_url),
+            remaining=remaining,
+        )
 
 
 @router.get(
@@ -66,6 +89,7 @@ def next_task(dataset_id: DatasetId, state: StateDep, user: CurrentUser) -> Next
 def list_tasks(
     dataset_id: DatasetId,
     session: SessionDep,
+    state: StateDep,
     page: PageDep,
     _user: CurrentUser,
     status: Annotated[str | None, Query(description="open, leased, labelled, ...")] = None,
@@ -73,7 +97,7 @@ def list_tasks(
 ) -> PageOf[TaskOut]:
     from sqlalchemy import func
 
-    get_dataset(session, dataset_id)
+    dataset = get_dataset(session, dataset_id)
     if status is not None and status not in TASK_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(TASK_STATUSES)}")
     if kind is not None and kind not in TASK_KINDS:
@@ -88,13 +112,57 @@ def list_tasks(
         stmt.order_by(AnnotationTask.rank, AnnotationTask.id).limit(page.limit).offset(page.offset)
     )
     return PageOf(
-        items=[task_out(t) for t in rows], total=total, limit=page.limit, offset=page.offset
+        items=[task_out(t, dataset=dataset, server=state.settings.wk_url) for t in rows],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+    )
+
+
+@router.get(
+    "/datasets/{dataset_id}/tasks/review",
+    response_model=PageOf[ReviewTaskOut],
+    summary="Patches annotators flagged as unsure, for a second look",
+)
+def list_review(
+    dataset_id: DatasetId, session: SessionDep, state: StateDep, page: PageDep, _user: CurrentUser
+) -> PageOf[ReviewTaskOut]:
+    dataset = get_dataset(session, dataset_id)
+    rows, total = review_list(session, dataset_id=dataset_id, limit=page.limit, offset=page.offset)
+    items = [
+        ReviewTaskOut(
+            **task_out(t, dataset=dataset, server=state.settings.wk_url).model_dump(),
+            unsure_flags=flags,
+        )
+        for t, flags in rows
+    ]
+    return PageOf(items=items, total=total, limit=page.limit, offset=page.offset)
+
+
+@router.get(
+    "/datasets/{dataset_id}/progress",
+    response_model=LabellingProgress,
+    summary="Labelling progress: the caller's rate, labels until the next training, training",
+)
+def progress(
+    dataset_id: DatasetId, session: SessionDep, state: StateDep, user: CurrentUser
+) -> LabellingProgress:
+    get_dataset(session, dataset_id)
+    return LabellingProgress.model_validate(
+        labelling_progress(
+            session,
+            dataset_id=dataset_id,
+            annotator=user,
+            retrain_every=state.settings.retrain_every,
+        )
     )
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, summary="One task")
-def get_one(task_id: TaskId, session: SessionDep, _user: CurrentUser) -> TaskOut:
-    return task_out(get_task(session, task_id))
+def get_one(task_id: TaskId, session: SessionDep, state: StateDep, _user: CurrentUser) -> TaskOut:
+    task = get_task(session, task_id)
+    dataset = get_dataset(session, task.dataset_id)
+    return task_out(task, dataset=dataset, server=state.settings.wk_url)
 
 
 @router.post(
@@ -123,10 +191,36 @@ def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) 
     return out
 
 
-@router.post("/tasks/{task_id}/skip", response_model=TaskOut, summary="Skip a task")
-def skip(task_id: TaskId, state: StateDep, user: CurrentUser) -> TaskOut:
+@router.post(
+    "/tasks/{task_id}/skip",
+    response_model=TaskOut,
+    summary="Skip a task: it goes back to the queue for the other annotators",
+    description="The caller is not offered it again. With `unsure` the patch also goes to the "
+    "review list (`GET /datasets/{id}/tasks/review`).",
+)
+def skip(
+    task_id: TaskId, state: StateDep, user: CurrentUser, body: SkipTask | None = None
+) -> TaskOut:
     with write_transaction(state.runtime.sessions) as session:
-        return task_out(skip_task(session, task_id=task_id, annotator=user))
+        task = skip_task(
+            session, task_id=task_id, annotator=user, unsure=body.unsure if body else False
+        )
+        return task_out(task)
+
+
+@router.post(
+    "/tasks/{task_id}/unskip",
+    response_model=TaskOut,
+    summary="Take a skip back: the task is leased to the caller again",
+    responses={409: {"description": "Not skipped by the caller, or someone else has it now"}},
+)
+def unskip(task_id: TaskId, state: StateDep, user: CurrentUser) -> TaskOut:
+    with write_transaction(state.runtime.sessions) as session:
+        task = undo_skip(
+            session, task_id=task_id, annotator=user, lease_seconds=state.settings.lease_seconds
+        )
+        dataset = get_dataset(session, task.dataset_id)
+        return task_out(task, dataset=dataset, server=state.settings.wk_url)
 
 
 @router.post("/tasks/{task_id}/release", response_model=TaskOut, summary="Give a leased task back")

@@ -274,3 +274,20 @@ class WkAnnotation(Base):
     __table_args__ = (
         UniqueConstraint("dataset_id", "annotation_id", name="uq_wk_annotations_annotation"),
     )
+
+
+class TaskSkip(Base):
+    """An annotator passed on a task: it goes back to the queue for the others. ``unsure``
+    marks a patch the annotator could not decide, for the review list."""
+
+    __tablename__ = "task_skips"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(
+        ForeignKey("annotation_tasks.id", ondelete="CASCADE"), index=True
+    )
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id", ondelete="CASCADE"))
+    unsure: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("task_id", "annotator_id", name="uq_task_skips_once"),)

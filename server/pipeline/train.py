@@ -239,6 +239,10 @@ def after(ctx: StepContext, job: Job) -> None:
 
     with write_transaction(ctx.sessions) as session:
         version_id = job.result.get("model_version_id")
+        if version_id is not None:
+            # a version held back (worse on the audit set) does not choose what is labelled
+            active = active_model(session, dataset_id=job.dataset_id or 0, kind="classifier")
+            version_id = active.id if active is not None else version_id
         if version_id is not None and ctx.settings.acquisition in NEEDS_SCORES:
             ctx.start(
                 session,

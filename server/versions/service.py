@@ -1,5 +1,9 @@
 """Model versions: which one is active, activation (an admin pins one; unpinning goes back
-to the newest successful version), and where their files live."""
+to the automatic choice), and where their files live.
+
+The automatic choice: the newest ready autoencoder; for classifiers, each new ready version
+replaces the one active before it unless it is worse on the audit set beyond its bootstrap
+interval (then it is kept, flagged as held back, and an admin may still activate it)."""
 
 from __future__ import annotations
 
@@ -12,20 +16,90 @@ from server.db.tables import ModelVersion
 from server.errors import Conflict, NotFound
 from server.settings import Settings
 
+# Audit metrics the rule compares; a version must not be worse on any of them.
+COMPARED_METRICS = ("pr_auc", "f1")
+
+
+def held_back_reason(candidate: ModelVersion, incumbent: ModelVersion) -> str | None:
+    """Why ``candidate`` must not replace ``incumbent`` automatically, or ``None``: the
+    incumbent's audit value lies above the upper end of the candidate's 95% interval (its
+    value itself when it has no interval). Versions without audit metrics are not compared."""
+    new = (candidate.metrics or {}).get("audit") or {}
+    old = (incumbent.metrics or {}).get("audit") or {}
+    if not (_measured(new) and _measured(old)):
+        return None
+    for name in COMPARED_METRICS:
+        value, before = new.get(name), old.get(name)
+        if value is None or before is None:
+            continue
+        interval = (new.get("intervals") or {}).get(name)
+        upper = float(interval[1]) if interval and interval[1] is not None else float(value)
+        if float(before) > upper:
+            return (
+                f"audit {name} {float(value):.3f} (95% interval up to {upper:.3f}) is below "
+                f"{float(before):.3f} of version {incumbent.id}"
+            )
+    return None
+
+
+def _measured(audit: dict[str, object]) -> bool:
+    """An audit set with both classes: without one, F1 0.0 or a missing PR-AUC is no
+    measurement (older metrics without the counts are taken as measured)."""
+    positives, negatives = audit.get("positives"), audit.get("negatives")
+    if positives is None:
+        return True
+    if negatives is None and isinstance(audit.get("n"), int):
+        negatives = int(audit["n"]) - int(positives)  # type: ignore[call-overload]
+    return bool(positives) and (negatives is None or bool(negatives))
+
+
+def _automatic_choice(
+    session: Session, *, dataset_id: int, kind: str
+) -> tuple[ModelVersion | None, dict[int, str]]:
+    ready = list(
+        session.scalars(
+            select(ModelVersion)
+            .where(
+                ModelVersion.dataset_id == dataset_id,
+                ModelVersion.kind == kind,
+                ModelVersion.status == "ready",
+            )
+            .order_by(ModelVersion.id)
+        )
+    )
+    if kind != "classifier":
+        return (ready[-1] if ready else None), {}
+    chosen: ModelVersion | None = None
+    held: dict[int, str] = {}
+    for version in ready:  # in the order they were made: each meets the one active then
+        reason = held_back_reason(version, chosen) if chosen is not None else None
+        if reason is None:
+            chosen = version
+        else:
+            held[version.id] = reason
+    return chosen, held
+
+
+def held_back_versions(session: Session, *, dataset_id: int, kind: str) -> dict[int, str]:
+    """Ready versions the automatic choice passed over, with the reason."""
+    return _automatic_choice(session, dataset_id=dataset_id, kind=kind)[1]
+
 
 def active_model(session: Session, *, dataset_id: int, kind: str) -> ModelVersion | None:
-    """The pinned version of that kind if an admin pinned one, else the newest ready one."""
-    versions = select(ModelVersion).where(
-        ModelVersion.dataset_id == dataset_id,
-        ModelVersion.kind == kind,
-        ModelVersion.status == "ready",
-    )
+    """The pinned version of that kind if an admin pinned one, else the automatic choice."""
     pinned = session.scalar(
-        versions.where(ModelVersion.pinned.is_(True)).order_by(ModelVersion.id.desc())
+        select(ModelVersion)
+        .where(
+            ModelVersion.dataset_id == dataset_id,
+            ModelVersion.kind == kind,
+            ModelVersion.status == "ready",
+            ModelVersion.pinned.is_(True),
+        )
+        .order_by(ModelVersion.id.desc())
     )
     if pinned is not None:
         return pinned
-    return session.scalar(versions.order_by(ModelVersion.id.desc()))
+    return _automatic_choice(session, dataset_id=dataset_id, kind=kind)[0]
 
 
 def refresh_active_flags(session: Session, *, dataset_id: int) -> None:
@@ -72,7 +146,7 @@ def activate_version(session: Session, *, version_id: int) -> ModelVersion:
 
 
 def unpin(session: Session, *, dataset_id: int, kind: str) -> ModelVersion | None:
-    """Follow the newest successful version of ``kind`` again."""
+    """Follow the automatic choice of ``kind`` again."""
     session.execute(
         update(ModelVersion)
         .where(ModelVersion.dataset_id == dataset_id, ModelVersion.kind == kind)

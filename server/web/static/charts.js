@@ -10,12 +10,14 @@ function svgEl(tag, attrs = {}, text = null) {
   return node;
 }
 
-function lineChart(svg, { title, xLabel, yLabel, series, yMin = null, yMax = null, points = true }) {
+// series: { name, points: [[x, y, meta]] } where meta may carry id (data-version on the dot)
+// and lo/hi (an interval drawn as a whisker).
+function lineChart(svg, { title, xLabel, yLabel, series, yMin = null, yMax = null, points = true, empty = "no data yet" }) {
   const W = 460, H = 260, L = 48, R = 12, T = 26, B = 40;
   svg.replaceChildren(svgEl("text", { x: L, y: 16, class: "title" }, title));
   const all = series.flatMap((s) => s.points);
   if (!all.length) {
-    svg.append(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data yet"));
+    svg.append(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, empty));
     return;
   }
   let [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
@@ -38,7 +40,15 @@ function lineChart(svg, { title, xLabel, yLabel, series, yMin = null, yMax = nul
     const color = s.color || COLORS[i % COLORS.length];
     const d = s.points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
     svg.append(svgEl("path", { d, fill: "none", stroke: color, "stroke-width": 2 }));
-    if (points) for (const p of s.points) svg.append(svgEl("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 3, fill: color }));
+    if (points) for (const p of s.points) {
+      const meta = p[2] || {};
+      if (meta.lo !== undefined && meta.hi !== undefined) {
+        svg.append(svgEl("line", { x1: sx(p[0]), x2: sx(p[0]), y1: sy(meta.lo), y2: sy(meta.hi), stroke: color, "stroke-opacity": 0.6 }));
+      }
+      const dot = svgEl("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 3, fill: color });
+      if (meta.id !== undefined) dot.setAttribute("data-version", meta.id);
+      svg.append(dot);
+    }
     svg.append(svgEl("rect", { x: W - R - 120, y: T + i * 16 - 9, width: 10, height: 10, fill: color }));
     svg.append(svgEl("text", { x: W - R - 105, y: T + i * 16 }, s.name));
   });

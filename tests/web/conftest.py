@@ -1,0 +1,255 @@
+"""A served site for the browser tests: synthetic EM data, tasks, model versions, tokens."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from server.auth import create_token
+from server.datasets.service import grid_of, register_dataset
+from server.db import migrate
+from server.db.base import make_engine, make_sessionmaker, session_scope
+from server.db.tables import AnnotationTask, Label, ModelVersion
+from server.sim.synth import make_synthetic_dataset
+from server.versions.service import refresh_active_flags
+from tests.processes import api_server, service_env
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "tests" / "artifacts" / "screenshots"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+WK_SERVER = "http://wk.example.org"
+WK_DATASET = "sample_organization/web-ds"
+TASKS = 60
+
+
+@dataclass
+class Site:
+    base: str
+    db_url: str
+    admin: str
+    annotator: str
+    other: str
+    dataset_id: int
+    versions: dict[str, int]  # role in the story -> version id
+
+    def query(self, fn: Any) -> Any:
+        engine = make_engine(self.db_url)
+        try:
+            with session_scope(make_sessionmaker(engine)) as session:
+                result = fn(session)
+                session.expunge_all()
+                return result
+        finally:
+            engine.dispose()
+
+    def labels(self) -> list[Label]:
+        return self.query(lambda s: list(s.scalars(select(Label).order_by(Label.id))))
+
+    def flags(self) -> dict[int, tuple[bool, bool]]:
+        return self.query(
+            lambda s: {v.id: (v.active, v.pinned) for v in s.scalars(select(ModelVersion))}
+        )
+
+
+def audit_metrics(
+    f1: float | None, seed: int, origins: list[tuple[int, int, int]], *, positives: int = 10
+) -> dict[str, Any]:
+    """Audit metrics as the training step stores them (``classification_report`` plus examples);
+    ``f1=None``: an audit set without artifacts, so nothing is measured."""
+    if f1 is None:
+        return {
+            "audit": {"n": 30, "positives": 0, "negatives": 30, "f1": 0.0, "pr_auc": None},
+            "history": [{"epoch": e, "train_loss": 1 / (e + 1)} for e in range(4)],
+        }
+    rng = np.random.default_rng(seed)
+    recall = np.linspace(0, 1, 11)
+    precision = np.clip(1 - recall * (1 - f1) * 1.5, 0, 1)
+    pick = [
+        {"x": x, "y": y, "z": z, "p_artifact": float(rng.random()), "label": lab}
+        for (x, y, z), lab in zip(origins, ["artifact", "clean", "artifact", "clean"], strict=False)
+    ]
+    spread = 0.06
+    return {
+        "audit": {
+            "n": 100,
+            "positives": positives,
+            "negatives": 100 - positives,
+            "accuracy": 0.95,
+            "precision": f1,
+            "recall": f1,
+            "f1": f1,
+            "pr_auc": f1 + 0.03,
+            "roc_auc": 0.97,
+            "precision_at_recall_0.9": f1 - 0.1,
+            "threshold": 0.5,
+            "confusion": [[88, 2], [3, 7]],
+            "pr_curve": {"recall": recall.tolist(), "precision": precision.tolist()},
+            "intervals": {
+                "f1": [f1 - spread, f1 + spread],
+                "pr_auc": [f1 + 0.03 - spread, min(1.0, f1 + 0.03 + spread)],
+                "precision_at_recall_0.9": [f1 - 0.1 - spread, f1 - 0.1 + spread],
+            },
+            "examples": {
+                "true_positive": pick[:1],
+                "false_positive": pick[1:2],
+                "false_negative": pick[2:3],
+                "most_uncertain": pick[3:4],
+            },
+        },
+        "history": [
+            {"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1)} for e in range(8)
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    root = tmp_path_factory.mktemp("web")
+    url = f"sqlite:///{root / 'db.sqlite'}"
+    migrate.upgrade(url)
+    make_synthetic_dataset(root / "ds", seed=1, shape=(1120, 3), artifact_rate=3.0)
+    engine = make_engine(url)
+    with session_scope(make_sessionmaker(engine)) as session:
+        _, admin = create_token(session, name="ada", role="admin")
+        _, annotator = create_token(session, name="bob", role="annotator")
+        _, other = create_token(session, name="carol", role="annotator")
+        dataset = register_dataset(session, name="web", path=str(root / "ds"))
+        dataset.settings = {"webknossos": {"dataset_id": WK_DATASET}}
+        grid = grid_of(dataset)
+        origins = [tuple(int(v) for v in o) for o in grid.origins(list(range(len(grid))))]
+        middle = [o for o in origins if o[2] == 1]  # sections above and below exist
+        ranks = np.random.default_rng(7).permutation(TASKS)  # the queue wanders the section
+        for i, (x, y, z) in enumerate(middle[:TASKS]):
+            session.add(
+                AnnotationTask(
+                    dataset_id=dataset.id, kind="proposal", grid_index=i, x=x, y=y, z=z,
+                    w=140, h=140, rank=int(ranks[i]), reason="uncertain", status="open",
+                    p_artifact=round(0.3 + 0.4 * ranks[i] / TASKS, 2),
+                )
+            )  # fmt: skip
+        ae = ModelVersion(
+            dataset_id=dataset.id,
+            kind="ae",
+            status="ready",
+            metrics={"history": [{"epoch": e, "train_loss": 0.5 / (e + 1)} for e in range(5)]},
+        )
+        session.add(ae)
+        session.flush()
+        story = {  # in the order they were trained
+            "unmeasured": (20, audit_metrics(None, 0, [])),
+            "first": (50, audit_metrics(0.62, 1, origins[120:])),
+            "best": (100, audit_metrics(0.84, 2, origins[124:])),
+            "worse": (150, audit_metrics(0.55, 3, origins[128:])),
+        }
+        versions = {}
+        for role, (count, metrics) in story.items():
+            version = ModelVersion(
+                dataset_id=dataset.id, kind="classifier", parent_id=ae.id, status="ready",
+                label_count=count, metrics=metrics,
+            )  # fmt: skip
+            session.add(version)
+            session.flush()
+            refresh_active_flags(session, dataset_id=dataset.id)  # as the training step does
+            versions[role] = version.id
+        dataset_id = dataset.id
+    engine.dispose()
+    env = service_env(
+        ARTIFACT_LOOP_DATABASE_URL=url,
+        ARTIFACT_LOOP_DATA_DIR=str(root / "data"),
+        ARTIFACT_LOOP_BROKER_URL="filesystem://",
+        ARTIFACT_LOOP_WK_URL=WK_SERVER,
+    )
+    with api_server(env, log=root / "api.log") as base:
+        yield Site(base, url, admin, annotator, other, dataset_id, versions)
+
+
+@pytest.fixture(scope="session")
+def playwright_browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip("needs Chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(playwright_browser: Any) -> Iterator[Any]:
+    """``open_page(site, token, (w, h), path)`` -> (page, console errors)."""
+    contexts: list[Any] = []
+
+    def opener(site: Site, token: str | None, size: tuple[int, int], path: str) -> Any:
+        context = playwright_browser.new_context(viewport={"width": size[0], "height": size[1]})
+        contexts.append(context)
+        if token is not None:
+            context.add_init_script(
+                f"if (!sessionStorage.getItem('seeded')) {{ localStorage.setItem('al_token', "
+                f"'{token}'); sessionStorage.setItem('seeded', '1'); }}"
+            )
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{site.base}{path}")
+        return page, errors
+
+    yield opener
+    for context in contexts:
+        context.close()
+
+
+def shoot(page: Any, name: str, size: tuple[int, int]) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}-{size[0]}x{size[1]}.png"
+    page.screenshot(path=str(path), full_page=False)
+    return path
+
+
+def axe_script() -> str:
+    """axe-core's browser bundle: ``AXE_CORE_JS`` if set, else fetched once with ``npm pack``
+    into the (ignored) test artifacts folder; never committed."""
+    given = os.environ.get("AXE_CORE_JS")
+    if given:
+        return Path(given).read_text()
+    cache = ROOT / "tests" / "artifacts" / "axe-core"
+    bundle = cache / "package" / "axe.min.js"
+    if not bundle.is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("axe-core needs npm (or AXE_CORE_JS pointing at axe.min.js)")
+        cache.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            [npm, "pack", "axe-core@4", "--pack-destination", str(cache)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"npm pack axe-core failed: {done.stderr[-300:]}")
+        archive = next(cache.glob("axe-core-*.tgz"))
+        with tarfile.open(archive) as tar:
+            tar.extract("package/axe.min.js", cache, filter="data")
+    return bundle.read_text()
