@@ -27,7 +27,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate, what: str, timeout: float = 300, every: float = 0.5):  # type: ignore[no-untyped-def]
+def wait_for(predicate, what: str, timeout: float = 900, every: float = 0.5):  # type: ignore[no-untyped-def]
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
     import pytest
 

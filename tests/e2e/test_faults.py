@@ -35,7 +35,7 @@ def test_killing_the_worker_mid_training(pg_url: str, redis_url: str, tmp_path: 
                 assert http.post(f"/datasets/{ds}/labels", json=body).status_code == 201
             job = http.post(
                 f"/datasets/{ds}/jobs",
-                json={"kind": "train", "params": {"epochs": 120, "patience": 120}},
+                json={"kind": "train", "params": {"epochs": 60, "patience": 60}},
             ).json()["job"]
             wait_for(
                 lambda: http.get(f"/jobs/{job['id']}").json()["message"].startswith("epoch 5"),
