@@ -61,7 +61,7 @@ def run_job(rt: Runtime, sender: JobSender, *, job_id: int, worker: str) -> bool
     if isinstance(outcome, Chunked):
         state.wait_for_chunks(rt.sessions, job_id=job_id, result=outcome.result)
         for child_id in outcome.children:
-            sender.send(job_id=child_id, kind=_kind_of(rt, child_id))
+            sender.send(job_id=child_id, kind=outcome.child_kind)
         _finish_parent_when_done(ctx, parent_id=job_id)  # nothing left to wait for
     else:
         state.finish_job(rt.sessions, job_id=job_id, result=outcome)
@@ -97,13 +97,6 @@ def _follow(ctx: Any, job_id: int) -> None:
     follows = REGISTRY[JobKind(job.kind)].follows
     if follows is not None:
         resolve(follows)(ctx, job)
-
-
-def _kind_of(rt: Runtime, job_id: int) -> str:
-    with write_transaction(rt.sessions) as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        return job.kind
 
 
 def _heartbeat(rt: Runtime, job_id: int, stop: threading.Event) -> None:

@@ -26,6 +26,7 @@ class Chunked:
     kind's ``chunks_done``, when the last of ``children`` has."""
 
     result: dict[str, Any]
+    child_kind: JobKind
     children: list[int] = field(default_factory=list)
 
 

@@ -45,7 +45,9 @@ def run(ctx: StepContext, job: Job) -> Chunked:
     with write_transaction(ctx.sessions) as session:
         if params.plan is not None:
             pending = state.requeue_unfinished_children(session, parent_id=job.id)
-            return Chunked(result=dict(job.result or {}), children=pending)
+            return Chunked(
+                result=dict(job.result or {}), children=pending, child_kind=JobKind.PREDICT_CHUNK
+            )
         version = _classifier_for(
             session, dataset_id=dataset.id, version_id=params.model_version_id
         )
@@ -81,6 +83,7 @@ def run(ctx: StepContext, job: Job) -> Chunked:
     return Chunked(
         result={"chunks": len(blocks), "output": plan.out_path, "model_version_id": version_id},
         children=children,
+        child_kind=JobKind.PREDICT_CHUNK,
     )
 
 

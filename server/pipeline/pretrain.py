@@ -5,43 +5,35 @@ model version); then its features are computed once (``score``)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from server.datasets.service import grid_of, open_source
+from server.datasets.service import grid_of
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job
 from server.jobs.kinds import JobKind
 from server.jobs.params import PretrainParams
 from server.pipeline.context import Report, StepContext
-from server.pipeline.versions import Outcome, abandon_version, new_version, record_version
+from server.pipeline.versions import Outcome, train_version
 from server.pixels.reading import read_at, use_all_cores
 from server.pixels.source import PatchSource
 from server.settings import Settings
-from server.versions.service import model_dir
 
 
 def run(ctx: StepContext, job: Job) -> dict[str, Any]:
     params = PretrainParams.of(job.params)
     dataset = ctx.dataset_of(job)
-    version_id = new_version(ctx, dataset_id=dataset.id, kind="ae", job_id=job.id)
-    try:
-        with open_source(dataset) as source:
-            outcome = fit_autoencoder(
-                source=source,
-                dataset=dataset,
-                out_dir=model_dir(ctx.settings, dataset_id=dataset.id, version_id=version_id),
-                settings=ctx.settings,
-                params=params,
-                progress=ctx.progress(job.id),
-            )
-    except BaseException:
-        abandon_version(ctx, version_id=version_id)
-        raise
-    record_version(ctx, version_id=version_id, outcome=outcome)
-    return {"model_version_id": version_id, "metrics": outcome.metrics}
+    fit = partial(
+        fit_autoencoder,
+        dataset=dataset,
+        settings=ctx.settings,
+        params=params,
+        progress=ctx.progress(job.id),
+    )
+    return train_version(ctx, job, dataset, kind="ae", fit=fit)
 
 
 def fit_autoencoder(

@@ -106,16 +106,7 @@ def choose_batch(
                 batch_size=batch_size,
                 seed=seed,
             )
-        where = {int(i): n for n, i in enumerate(idx)}
-        return [
-            {
-                "index": p.index,
-                "reason": p.reason,
-                "score": p.score,
-                "recon_error": float(recon[where[p.index]]),
-            }
-            for p in picks
-        ]
+        return _described(picks, idx, recon_error=recon)
     idx = scores["index"]
     if "recon_error" in scores:  # computed beside the scores when the features were missing
         recon, embed = scores["recon_error"], scores["embedding"]
@@ -135,15 +126,24 @@ def choose_batch(
             batch_size=batch_size,
             seed=seed,
         )
+    return _described(
+        picks,
+        idx,
+        p_artifact=scores["p_artifact"],
+        uncertainty=scores["uncertainty"],
+        recon_error=recon,
+    )
+
+
+def _described(picks: list[Any], idx: np.ndarray, **components: np.ndarray) -> list[dict[str, Any]]:
+    """Picks as dicts of ``index``, ``reason``, ``score`` and each score component."""
     where = {int(i): n for n, i in enumerate(idx)}
     return [
         {
             "index": p.index,
             "reason": p.reason,
             "score": p.score,
-            "p_artifact": float(scores["p_artifact"][where[p.index]]),
-            "uncertainty": float(scores["uncertainty"][where[p.index]]),
-            "recon_error": float(recon[where[p.index]]),
+            **{name: float(values[where[p.index]]) for name, values in components.items()},
         }
         for p in picks
     ]

@@ -75,6 +75,7 @@ def run(ctx: StepContext, job: Job) -> Chunked:
     ctx.progress(job.id)(0.0, message)
     return Chunked(
         result={"model_version_id": version_id, "chunks": n_chunks, "patches": total},
+        child_kind=JobKind.SCORE_CHUNK,
         children=children,
     )
 

@@ -8,13 +8,13 @@ need no classifier scores, proposes at once)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
 
-from server.datasets.service import open_source
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, Label
 from server.errors import InvalidInput
@@ -22,11 +22,11 @@ from server.jobs.kinds import JobKind
 from server.jobs.params import TrainParams
 from server.labels.training_set import audit_labels, training_labels
 from server.pipeline.context import Report, StepContext
-from server.pipeline.versions import Outcome, abandon_version, new_version, record_version
+from server.pipeline.versions import Outcome, train_version
 from server.pixels.reading import label_origins, read_at, use_all_cores
 from server.pixels.source import PatchSource
 from server.settings import Settings
-from server.versions.service import active_model, model_dir
+from server.versions.service import active_model
 
 EXAMPLES_PER_GALLERY = 8
 # strategies whose proposals need the classifier's scores of the candidates
@@ -70,31 +70,24 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
             "labels": len(data.train),
             "snapshot_id": data.snapshot_id,
         }
-    version_id = new_version(
+    fit = partial(
+        fit_classifier,
+        dataset=dataset,
+        data=data,
+        settings=ctx.settings,
+        params=params,
+        progress=ctx.progress(job.id),
+    )
+    return train_version(
         ctx,
-        dataset_id=dataset.id,
+        job,
+        dataset,
         kind="classifier",
-        job_id=job.id,
+        fit=fit,
         parent_id=data.ae_id,
         label_count=len(data.train),
         label_snapshot_id=data.snapshot_id,
     )
-    try:
-        with open_source(dataset) as source:
-            outcome = fit_classifier(
-                source=source,
-                dataset=dataset,
-                data=data,
-                out_dir=model_dir(ctx.settings, dataset_id=dataset.id, version_id=version_id),
-                settings=ctx.settings,
-                params=params,
-                progress=ctx.progress(job.id),
-            )
-    except BaseException:
-        abandon_version(ctx, version_id=version_id)
-        raise
-    record_version(ctx, version_id=version_id, outcome=outcome)
-    return {"model_version_id": version_id, "metrics": outcome.metrics}
 
 
 def fit_classifier(

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import update
 
+from server.datasets.service import open_source
 from server.db.base import write_transaction
-from server.db.tables import ModelVersion
+from server.db.tables import Dataset, Job, ModelVersion
 from server.pipeline.context import StepContext
-from server.versions.service import refresh_active_flags
+from server.versions.service import model_dir, refresh_active_flags
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,28 @@ def abandon_version(ctx: StepContext, *, version_id: int) -> None:
         session.execute(
             update(ModelVersion).where(ModelVersion.id == version_id).values(status="failed")
         )
+
+
+def train_version(
+    ctx: StepContext,
+    job: Job,
+    dataset: Dataset,
+    *,
+    kind: str,
+    fit: Callable[..., Outcome],
+    **fields: Any,
+) -> dict[str, Any]:
+    """A new version of ``kind``: visible as ``training`` at once, fitted by
+    ``fit(source=..., out_dir=...)``, then recorded ready, or marked failed if fitting fails."""
+    version_id = new_version(ctx, dataset_id=dataset.id, kind=kind, job_id=job.id, **fields)
+    try:
+        with open_source(dataset) as source:
+            outcome = fit(
+                source=source,
+                out_dir=model_dir(ctx.settings, dataset_id=dataset.id, version_id=version_id),
+            )
+    except BaseException:
+        abandon_version(ctx, version_id=version_id)
+        raise
+    record_version(ctx, version_id=version_id, outcome=outcome)
+    return {"model_version_id": version_id, "metrics": outcome.metrics}
