@@ -77,7 +77,7 @@ def synth(
     if summary.per_type:
         kinds = ", ".join(f"{kind} {n:,}" for kind, n in summary.per_type.items())
         console.print(f"artifact patches by type: {kinds}", highlight=False)
-    console.print(f"ground truth: {Path(summary.path) / 'ground_truth.csv'}")
+    console.print(f"ground truth: {Path(summary.path) / 'ground_truth.csv'}", soft_wrap=True)
 
 
 # -- db ----------------------------------------------------------------------------------------
