@@ -121,3 +121,34 @@ def score_stream(
         empty = np.empty(0, np.float32)
         return Scores(empty, empty, empty, empty, empty, np.empty((0, 0), np.float16))
     return Scores.concat(parts)
+
+
+def score_with_shortlist(
+    x: np.ndarray,
+    *,
+    classifier: Classifier,
+    tta: int,
+    shortlist: float,
+    temperature: float = 1.0,
+    single_view_temperature: float | None = None,
+) -> Scores:
+    """A classifier's scores of one batch, paying for ``tta`` views only where they matter:
+    every patch is scored with one view (calibrated with ``single_view_temperature``), then the
+    ``shortlist`` share of the batch nearest p = 0.5 is scored again with ``tta`` views
+    (calibrated with ``temperature``). ``shortlist`` 1 scores every patch with ``tta`` views."""
+    if tta <= 1 or shortlist >= 1.0:
+        return score_batch(
+            x, classifier=classifier, autoencoder=None, temperature=temperature, tta=tta
+        )
+    one_view_t = temperature if single_view_temperature is None else single_view_temperature
+    first = score_batch(x, classifier=classifier, autoencoder=None, temperature=one_view_t)
+    k = min(len(x), int(np.ceil(shortlist * len(x))))
+    if k == 0:
+        return first
+    near = np.sort(np.argpartition(-np.nan_to_num(first.margin, nan=-1.0), k - 1)[:k])
+    again = score_batch(
+        x[near], classifier=classifier, autoencoder=None, temperature=temperature, tta=tta
+    )
+    for name in ("p_artifact", "entropy", "margin", "embedding"):
+        getattr(first, name)[near] = getattr(again, name)
+    return first

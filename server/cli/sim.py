@@ -34,6 +34,14 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[
             int, typer.Option(min=0, help="Curves run side by side (0: one per CPU core).")
         ] = 0,
+        candidates: Annotated[
+            int | None,
+            typer.Option(
+                min=0,
+                help="Unlabelled patches a classifier scores per round (0: every one; "
+                "default 3,000).",
+            ),
+        ] = None,
     ) -> None:
         """Offline benchmark: acquisition strategies vs. random sampling, ground truth as oracle."""
         from dataclasses import replace
@@ -53,6 +61,8 @@ def register(app: typer.Typer) -> None:
             )
         if workers:
             config = replace(config, workers=workers)
+        if candidates is not None:
+            config = replace(config, candidates=candidates)
         with Progress(console=err_console) as progress:
             bar = progress.add_task("simulating", total=None)
 

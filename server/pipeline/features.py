@@ -81,13 +81,20 @@ class AEFeatures:
             embed[where] = e[local]
         return recon, embed if embed is not None else np.empty((0, 0), np.float16)
 
-    def stream(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """``(grid indices, recon, embedding)`` chunk after chunk."""
+    def stream(
+        self, *, embedding: bool = True
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(grid indices, recon, embedding)`` chunk after chunk (``embedding=False``: an
+        empty embedding, nothing of it read)."""
         meta = self.meta
         for chunk in range(meta["chunks"]):
             r, e = self._chunk(chunk)
             start = chunk * meta["chunk_patches"]
-            yield np.arange(start, start + len(r), dtype=np.int64), np.asarray(r), np.asarray(e)
+            yield (
+                np.arange(start, start + len(r), dtype=np.int64),
+                np.asarray(r),
+                np.asarray(e) if embedding else np.empty((len(r), 0), np.float16),
+            )
 
 
 def write_scores(path: Path, **arrays: np.ndarray) -> None:

@@ -2,8 +2,10 @@
 
 - An autoencoder version computes its features of the whole grid once (reconstruction error,
   embedding), never again for the classifiers fine-tuned from it.
-- A classifier version scores a candidate set: the unlabelled pool outside the audit set, a
-  random sample of at most ``ARTIFACT_LOOP_CANDIDATES`` patches of it (0: all of it).
+- A classifier version scores a candidate set of at most ``ARTIFACT_LOOP_CANDIDATES`` patches
+  of the unlabelled pool outside the audit set (0: all of it): the previous round's most
+  uncertain, the autoencoder's most anomalous and a fresh random sample for the rest. One view
+  per candidate; only a short list nearest the decision boundary gets the ``tta`` views.
 
 load (version, grid, candidates) -> compute (chunks) -> record (arrays in the model store);
 then the version proposes the next batch.
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 
 from server.annotation.proposals import excluded_indices
 from server.datasets.service import grid_of, open_source
@@ -25,7 +28,13 @@ from server.jobs import state
 from server.jobs.kinds import JobKind
 from server.jobs.params import ScoreChunkParams, ScoreParams
 from server.pipeline.context import Chunked, StepContext
-from server.pipeline.features import AEFeatures, features_dir, scores_dir, write_scores
+from server.pipeline.features import (
+    AEFeatures,
+    features_dir,
+    read_scores,
+    scores_dir,
+    write_scores,
+)
 from server.pixels.reading import READ_BATCH, batches_of, use_all_cores
 from server.versions.service import active_model
 
@@ -45,7 +54,9 @@ def run(ctx: StepContext, job: Job) -> Chunked:
         message = f"autoencoder features of {total:,} patches in {n_chunks} chunks"
     else:
         assert excluded is not None
-        candidates = _candidates(ctx, job_id=job.id, n=len(grid), excluded=excluded)
+        candidates = candidate_set(
+            ctx, version=version_id, job_id=job.id, n=len(grid), excluded=excluded
+        )
         out = scores_dir(ctx.settings, dataset_id=dataset.id, version_id=version_id)
         out.mkdir(parents=True, exist_ok=True)
         for old in out.glob("chunk-*.npz"):  # a re-run scores a new candidate set
@@ -96,14 +107,86 @@ def _version(session: Any, *, dataset_id: int, version_id: int | None) -> ModelV
     return version
 
 
-def _candidates(ctx: StepContext, *, job_id: int, n: int, excluded: np.ndarray) -> np.ndarray:
-    """The unlabelled pool outside the audit set, or a fresh random sample of it."""
-    pool = np.setdiff1d(np.arange(n, dtype=np.int64), excluded, assume_unique=False)
+# shares of a bounded candidate set; a fresh random sample of the pool fills the rest
+PREVIOUS_SHARE = 0.2  # the previous classifier's most uncertain candidates
+ANOMALOUS_SHARE = 0.1  # the autoencoder's highest reconstruction errors
+
+
+def candidate_set(
+    ctx: StepContext, *, version: int, job_id: int, n: int, excluded: np.ndarray
+) -> np.ndarray:
+    """Grid indices a classifier version scores, sorted: the whole unlabelled pool outside
+    ``excluded`` when it fits ``ARTIFACT_LOOP_CANDIDATES``, else a mix of at most that many. No
+    step of it holds the whole index range of the grid."""
     limit = ctx.settings.candidates
-    if limit and len(pool) > limit:
-        rng = np.random.default_rng([ctx.settings.seed, job_id])
-        pool = np.sort(rng.choice(pool, size=limit, replace=False))
-    return pool
+    excluded = np.unique(np.asarray(excluded, dtype=np.int64))
+    if not limit or n - len(excluded) <= limit:
+        return np.setdiff1d(np.arange(n, dtype=np.int64), excluded, assume_unique=True)
+    with ctx.sessions() as session:
+        current = session.get(ModelVersion, version)
+        assert current is not None
+        previous = session.scalars(
+            select(ModelVersion.id)
+            .where(
+                ModelVersion.dataset_id == current.dataset_id,
+                ModelVersion.kind == "classifier",
+                ModelVersion.status == "ready",
+                ModelVersion.id < version,
+            )
+            .order_by(ModelVersion.id.desc())
+            .limit(1)
+        ).first()
+        dataset_id, ae_id = current.dataset_id, current.parent_id
+    chosen = [
+        _most_uncertain(
+            scores_dir(ctx.settings, dataset_id=dataset_id, version_id=previous)
+            if previous
+            else None,
+            k=int(limit * PREVIOUS_SHARE),
+            excluded=excluded,
+        ),
+        _most_anomalous(
+            features_dir(ctx.settings, dataset_id=dataset_id, version_id=ae_id) if ae_id else None,
+            k=int(limit * ANOMALOUS_SHARE),
+            excluded=excluded,
+        ),
+    ]
+    taken = np.unique(np.concatenate(chosen))
+    rng = np.random.default_rng([ctx.settings.seed, job_id])
+    need = limit - len(taken)
+    draw = min(n, need + len(excluded) + len(taken))  # enough that ``need`` survive
+    fresh = rng.choice(n, size=draw, replace=False)  # Floyd's sampling: O(draw) memory
+    fresh = fresh[~np.isin(fresh, excluded) & ~np.isin(fresh, taken)][:need]
+    return np.sort(np.concatenate([taken, fresh]))
+
+
+def _most_uncertain(folder: Path | None, *, k: int, excluded: np.ndarray) -> np.ndarray:
+    """The ``k`` candidates of a previous round nearest p = 0.5, still unlabelled."""
+    if folder is None or k <= 0 or not folder.exists():
+        return np.empty(0, np.int64)
+    scores = read_scores(folder)
+    if "index" not in scores:
+        return np.empty(0, np.int64)
+    keep = ~np.isin(scores["index"], excluded)
+    idx, margin = scores["index"][keep], np.nan_to_num(scores["uncertainty"][keep], nan=-1.0)
+    if len(idx) > k:
+        idx = idx[np.argpartition(-margin, k)[:k]]
+    return idx.astype(np.int64)
+
+
+def _most_anomalous(folder: Path | None, *, k: int, excluded: np.ndarray) -> np.ndarray:
+    """The ``k`` unlabelled patches the autoencoder reconstructs worst, read chunk by chunk."""
+    if folder is None or k <= 0 or not AEFeatures(folder).complete():
+        return np.empty(0, np.int64)
+    best_idx, best_err = np.empty(0, np.int64), np.empty(0, np.float32)
+    for idx, recon, _embed in AEFeatures(folder).stream(embedding=False):
+        keep = ~np.isin(idx, excluded)
+        best_idx = np.concatenate([best_idx, idx[keep]])
+        best_err = np.concatenate([best_err, np.nan_to_num(recon[keep], nan=-np.inf)])
+        if len(best_idx) > k:
+            top = np.argpartition(-best_err, k)[:k]
+            best_idx, best_err = best_idx[top], best_err[top]
+    return best_idx
 
 
 def run_chunk(ctx: StepContext, job: Job) -> dict[str, Any]:
@@ -151,7 +234,15 @@ def run_chunk(ctx: StepContext, job: Job) -> dict[str, Any]:
             dataset, grid, indices, report, autoencoder=for_inference(ae_model), meta=ae_meta
         )
         extra = {"recon_error": ae.recon_error, "embedding": ae.embedding}
-    scores: Scores = _score(dataset, grid, indices, report, classifier=fast, meta=meta)
+    scores: Scores = _score(
+        dataset,
+        grid,
+        indices,
+        report,
+        classifier=fast,
+        meta=meta,
+        shortlist=ctx.settings.tta_shortlist,
+    )
     write_scores(
         scores_dir(ctx.settings, dataset_id=dataset.id, version_id=version.id)
         / f"chunk-{params.chunk:06d}.npz",
@@ -176,23 +267,35 @@ def _score(
     meta: dict[str, Any],
     classifier: Any = None,
     autoencoder: Any = None,
+    shortlist: float = 1.0,
 ) -> Any:
-    from models.scoring import Scores, score_batch
+    from models.scoring import Scores, score_batch, score_with_shortlist
 
     extra = meta["extra"]
     parts = []
     with open_source(dataset) as source:
         for i, batch in enumerate(batches_of(source, dataset, grid, indices)):
-            parts.append(
-                score_batch(
-                    batch,
-                    classifier=classifier,
-                    autoencoder=autoencoder,
-                    temperature=float(extra.get("temperature", 1.0)),
-                    recon_reference=extra.get("recon_reference"),
-                    tta=int(extra.get("tta", 1)) if classifier is not None else 1,
+            if classifier is not None:
+                single = extra.get("single_view_temperature")
+                parts.append(
+                    score_with_shortlist(
+                        batch,
+                        classifier=classifier,
+                        tta=int(extra.get("tta", 1)),
+                        shortlist=shortlist,
+                        temperature=float(extra.get("temperature", 1.0)),
+                        single_view_temperature=None if single is None else float(single),
+                    )
                 )
-            )
+            else:
+                parts.append(
+                    score_batch(
+                        batch,
+                        classifier=None,
+                        autoencoder=autoencoder,
+                        recon_reference=extra.get("recon_reference"),
+                    )
+                )
             done = min(len(indices), (i + 1) * READ_BATCH)
             report(done / max(len(indices), 1), f"scored {done:,} patches")
     if not parts:

@@ -178,7 +178,9 @@ def _prepare(
 
     origins, truth = load_truth(dataset)
     types = _truth_types(dataset, len(truth))
-    rt = Runtime.start(_settings(folder, config, seed=0, strategy="hybrid", device=device))
+    settings = _settings(folder, config, seed=0, strategy="hybrid", device=device)
+    # the shared start runs before the curves, alone: on every core
+    rt = Runtime.start(settings.model_copy(update={"torch_threads": 0}))
     try:
         with write_transaction(rt.sessions) as session:
             ds = register_dataset(

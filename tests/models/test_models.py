@@ -22,7 +22,7 @@ from models.networks import (
     dihedral,
     for_inference,
 )
-from models.scoring import score_stream
+from models.scoring import score_batch, score_stream, score_with_shortlist
 from models.training import augment, balanced_order, pretrain_autoencoder, train_classifier
 
 torch.set_num_threads(1)
@@ -268,6 +268,23 @@ def test_test_time_augmentation_over_all_eight_views_is_flip_invariant() -> None
     assert not np.allclose(predict_logits(clf, turned, tta=1), one, atol=1e-4)
     with pytest.raises(ValueError, match=r"1\.\.8"):
         predict_logits(clf, x, tta=9)
+
+
+def test_only_the_shortlist_nearest_the_boundary_is_scored_with_all_views() -> None:
+    x = patches(20, seed=5)
+    clf = _trained_looking(Classifier()).eval()
+    one = score_batch(x, classifier=clf, autoencoder=None, temperature=2.0)
+    full = score_batch(x, classifier=clf, autoencoder=None, temperature=1.0, tta=8)
+    got = score_with_shortlist(
+        x, classifier=clf, tta=8, shortlist=0.2, temperature=1.0, single_view_temperature=2.0
+    )
+    near = set(np.argsort(-one.margin)[:4].tolist())  # 20% of 20, nearest p = 0.5 in one view
+    for i in range(20):
+        expected = full if i in near else one
+        np.testing.assert_allclose(got.p_artifact[i], expected.p_artifact[i], atol=1e-5)
+        np.testing.assert_allclose(got.margin[i], expected.margin[i], atol=1e-5)
+    every = score_with_shortlist(x, classifier=clf, tta=8, shortlist=1.0, temperature=1.0)
+    np.testing.assert_allclose(every.p_artifact, full.p_artifact, atol=1e-5)
 
 
 def test_augmentation_turns_each_patch_its_own_way() -> None:

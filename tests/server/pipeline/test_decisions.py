@@ -163,7 +163,11 @@ def test_audit_labelled_and_leased_patches_are_never_proposed_or_scored(
     }
     assert audit | {5, 7} == excluded, "audit, leased and (mostly) labelled patches"
     ctx.rt.settings.candidates = 5
-    cands = score._candidates(ctx, job_id=1, n=len(grid), excluded=np.asarray(sorted(excluded)))
+    version = make.version(session, ds, kind="classifier")
+    session.commit()
+    cands = score.candidate_set(
+        ctx, version=version.id, job_id=1, n=len(grid), excluded=np.asarray(sorted(excluded))
+    )
     assert len(cands) == 5 and not set(cands.tolist()) & excluded
     assert list(cands) == sorted(cands), "storage order"
 
@@ -191,3 +195,45 @@ def test_a_chunked_job_finishes_once(ctx: StepContext, session: Session) -> None
     won = state.claim_parent_finish(ctx.sessions, parent_id=parent.id)
     assert won is not None and won.id == parent.id
     assert state.claim_parent_finish(ctx.sessions, parent_id=parent.id) is None, "only once"
+
+
+def test_a_bounded_candidate_set_mixes_previous_uncertain_anomalous_and_fresh_patches(
+    ctx: StepContext, session: Session
+) -> None:
+    from server.pipeline.features import AEFeatures, features_dir, scores_dir, write_scores
+
+    n = 20_000
+    ds = make.dataset(session)
+    ae = make.version(session, ds, kind="ae")
+    before = make.version(session, ds, kind="classifier", parent_id=ae.id)
+    now = make.version(session, ds, kind="classifier", parent_id=ae.id)
+    session.commit()
+    settings = ctx.rt.settings
+    features = AEFeatures(features_dir(settings, dataset_id=ds.id, version_id=ae.id))
+    features.plan(patches=n, chunk_patches=5_000)
+    recon = np.zeros(n, np.float32)
+    anomalous = np.arange(100, 20_000, 200)  # 100 patches the autoencoder finds odd
+    recon[anomalous] = 9.0
+    for c in range(4):
+        part = slice(c * 5_000, (c + 1) * 5_000)
+        features.write_chunk(c, recon=recon[part], embedding=np.zeros((5_000, 2), np.float16))
+    previous = scores_dir(settings, dataset_id=ds.id, version_id=before.id)
+    previous.mkdir(parents=True)
+    scored = np.arange(0, 20_000, 7)
+    margin = np.zeros(len(scored), np.float32)
+    margin[:300] = 0.99  # its 300 most uncertain candidates
+    write_scores(previous / "chunk-000000.npz", index=scored, uncertainty=margin)
+    excluded = np.asarray([scored[0], anomalous[0], 3])  # labelled since: never again
+    settings.candidates = 2_000
+    got = score.candidate_set(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
+    again = score.candidate_set(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
+    assert np.array_equal(got, again), "the same job draws the same set"
+    assert len(got) == 2_000 and len(np.unique(got)) == 2_000 and list(got) == sorted(got)
+    assert not set(excluded.tolist()) & set(got.tolist())
+    assert set(scored[1:300].tolist()) <= set(got.tolist()), "the previous round's uncertain"
+    assert set(anomalous[1:].tolist()) <= set(got.tolist()), "the autoencoder's anomalous"
+    other = score.candidate_set(ctx, version=now.id, job_id=10, n=n, excluded=excluded)
+    assert len(set(other.tolist()) - set(got.tolist())) > 1_000, "a fresh sample each round"
+    settings.candidates = 0
+    whole = score.candidate_set(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
+    assert len(whole) == n - 3, "0: every unlabelled patch"
