@@ -46,7 +46,11 @@ def synth(
         int, typer.Option(help="Random seed; the same seed gives the same dataset.")
     ] = 0,
     size: Annotated[
-        str, typer.Option(help="small (<=5,000 patches), medium (~20,000) or large.")
+        str,
+        typer.Option(
+            help="small (<=5,000 patches), medium (~20,000), large (~100,000) or huge "
+            "(1,000,000 patches: 8 sections written, repeated to 400 by hard links)."
+        ),
     ] = "small",
 ) -> None:
     """Write a synthetic mSEM dataset with injected artifacts and its ground truth."""
@@ -65,7 +69,12 @@ def synth(
         progress.update(bar[0], completed=done, total=total)
 
     try:
-        summary = make_synthetic_dataset(out_dir, seed=seed, size=size, progress=report)  # type: ignore[arg-type]
+        if size == "huge":
+            from server.sim.synth_tiled import make_repeated_dataset
+
+            summary = make_repeated_dataset(out_dir, seed=seed, progress=report)
+        else:
+            summary = make_synthetic_dataset(out_dir, seed=seed, size=size, progress=report)  # type: ignore[arg-type]
     finally:
         if bar:  # stopping a bar that never started prints an empty line
             progress.stop()

@@ -212,3 +212,59 @@ PAINTERS: dict[str, Callable[[Canvas, bool], None]] = {
     "defocus": _paint_defocus,
     "missing": _paint_missing,
 }
+
+
+# -- beam fields -----------------------------------------------------------------------------
+BEAM_RADIUS = 190  # px from centre to corner of a hexagonal beam field (~12 um at 32 nm)
+
+
+class BeamFields:
+    """Gain per pixel from hexagonally packed beam fields: each field a little brighter or
+    darker than its neighbours and a little darker towards its rim. Every section is imaged
+    at its own stage position, so the pattern shifts from section to section."""
+
+    def __init__(self, rng: np.random.Generator, *, width: int) -> None:
+        self.rng = rng
+        self.width = width
+        self.margin = int(2 * BEAM_RADIUS * 1.8)
+        n = width + self.margin
+        vignette = rng.uniform(0.02, 0.05)
+        self.ids = np.empty((n, n), dtype=np.int32)
+        self.falloff = np.empty((n, n), dtype=np.float32)
+        for y0 in range(0, n, 256):  # in bands: bounded memory for large sections
+            q, r, rim = _hex_cells(np.arange(y0, min(n, y0 + 256)), np.arange(n))
+            # rows of hexagons are offset by half a cell: fold (q, r) into one id
+            self.ids[y0 : y0 + q.shape[0]] = (r + 64) * 4096 + (q + 2048)
+            self.falloff[y0 : y0 + q.shape[0]] = 1 - vignette * rim
+        _, inverse = np.unique(self.ids, return_inverse=True)
+        self.ids = inverse.reshape(n, n).astype(np.int32)
+        self.n_ids = int(self.ids.max()) + 1
+
+    def section(self, z: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(tile_ids, gain)`` of section ``z``, both ``(y, x)``."""
+        sy, sx = self.rng.integers(0, self.margin, size=2)
+        ids = self.ids[sy : sy + self.width, sx : sx + self.width]
+        drift = 1 + 0.03 * np.sin(z * 0.05)
+        gains = (drift * self.rng.normal(1.0, 0.025, self.n_ids)).astype(np.float32)
+        gain = gains[ids] * self.falloff[sy : sy + self.width, sx : sx + self.width]
+        return ids, gain
+
+
+def _hex_cells(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Axial coordinates ``(q, r)`` of the pointy-top hexagon of radius :data:`BEAM_RADIUS`
+    holding each pixel, and the pixel's squared distance from its centre in radii."""
+    yy = rows.astype(np.float64)[:, None]
+    xx = cols.astype(np.float64)[None, :]
+    q = (np.sqrt(3) / 3 * xx - yy / 3) / BEAM_RADIUS
+    r = np.broadcast_to(2 / 3 * yy / BEAM_RADIUS, q.shape)
+    s = -q - r
+    rq, rr, rs = np.rint(q), np.rint(r), np.rint(s)
+    dq, dr, ds = np.abs(rq - q), np.abs(rr - r), np.abs(rs - s)
+    fix_q = (dq > dr) & (dq > ds)
+    fix_r = ~fix_q & (dr > ds)
+    rq = np.where(fix_q, -rr - rs, rq)
+    rr = np.where(fix_r, -rq - rs, rr)
+    cx = BEAM_RADIUS * np.sqrt(3) * (rq + rr / 2)
+    cy = BEAM_RADIUS * 1.5 * rr
+    rim = ((xx - cx) ** 2 + (yy - cy) ** 2) / BEAM_RADIUS**2
+    return rq.astype(np.int32), rr.astype(np.int32), rim.astype(np.float32)

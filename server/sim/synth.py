@@ -33,14 +33,13 @@ from scipy import ndimage
 
 from models.vocab import ARTIFACT_TYPES, artifact_type_id, artifact_type_name
 from server.errors import InvalidInput
-from server.sim.artifacts import NOISE_SIGMA, PAINTERS, Canvas, window_around
+from server.sim.artifacts import NOISE_SIGMA, PAINTERS, BeamFields, Canvas, window_around
 
 Size = Literal["small", "medium", "large"]
 PATCH = 140
 VOXEL_SIZE = (32, 32, 35)
 MIN_COVERAGE = 0.02  # share of a patch's pixels artifacts must cover to make it an artifact
 SUBTLE_SHARE = 0.35  # share of artifacts drawn with the weak end of their strength range
-BEAM_RADIUS = 190  # px from centre to corner of a hexagonal beam field (~12 um at 32 nm)
 _BLOCK_BYTES = 256 * 1024 * 1024  # largest (x, y, z) block of sections held before writing
 
 # (width = height in pixels, sections): small <= 5,000 patches, medium ~20,000.
@@ -97,7 +96,7 @@ def make_synthetic_dataset(
         raise InvalidInput(f"{out} exists and is not an empty folder")
     if shape is None:
         if size not in SHAPES:
-            raise InvalidInput(f"unknown size {size!r}: use small, medium or large")
+            raise InvalidInput(f"unknown size {size!r}: use small, medium, large or huge")
         shape = SHAPES[size]
     width, depth = shape
     if width < PATCH or width % PATCH or depth < 1:
@@ -107,9 +106,7 @@ def make_synthetic_dataset(
 
     # Thin shards, one block of sections deep: the library's default 1024^3 shard would be
     # rewritten for every block and made writes ~30x slower.
-    z_block = 32
-    while z_block > 1 and width * width * z_block > _BLOCK_BYTES:
-        z_block //= 2
+    z_block = shard_depth(width)
     chunk_shape, shard_shape = (32, 32, z_block), (1024, 1024, z_block)
     ds = wk.Dataset(out, voxel_size=VOXEL_SIZE)
     color = ds.add_layer("color", wk.COLOR_CATEGORY, dtype="uint8", data_format="zarr3")
@@ -129,7 +126,7 @@ def make_synthetic_dataset(
     }
 
     tissue = _Tissue(np.random.default_rng([seed, 1]), width=width, depth=depth)
-    beams = _BeamFields(np.random.default_rng([seed, 3]), width=width)
+    beams = BeamFields(np.random.default_rng([seed, 3]), width=width)
     rng = np.random.default_rng([seed, 2])
     noise_rng = np.random.default_rng([seed, 4])
     counts = _artifact_counts(
@@ -189,6 +186,14 @@ def make_synthetic_dataset(
         n_subtle=n_subtle,
         shape=(width, width, depth),
     )
+
+
+def shard_depth(width: int) -> int:
+    """Sections per shard (and per block written at once) of a ``width``-pixel dataset."""
+    z_block = 32
+    while z_block > 1 and width * width * z_block > _BLOCK_BYTES:
+        z_block //= 2
+    return z_block
 
 
 def _artifact_counts(
@@ -299,58 +304,6 @@ class _Tissue:
         envelope = np.exp(-(((d - r) / 1.6) ** 2))
         term = inside * (-10.0 - 22.0 * chromatin - 18.0 * rim) - 55.0 * envelope
         return ys, xs, term.astype(np.float32)
-
-
-class _BeamFields:
-    """Gain per pixel from hexagonally packed beam fields: each field a little brighter or
-    darker than its neighbours and a little darker towards its rim. Every section is imaged
-    at its own stage position, so the pattern shifts from section to section."""
-
-    def __init__(self, rng: np.random.Generator, *, width: int) -> None:
-        self.rng = rng
-        self.width = width
-        self.margin = int(2 * BEAM_RADIUS * 1.8)
-        n = width + self.margin
-        vignette = rng.uniform(0.02, 0.05)
-        self.ids = np.empty((n, n), dtype=np.int32)
-        self.falloff = np.empty((n, n), dtype=np.float32)
-        for y0 in range(0, n, 256):  # in bands: bounded memory for large sections
-            q, r, rim = _hex_cells(np.arange(y0, min(n, y0 + 256)), np.arange(n))
-            # rows of hexagons are offset by half a cell: fold (q, r) into one id
-            self.ids[y0 : y0 + q.shape[0]] = (r + 64) * 4096 + (q + 2048)
-            self.falloff[y0 : y0 + q.shape[0]] = 1 - vignette * rim
-        _, inverse = np.unique(self.ids, return_inverse=True)
-        self.ids = inverse.reshape(n, n).astype(np.int32)
-        self.n_ids = int(self.ids.max()) + 1
-
-    def section(self, z: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(tile_ids, gain)`` of section ``z``, both ``(y, x)``."""
-        sy, sx = self.rng.integers(0, self.margin, size=2)
-        ids = self.ids[sy : sy + self.width, sx : sx + self.width]
-        drift = 1 + 0.03 * np.sin(z * 0.05)
-        gains = (drift * self.rng.normal(1.0, 0.025, self.n_ids)).astype(np.float32)
-        gain = gains[ids] * self.falloff[sy : sy + self.width, sx : sx + self.width]
-        return ids, gain
-
-
-def _hex_cells(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Axial coordinates ``(q, r)`` of the pointy-top hexagon of radius :data:`BEAM_RADIUS`
-    holding each pixel, and the pixel's squared distance from its centre in radii."""
-    yy = rows.astype(np.float64)[:, None]
-    xx = cols.astype(np.float64)[None, :]
-    q = (np.sqrt(3) / 3 * xx - yy / 3) / BEAM_RADIUS
-    r = np.broadcast_to(2 / 3 * yy / BEAM_RADIUS, q.shape)
-    s = -q - r
-    rq, rr, rs = np.rint(q), np.rint(r), np.rint(s)
-    dq, dr, ds = np.abs(rq - q), np.abs(rr - r), np.abs(rs - s)
-    fix_q = (dq > dr) & (dq > ds)
-    fix_r = ~fix_q & (dr > ds)
-    rq = np.where(fix_q, -rr - rs, rq)
-    rr = np.where(fix_r, -rq - rs, rr)
-    cx = BEAM_RADIUS * np.sqrt(3) * (rq + rr / 2)
-    cy = BEAM_RADIUS * 1.5 * rr
-    rim = ((xx - cx) ** 2 + (yy - cy) ** 2) / BEAM_RADIUS**2
-    return rq.astype(np.int32), rr.astype(np.int32), rim.astype(np.float32)
 
 
 # -- ground truth and mags -----------------------------------------------------------------

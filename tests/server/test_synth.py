@@ -184,5 +184,47 @@ def test_cli_synth_prints_its_summary(tmp_path: Path, monkeypatch: pytest.Monkey
     assert again.exit_code == 1
     assert "not an empty folder" in " ".join(again.output.split())
     assert "Traceback" not in again.output
-    bad = runner.invoke(app, ["synth", str(tmp_path / "t"), "--size", "huge"])
+    bad = runner.invoke(app, ["synth", str(tmp_path / "t"), "--size", "enormous"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert "use small, medium, large or huge" in " ".join(bad.output.split())
+
+
+def test_a_repeated_dataset_reads_its_written_sections_again_at_every_depth(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """``synth --size huge`` in small: 32 sections written, 100 readable, disk for 32."""
+    from server.datasets.service import grid_of, open_source, register_dataset
+    from server.db import migrate
+    from server.db.base import make_engine, make_sessionmaker, session_scope
+    from server.sim.synth_tiled import make_repeated_dataset
+
+    with pytest.raises(InvalidInput, match="multiple of it"):
+        make_repeated_dataset(tmp_path / "bad", width=280, depth=100, written=8)
+    summary = make_repeated_dataset(tmp_path / "rep", width=280, depth=100, written=32)
+    assert summary.n_patches == 4 * 100 and summary.shape == (280, 280, 100)
+    rows = _truth(summary.path)
+    assert len(rows) == 400 and [int(r["z"]) for r in rows] == sorted(int(r["z"]) for r in rows)
+    for i in (5, 133, 399):  # ground truth of a repeated section is that of its original
+        original = rows[i % 128]
+        assert rows[i]["label"] == original["label"] and int(rows[i]["z"]) == i // 4
+    assert summary.n_artifact_patches == sum(r["label"] == "artifact" for r in rows)
+    for mag in (1, 2, 4):
+        for layer in ("color", "artifact_mask"):
+            assert np.array_equal(
+                _section(summary.path, layer, 99, mag=mag),
+                _section(summary.path, layer, 3, mag=mag),
+            )
+    shards = [p for p in (summary.path / "color" / "1" / "c").rglob("*") if p.is_file()]
+    assert {p.stat().st_nlink for p in shards} == {4}, "one file, four blocks of 32 sections"
+    migrate.upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            dataset = register_dataset(session, name="repeated", path=str(summary.path))
+            grid = grid_of(dataset)
+            assert len(grid) == 400
+            with open_source(dataset) as source:
+                far, near = source.read_patches(grid.origins(np.asarray([397, 13])))
+                assert np.array_equal(far, near), "patch 397 is patch 13 three blocks on"
+    finally:
+        engine.dispose()
