@@ -116,6 +116,10 @@ class Autoencoder(nn.Module):
         self.out = nn.Conv2d(cin, enc.in_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(x)[0]
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reconstruction and the embedding (:meth:`embed`) from one encoder pass."""
         features = self.encoder(x)
         y = self.code(features[-1])
         for up, skip, feat in zip(
@@ -126,7 +130,7 @@ class Autoencoder(nn.Module):
         y = self.out(y)
         if y.shape[-2:] != x.shape[-2:]:
             y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return y
+        return y, features[-1].mean(dim=(2, 3))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Per-patch embedding: the deepest features, average-pooled."""

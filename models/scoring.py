@@ -79,11 +79,12 @@ def score_batch(
     if autoencoder is not None:
         fast_ae = for_inference(autoencoder)
         xin = next(dihedral_views(xb, 1))
-        err = ((fast_ae(xin) - xb) ** 2).mean(dim=(1, 2, 3)).float().cpu().numpy()
+        reconstruction, ae_embedding = fast_ae.reconstruct(xin)
+        err = ((reconstruction - xb) ** 2).mean(dim=(1, 2, 3)).float().cpu().numpy()
         ref = recon_reference or {"median": 0.0, "mad": 1.0}
         recon = (err - ref["median"]) / (1.4826 * max(ref["mad"], 1e-9))
         if classifier is None:
-            embedding = fast_ae.embed(xin).float().cpu().numpy()
+            embedding = ae_embedding.float().cpu().numpy()
     return Scores(
         p_artifact=np.asarray(p, np.float32),
         entropy=np.asarray(entropy, np.float32),
