@@ -12,7 +12,9 @@ labelled twice, no label lost and no "no tasks" answer given while tasks were op
 ``--replace-at`` replaces the batch of proposals that many seconds into the measurement, as a
 propose job does, with a new batch overlapping the old one. ``--repeats`` runs it several
 times on fresh databases and reports the median and the spread (min-max) of each figure,
-with the load average of the machine beside each run. Writes bench/results/api_load.json.
+with the load average of the machine beside each run, and the CPU time per request of the
+API workers, PostgreSQL and the load generator itself (aiohttp: it shares the cores with the
+server). Writes bench/results/api_load.json.
 """
 
 from __future__ import annotations

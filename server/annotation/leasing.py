@@ -7,11 +7,22 @@ the lease runs in a ``BEGIN IMMEDIATE`` transaction (see :func:`write_transactio
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, func, select, text, update
+from sqlalchemy import (
+    BindParameter,
+    Executable,
+    Select,
+    Table,
+    bindparam,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
@@ -69,7 +80,7 @@ def lease_next(
     )
     if session.get_bind().dialect.name == "postgresql":
         leased = _lease_in_one_statement(
-            session, stmt, dataset_id=dataset_id, annotator=annotator, now=now, expires=expires
+            session, dataset_id=dataset_id, annotator=annotator, now=now, expires=expires
         )
         if leased is not None:
             return leased
@@ -93,58 +104,17 @@ def lease_next(
 
 
 def _lease_in_one_statement(
-    session: Session,
-    stmt: Select[Any],
-    *,
-    dataset_id: int,
-    annotator: Annotator,
-    now: datetime,
-    expires: datetime,
+    session: Session, *, dataset_id: int, annotator: Annotator, now: datetime, expires: datetime
 ) -> tuple[AnnotationTask, Dataset] | None:
-    """``WITH surplus AS (UPDATE ...), leased AS (UPDATE ... WHERE id = (SELECT ... FOR UPDATE
-    SKIP LOCKED) RETURNING ...) SELECT leased.*, datasets.* FROM leased JOIN datasets``.
-
-    The surplus leases are those beyond the newest ``MAX_LEASES_PER_ANNOTATOR - 1`` the
-    annotator held before this lease (a statement's parts see the same snapshot)."""
-    table = AnnotationTask.__table__
-    held = (
-        select(table.c.id)
-        .where(
-            table.c.dataset_id == dataset_id,
-            table.c.status == "leased",
-            table.c.lease_holder_id == annotator.id,
-            table.c.lease_expires_at >= now,
-        )
-        .order_by(table.c.lease_expires_at.desc())
-        .offset(MAX_LEASES_PER_ANNOTATOR - 1)
-        .correlate(None)  # a subquery of its own, not of the UPDATE of the same table
-    )
-    surplus = (
-        update(table)
-        .where(table.c.id.in_(held), table.c.lease_holder_id == annotator.id)
-        .values(status="open", lease_holder_id=None, lease_expires_at=None, updated_at=now)
-        .returning(table.c.id)
-        .cte("surplus")
-    )
-    pick = (
-        stmt.with_only_columns(AnnotationTask.id).with_for_update(skip_locked=True).correlate(None)
-    )
-    leased = (
-        update(table)
-        .where(table.c.id == pick.scalar_subquery())
-        .values(status="leased", lease_holder_id=annotator.id, lease_expires_at=expires)
-        .values(updated_at=now)
-        .returning(*table.c)
-        .cte("leased")
-    )
-    task_row = aliased(AnnotationTask, leased)
-    query = (
-        select(task_row, Dataset)
-        .join(Dataset, Dataset.id == leased.c.dataset_id)
-        .add_cte(surplus)
-        .execution_options(populate_existing=True)
-    )
-    row = session.execute(query).first()
+    """Surplus release, pick, lease and dataset read in one statement (see
+    :func:`_one_statement_lease`)."""
+    params = {
+        "lease_dataset": dataset_id,
+        "lease_annotator": annotator.id,
+        "lease_now": now,
+        "lease_expires": expires,
+    }
+    row = session.execute(_one_statement_lease(), params).first()
     task: AnnotationTask | None = row[0] if row is not None else None
     # tasks of this annotator already in the session may just have been given back
     for held_task in list(session.identity_map.values()):
@@ -155,6 +125,66 @@ def _lease_in_one_statement(
         ):
             session.expire(held_task)
     return (row[0], row[1]) if row is not None else None
+
+
+@functools.cache
+def _one_statement_lease() -> Executable:
+    """``WITH surplus AS (UPDATE ...), leased AS (UPDATE ... WHERE id = (SELECT ... FOR UPDATE
+    SKIP LOCKED) RETURNING ...) SELECT leased.*, datasets.* FROM leased JOIN datasets``.
+
+    The surplus leases are those beyond the newest ``MAX_LEASES_PER_ANNOTATOR - 1`` the
+    annotator held before this lease (a statement's parts see the same snapshot). Built
+    once: making the CTEs' column collections costs more than running the statement. (No
+    parameter is named like a column: an UPDATE would take it as a value to set.)"""
+    table = cast(Table, AnnotationTask.__table__)
+    dataset_id: BindParameter[int] = bindparam("lease_dataset")
+    annotator_id: BindParameter[int] = bindparam("lease_annotator")
+    now: BindParameter[datetime] = bindparam("lease_now")
+    expires: BindParameter[datetime] = bindparam("lease_expires")
+    held = (
+        select(table.c.id)
+        .where(
+            table.c.dataset_id == dataset_id,
+            table.c.status == "leased",
+            table.c.lease_holder_id == annotator_id,
+            table.c.lease_expires_at >= now,
+        )
+        .order_by(table.c.lease_expires_at.desc())
+        .offset(MAX_LEASES_PER_ANNOTATOR - 1)
+        .correlate(None)  # a subquery of its own, not of the UPDATE of the same table
+    )
+    surplus = (
+        update(table)
+        .where(table.c.id.in_(held), table.c.lease_holder_id == annotator_id)
+        .values(status="open", lease_holder_id=None, lease_expires_at=None, updated_at=now)
+        .returning(table.c.id)
+        .cte("surplus")
+    )
+    passed = select(TaskSkip.task_id).where(
+        TaskSkip.annotator_id == annotator_id, TaskSkip.task_id == table.c.id
+    )
+    pick = (
+        select(table.c.id)
+        .where(table.c.dataset_id == dataset_id, table.c.status == "open", ~passed.exists())
+        .order_by(table.c.rank, table.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .correlate(None)
+    )
+    leased = (
+        update(table)
+        .where(table.c.id == pick.scalar_subquery())
+        .values(status="leased", lease_holder_id=annotator_id, lease_expires_at=expires)
+        .values(updated_at=now)
+        .returning(*table.c)
+        .cte("leased")
+    )
+    return (
+        select(aliased(AnnotationTask, leased), Dataset)
+        .join(Dataset, Dataset.id == leased.c.dataset_id)
+        .add_cte(surplus)
+        .execution_options(populate_existing=True)
+    )
 
 
 def _reclaim_due(session: Session, *, dataset_id: int) -> bool:

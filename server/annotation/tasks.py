@@ -3,9 +3,10 @@ verdict changes. Leasing itself is :mod:`server.annotation.leasing`."""
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import Executable, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from server.db.base import utcnow
@@ -88,21 +89,29 @@ def _task_to_label(
 ) -> tuple[AnnotationTask, Dataset, Label | None]:
     """The task (locked on PostgreSQL), its dataset and the annotator's label with that
     idempotency key, if any, in one query."""
-    stmt = (
-        select(AnnotationTask, Dataset)
-        .join(Dataset, Dataset.id == AnnotationTask.dataset_id)
-        .where(AnnotationTask.id == task_id)
-    )
-    if idempotency_key:
-        stmt = stmt.add_columns(Label).outerjoin(
-            Label, (Label.annotator == annotator.name) & (Label.idempotency_key == idempotency_key)
-        )
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=AnnotationTask)
-    row = session.execute(stmt).first()
+    lock = session.get_bind().dialect.name == "postgresql"
+    stmt = _task_to_label_query(with_key=bool(idempotency_key), lock=lock)
+    params = {"to_label": task_id, "key_of": annotator.name, "key": idempotency_key}
+    row = session.execute(stmt, params).first()
     if row is None:
         raise NotFound(f"no task {task_id}")
     return row[0], row[1], (row[2] if idempotency_key else None)
+
+
+@functools.cache
+def _task_to_label_query(*, with_key: bool, lock: bool) -> Executable:
+    """Built once per variant (parameters ``to_label``, ``key_of`` and ``key``)."""
+    stmt = (
+        select(AnnotationTask, Dataset)
+        .join(Dataset, Dataset.id == AnnotationTask.dataset_id)
+        .where(AnnotationTask.id == bindparam("to_label"))
+    )
+    if with_key:
+        stmt = stmt.add_columns(Label).outerjoin(
+            Label,
+            (Label.annotator == bindparam("key_of")) & (Label.idempotency_key == bindparam("key")),
+        )
+    return stmt.with_for_update(of=AnnotationTask) if lock else stmt
 
 
 def _task_label(task: AnnotationTask, *, label: str, artifact_type: str | None) -> NewLabel:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import BindParameter, Select, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -323,13 +324,30 @@ def labels_arrived(rt: Runtime, sender: JobSender, *, dataset_id: int) -> Job | 
 def _training_may_start(rt: Runtime, *, dataset_id: int) -> bool:
     """What decides most calls of :func:`labels_arrived` in one query outside a transaction:
     without a ready autoencoder, or while a training runs and none waits, none starts."""
+    with rt.sessions() as session:
+        bind = session.get_bind()
+        options: dict[str, Any] = {}
+        if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
+            options["isolation_level"] = "AUTOCOMMIT"  # one round trip: no BEGIN, no ROLLBACK
+        connection = session.connection(execution_options=options)
+        row = connection.execute(_training_state_query(), {"arrived_in": dataset_id}).one()
+    has_autoencoder, running, queued = row
+    return bool(has_autoencoder) and (bool(queued) or not running)
+
+
+@functools.cache
+def _training_state_query() -> Select[Any]:
+    """Whether the dataset (parameter ``arrived_in``) has a ready autoencoder, a running
+    and a queued training. Built once: building it cost more than running it."""
     from server.db.tables import ModelVersion
     from server.jobs.kinds import JobKind, JobState
 
-    def train_in(*states: str) -> Any:
+    dataset_id: BindParameter[int] = bindparam("arrived_in")
+
+    def train_in(state: str) -> Any:
         return (
             select(Job.id)
-            .where(Job.dataset_id == dataset_id, Job.kind == JobKind.TRAIN, Job.state.in_(states))
+            .where(Job.dataset_id == dataset_id, Job.kind == JobKind.TRAIN, Job.state == state)
             .exists()
         )
 
@@ -342,15 +360,7 @@ def _training_may_start(rt: Runtime, *, dataset_id: int) -> bool:
         )
         .exists()
     )
-    query = select(autoencoder, train_in(JobState.RUNNING), train_in(JobState.QUEUED))
-    with rt.sessions() as session:
-        bind = session.get_bind()
-        options: dict[str, Any] = {}
-        if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
-            options["isolation_level"] = "AUTOCOMMIT"  # one round trip: no BEGIN, no ROLLBACK
-        row = session.connection(execution_options=options).execute(query).one()
-    has_autoencoder, running, queued = row
-    return bool(has_autoencoder) and (bool(queued) or not running)
+    return select(autoencoder, train_in(JobState.RUNNING), train_in(JobState.QUEUED))
 
 
 def last_training_snapshot(session: Session, *, dataset_id: int) -> int:
