@@ -12,7 +12,9 @@ labelled twice, no label lost and no "no tasks" answer given while tasks were op
 ``--replace-at`` replaces the batch of proposals that many seconds into the measurement, as a
 propose job does, with a new batch overlapping the old one. ``--repeats`` runs it several
 times on fresh databases and reports the median and the spread (min-max) of each figure,
-with the load average of the machine beside each run. Writes bench/results/api_load.json.
+with the load average of the machine beside each run, and the CPU time per request of the
+API workers, PostgreSQL and the load generator itself (aiohttp: it shares the cores with the
+server). Writes bench/results/api_load.json.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
+import psutil
 
 os.environ.setdefault("WEBKNOSSOS_SKIP_VERSION_CHECK", "True")
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,41 +65,46 @@ async def annotator(
     think_s: float,
     warm_until: float,
 ) -> None:
+    # aiohttp, not httpx: the load generator shares the machine's cores with the server, and
+    # httpx costs about twice the CPU per request
     headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(base, headers=headers, timeout=timeout) as http:
 
-        async def post(op: str, path: str, **kwargs: object) -> httpx.Response | None:
+        async def post(op: str, path: str, body: object = None) -> Any:
             t0 = time.perf_counter()
             try:
-                r = await http.post(path, **kwargs)  # type: ignore[arg-type]
-            except httpx.HTTPError as exc:
+                async with http.post(path, json=body) as r:
+                    status, retry_after = r.status, r.headers.get("retry-after", 0.5)
+                    answer = await r.json() if status == 200 else None
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 log["errors"].append(f"{op} {type(exc).__name__}")
                 return None
             finally:
                 if t0 > warm_until:  # connections and caches warm up first
                     log[f"{op}_ms"].append((time.perf_counter() - t0) * 1000)
-            if r.status_code != 200:
-                log["errors"].append(f"{op} {r.status_code}")
+            if status != 200:
+                log["errors"].append(f"{op} {status}")
                 # a client backs off as told (503 Retry-After), not in a tight loop
-                await asyncio.sleep(min(float(r.headers.get("retry-after", 0.5)), 2.0))
+                await asyncio.sleep(min(float(retry_after), 2.0))
                 return None
-            return r
+            return answer
 
         await asyncio.sleep(random.random())  # annotators arrive over the first second
         while time.perf_counter() < stop_at:
-            r = await post("next", f"/api/v1/datasets/{dataset_id}/tasks/next")
-            if r is None:
+            answer = await post("next", f"/api/v1/datasets/{dataset_id}/tasks/next")
+            if answer is None:
                 continue
-            task = r.json()["task"]
+            task = answer["task"]
             if task is None:
                 log["no_tasks"].append(time.perf_counter())
                 await asyncio.sleep(0.5)
                 continue
             log["leased"].append(task["id"])
             body = {"label": "clean", "idempotency_key": f"{token[-8:]}-{task['id']}"}
-            r = await post("label", f"/api/v1/tasks/{task['id']}/label", json=body)
-            if r is not None:
-                log["label_ids"].append(r.json()["id"])
+            answer = await post("label", f"/api/v1/tasks/{task['id']}/label", body)
+            if answer is not None:
+                log["label_ids"].append(answer["id"])
                 if time.perf_counter() > warm_until:
                     log["labelled_at"].append(time.perf_counter())
             if think_s:
@@ -111,6 +120,7 @@ async def run_load(
     *,
     url: str,
     replace_at: float | None,
+    server_pid: int,
 ) -> dict:
     log: dict[str, list] = {
         "next_ms": [],
@@ -121,6 +131,7 @@ async def run_load(
         "no_tasks": [],
         "replacement_s": [],
         "labelled_at": [],
+        "cpu_s": [],
     }
     start = time.perf_counter()
     warm_until = start + WARM_UP_S
@@ -128,6 +139,7 @@ async def run_load(
     jobs = [annotator(base, s, dataset_id, stop_at, log, think_s, warm_until) for s in secrets]
     if replace_at is not None:
         jobs.append(replace_batch(url, dataset_id, at=warm_until + replace_at, log=log))
+    jobs.append(count_cpu(server_pid, at=(warm_until, stop_at), log=log))
     await asyncio.gather(*jobs)
     log["elapsed_s"] = [time.perf_counter() - warm_until]
     return log
@@ -137,6 +149,39 @@ async def replace_batch(url: str, dataset_id: int, *, at: float, log: dict[str, 
     """What a propose job does: a new ranked batch, half of it on patches of the old one."""
     await asyncio.sleep(max(0.0, at - time.perf_counter()))
     log["replacement_s"].append(await asyncio.to_thread(replace_half_of_the_batch, url, dataset_id))
+
+
+def cpu_seconds(server_pid: int) -> tuple[float, float, float]:
+    """CPU time so far of the API's worker processes, of PostgreSQL's backends, and of this
+    load generator."""
+    server = psutil.Process(server_pid)
+    api = sum(_busy(p) for p in [server, *server.children(recursive=True)])
+    postgres = sum(_busy(p) for p in psutil.process_iter() if _is_postgres(p))
+    return api, postgres, time.process_time()
+
+
+def _busy(proc: psutil.Process) -> float:
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def _is_postgres(proc: psutil.Process) -> bool:
+    try:
+        return proc.name() in ("postgres", "postmaster")
+    except psutil.Error:
+        return False
+
+
+async def count_cpu(server_pid: int, *, at: tuple[float, float], log: dict[str, list]) -> None:
+    """CPU seconds spent between the end of the warm-up and the end of the run."""
+    await asyncio.sleep(max(0.0, at[0] - time.perf_counter()))
+    before = cpu_seconds(server_pid)
+    await asyncio.sleep(max(0.0, at[1] - time.perf_counter()))
+    after = cpu_seconds(server_pid)
+    log["cpu_s"] = [a - b for a, b in zip(after, before, strict=True)]
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -220,6 +265,7 @@ def run_once(args: argparse.Namespace, admin_url: str) -> dict:
                 args.think_ms / 1000,
                 url=url,
                 replace_at=args.replace_at,
+                server_pid=proc.pid,
             )
         )
         load_after = loadavg()
@@ -241,6 +287,8 @@ def run_once(args: argparse.Namespace, admin_url: str) -> dict:
         engine.dispose()
         leased = Counter(log["leased"])
         labels = summarise(log["label_ms"], elapsed)
+        requests = max(1, len(log["next_ms"]) + len(log["label_ms"]))
+        api_cpu, postgres_cpu, client_cpu = log["cpu_s"] or [float("nan")] * 3
         return {
             "next": summarise(log["next_ms"], elapsed),
             "label": labels,
@@ -251,6 +299,12 @@ def run_once(args: argparse.Namespace, admin_url: str) -> dict:
             "no_tasks_answers": len(log["no_tasks"]),
             "open_tasks_at_end": int(still_open or 0),
             "labels_stored": len(stored),
+            # PostgreSQL's figure counts every backend on the server, other databases' too
+            "cpu_ms_per_request": {
+                "api": round(api_cpu * 1000 / requests, 2),
+                "postgres": round(postgres_cpu * 1000 / requests, 2),
+                "load_generator": round(client_cpu * 1000 / requests, 2),
+            },
             "replacement_s": [round(v, 3) for v in log["replacement_s"]],
             "errors": dict(Counter(log["errors"])),
             "seconds": round(elapsed, 1),
@@ -316,6 +370,11 @@ def main() -> None:
             f"{run['doubly_labelled_patches']}, lost labels {run['lost_labels']}, "
             f"'no tasks' answers {run['no_tasks_answers']}, errors {run['errors'] or 'none'}, "
             f"load average {run['loadavg_before']} -> {run['loadavg_after']}"
+        )
+        cpu = run["cpu_ms_per_request"]
+        print(
+            f"  CPU per request: API {cpu['api']:.2f} ms, PostgreSQL {cpu['postgres']:.2f} ms, "
+            f"load generator {cpu['load_generator']:.2f} ms"
         )
     result = {
         "annotators": args.annotators,

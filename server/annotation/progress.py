@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.annotation.tasks import open_task_count
+from server.annotation.leasing import open_task_count
 from server.db.base import utcnow
 from server.db.tables import AnnotationTask, Annotator, Label
 from server.labels.service import last_training_snapshot

@@ -112,7 +112,7 @@ def replace_proposals(
     commits, so no lease can take one any more, and it waits for leases already taking one.
     Then the patches leased or labelled by now are looked up again (the picks were chosen
     earlier) and dropped from the batch. Leasing waits for the commit instead of finding
-    every open task locked (see :func:`server.annotation.tasks.lease_next`), so everything
+    every open task locked (see :func:`server.annotation.leasing.lease_next`), so everything
     that can be done before the retirement is, and the rows go in as one bulk insert.
     """
     w, h = patch_extent(dataset)

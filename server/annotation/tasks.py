@@ -1,166 +1,18 @@
-"""Annotation tasks: leasing proposed patches to annotators, one annotator per task at a time.
-
-PostgreSQL hands out tasks with ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent
-``next`` calls never wait on each other and never get the same row. SQLite has one writer:
-the lease runs in a ``BEGIN IMMEDIATE`` transaction (see :func:`write_transaction`).
-"""
+"""Annotation tasks: labelling, skipping and releasing a leased task, the review list and
+verdict changes. Leasing itself is :mod:`server.annotation.leasing`."""
 
 from __future__ import annotations
 
-import time
+import functools
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import Select, func, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Executable, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from server.db.base import utcnow
 from server.db.tables import AnnotationTask, Annotator, Dataset, Label, TaskSkip
 from server.errors import Conflict, NotFound
-from server.labels.service import NewLabel, create_label
-
-# An annotator may hold this many leases (the page prefetches the next patch); beyond it the
-# oldest goes back to the queue, so a reloaded page never strands tasks until they expire.
-MAX_LEASES_PER_ANNOTATOR = 3
-# How long `next` waits for a batch replacement to commit when it locked every open task.
-REPLACEMENT_WAIT_S = 10.0
-
-
-def reclaim_expired(session: Session, *, dataset_id: int) -> int:
-    """Put tasks whose lease ran out back into the queue."""
-    result = session.execute(
-        update(AnnotationTask)
-        .where(
-            AnnotationTask.dataset_id == dataset_id,
-            AnnotationTask.status == "leased",
-            AnnotationTask.lease_expires_at < utcnow(),
-        )
-        .values(status="open", lease_holder_id=None, lease_expires_at=None)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
-def lease_next(
-    session: Session, *, dataset_id: int, annotator: Annotator, lease_seconds: int
-) -> AnnotationTask | None:
-    """Lease the best-ranked open task of the dataset to ``annotator``; ``None`` when there
-    is none. Call inside a write transaction."""
-    now = utcnow()
-    reclaim_expired(session, dataset_id=dataset_id)
-    _release_surplus(session, dataset_id=dataset_id, annotator=annotator, now=now)
-    # (dataset_id, status, rank, id) is an index: this reads one row, not the queue.
-    passed = select(TaskSkip.task_id).where(
-        TaskSkip.annotator_id == annotator.id, TaskSkip.task_id == AnnotationTask.id
-    )
-    stmt = (
-        select(AnnotationTask)
-        .where(
-            AnnotationTask.dataset_id == dataset_id,
-            AnnotationTask.status == "open",
-            ~passed.exists(),  # a task someone skipped goes to the others, not back to them
-        )
-        .order_by(AnnotationTask.rank, AnnotationTask.id)
-        .limit(1)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        task = _lease_candidate_postgres(session, stmt, dataset_id=dataset_id)
-    else:
-        task = session.scalar(stmt)  # BEGIN IMMEDIATE: this transaction is the only writer
-    if task is None:
-        return None
-    task.status = "leased"
-    task.lease_holder_id = annotator.id
-    task.lease_expires_at = now + timedelta(seconds=lease_seconds)
-    session.flush()
-    return task
-
-
-def _lease_candidate_postgres(
-    session: Session, stmt: Select[Any], *, dataset_id: int
-) -> AnnotationTask | None:
-    """The first open task no one else is taking (``SKIP LOCKED``).
-
-    When every open task is locked, a batch replacement is retiring them and has not
-    committed yet: wait for it (at most :data:`REPLACEMENT_WAIT_S` in all, replacements back
-    to back included), then take the first task of the batch it committed, rather than
-    answer "no tasks" with a queue full of them.
-    """
-    deadline = time.monotonic() + REPLACEMENT_WAIT_S
-    while True:
-        task = session.scalar(stmt.with_for_update(skip_locked=True))
-        if task is not None:
-            return task
-        visible = session.scalar(
-            select(AnnotationTask.id)
-            .where(AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == "open")
-            .limit(1)
-        )
-        left_ms = int((deadline - time.monotonic()) * 1000)
-        if visible is None or left_ms <= 0:
-            return None  # the queue is empty, not locked; or the replacement holds on
-        session.execute(text(f"SET LOCAL lock_timeout = {left_ms}"))
-        try:
-            with session.begin_nested():
-                task = session.scalar(stmt.with_for_update())
-        except OperationalError:  # lock_timeout
-            task = None
-        session.execute(text("SET LOCAL lock_timeout = 0"))
-        if task is not None:
-            return task
-        # the rows waited for were retired; the new batch is visible to a new statement
-
-
-def open_task_count(session: Session, *, dataset_id: int, cap: int = 1000) -> int:
-    """How many tasks wait, counted up to ``cap`` (an exact count would scan the queue).
-
-    A full count (``cap`` reached) is remembered for :data:`FULL_COUNT_SECONDS`: with a long
-    queue the answer hardly changes, and counting it was the dearest query of ``next``."""
-    key = (str(session.get_bind().engine.url), dataset_id, cap)
-    remembered = _full_counts.get(key)
-    if remembered is not None and remembered > time.monotonic():
-        return cap
-    waiting = (
-        select(AnnotationTask.id)
-        .where(AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == "open")
-        .limit(cap)
-    )
-    count = int(session.scalar(select(func.count()).select_from(waiting.subquery())) or 0)
-    if count >= cap:
-        if len(_full_counts) > 1000:
-            _full_counts.clear()
-        _full_counts[key] = time.monotonic() + FULL_COUNT_SECONDS
-    else:
-        _full_counts.pop(key, None)
-    return count
-
-
-FULL_COUNT_SECONDS = 2.0
-_full_counts: dict[tuple[str, int, int], float] = {}
-
-
-def _release_surplus(
-    session: Session, *, dataset_id: int, annotator: Annotator, now: object
-) -> None:
-    held = list(
-        session.scalars(
-            select(AnnotationTask.id)
-            .where(
-                AnnotationTask.dataset_id == dataset_id,
-                AnnotationTask.status == "leased",
-                AnnotationTask.lease_holder_id == annotator.id,
-                AnnotationTask.lease_expires_at >= now,
-            )
-            .order_by(AnnotationTask.lease_expires_at.desc())
-        )
-    )
-    surplus = held[MAX_LEASES_PER_ANNOTATOR - 1 :]
-    if surplus:
-        session.execute(
-            update(AnnotationTask)
-            .where(AnnotationTask.id.in_(surplus), AnnotationTask.lease_holder_id == annotator.id)
-            .values(status="open", lease_holder_id=None, lease_expires_at=None)
-        )
+from server.labels.service import NewLabel, check_key_reuse, create_label
 
 
 def get_task(session: Session, task_id: int, *, lock: bool = False) -> AnnotationTask:
@@ -197,26 +49,23 @@ def label_task(
 ) -> tuple[Label, bool]:
     """Record ``annotator``'s verdict on a task. A repeat with the same idempotency key
     returns the first label; a task leased by someone else is refused."""
-    task = get_task(session, task_id, lock=True)
-    if idempotency_key:
-        from server.labels.service import find_by_key
-
-        existing = find_by_key(
-            session,
-            annotator=annotator.name,
+    task, dataset, existing = _task_to_label(
+        session, task_id=task_id, annotator=annotator, idempotency_key=idempotency_key
+    )
+    if existing is not None and idempotency_key:
+        expect = _task_label(task, label=label, artifact_type=artifact_type)
+        found = check_key_reuse(
+            existing,
             key=idempotency_key,
-            expect=_task_label(task, label=label, artifact_type=artifact_type),
+            expect=expect,
             dataset_id=task.dataset_id,
             task_id=task.id,
         )
-        if existing is not None:
-            return existing, False
+        return found, False
     if _leased_by_other(task, annotator):
         raise Conflict(f"task {task_id} is leased by another annotator")
     if task.status == "retired" and task.lease_holder_id != annotator.id:
         raise Conflict(f"task {task_id} was retired: ask for the next task")
-    dataset = session.get(Dataset, task.dataset_id)
-    assert dataset is not None
     created_label, created = create_label(
         session,
         dataset=dataset,
@@ -233,6 +82,36 @@ def label_task(
     task.lease_expires_at = None
     session.flush()
     return created_label, created
+
+
+def _task_to_label(
+    session: Session, *, task_id: int, annotator: Annotator, idempotency_key: str | None
+) -> tuple[AnnotationTask, Dataset, Label | None]:
+    """The task (locked on PostgreSQL), its dataset and the annotator's label with that
+    idempotency key, if any, in one query."""
+    lock = session.get_bind().dialect.name == "postgresql"
+    stmt = _task_to_label_query(with_key=bool(idempotency_key), lock=lock)
+    params = {"to_label": task_id, "key_of": annotator.name, "key": idempotency_key}
+    row = session.execute(stmt, params).first()
+    if row is None:
+        raise NotFound(f"no task {task_id}")
+    return row[0], row[1], (row[2] if idempotency_key else None)
+
+
+@functools.cache
+def _task_to_label_query(*, with_key: bool, lock: bool) -> Executable:
+    """Built once per variant (parameters ``to_label``, ``key_of`` and ``key``)."""
+    stmt = (
+        select(AnnotationTask, Dataset)
+        .join(Dataset, Dataset.id == AnnotationTask.dataset_id)
+        .where(AnnotationTask.id == bindparam("to_label"))
+    )
+    if with_key:
+        stmt = stmt.add_columns(Label).outerjoin(
+            Label,
+            (Label.annotator == bindparam("key_of")) & (Label.idempotency_key == bindparam("key")),
+        )
+    return stmt.with_for_update(of=AnnotationTask) if lock else stmt
 
 
 def _task_label(task: AnnotationTask, *, label: str, artifact_type: str | None) -> NewLabel:

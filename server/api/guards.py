@@ -69,8 +69,11 @@ class RequestGuard:
             await _respond(send, status, detail, headers)
             return
         if scope["method"] in BODY_METHODS:
+            secret = _bearer(scope)
             try:
-                caller = await to_thread.run_sync(state.caller, _bearer(scope))
+                caller = state.cached_caller(secret) or await to_thread.run_sync(
+                    state.caller, secret
+                )
             except ArtifactLoopError as exc:
                 headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
                 await _respond(send, exc.status_code, str(exc), headers)

@@ -61,6 +61,14 @@ class AppState:
                 old.close()
         return opened
 
+    def cached_caller(self, secret: str | None) -> Annotator | None:
+        """The annotator a token belongs to if it was authenticated lately; ``None`` when
+        that needs the database (:meth:`caller`). Cheap enough for the event loop."""
+        cached = self._callers.get(hash_token(secret) if secret else "")
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        return None
+
     def caller(self, secret: str | None) -> Annotator:
         """The annotator a token belongs to (raises Unauthorized)."""
         key = hash_token(secret) if secret else ""

@@ -8,12 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
+from server.annotation.leasing import lease_next, open_task_count
 from server.annotation.progress import labelling_progress
 from server.annotation.tasks import (
     get_task,
     label_task,
-    lease_next,
-    open_task_count,
     release_task,
     review_list,
     skip_task,
@@ -61,23 +60,23 @@ def task_out(
 )
 def next_task(dataset_id: DatasetId, state: StateDep, user: CurrentUser) -> NextTask:
     with write_transaction(state.runtime.sessions) as session:
-        dataset = get_dataset(session, dataset_id)
-        task = lease_next(
+        leased = lease_next(
             session,
             dataset_id=dataset_id,
             annotator=user,
             lease_seconds=state.settings.lease_seconds,
         )
-        remaining = open_task_count(session, dataset_id=dataset_id)
-        if task is None:
+        if leased is None:
+            get_dataset(session, dataset_id)  # 404 for a dataset that does not exist
             return NextTask(
                 task=None,
                 remaining=0,
                 message="no tasks left: the model proposes more after the next training",
             )
+        task, dataset = leased
         return NextTask(
             task=task_out(task, dataset=dataset, server=state.settings.wk_url),
-            remaining=remaining,
+            remaining=open_task_count(session, dataset_id=dataset_id),
         )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import BindParameter, Select, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from models.vocab import ARTIFACT_TYPES
@@ -147,6 +149,14 @@ def find_by_key(
     )
     if found is None or expect is None:
         return found
+    return check_key_reuse(found, key=key, expect=expect, dataset_id=dataset_id, task_id=task_id)
+
+
+def check_key_reuse(
+    found: Label, *, key: str, expect: NewLabel, dataset_id: int | None, task_id: int | None
+) -> Label:
+    """``found``, the label given with idempotency ``key``, if the key was used for the same
+    request; else :class:`Conflict`."""
     if found.task_id != task_id or (
         task_id is None
         and (found.dataset_id, found.x, found.y, found.z, found.w, found.h)
@@ -282,6 +292,8 @@ def labels_arrived(rt: Runtime, sender: JobSender, *, dataset_id: int) -> Job | 
     from server.jobs.kinds import JobKind, JobState
     from server.versions.service import active_model
 
+    if not _training_may_start(rt, dataset_id=dataset_id):
+        return None
     with write_transaction(rt.sessions) as session:
         if active_model(session, dataset_id=dataset_id, kind="ae") is None:
             return None  # nothing to fine-tune from yet
@@ -307,6 +319,48 @@ def labels_arrived(rt: Runtime, sender: JobSender, *, dataset_id: int) -> Job | 
             params={"trigger": f"{new} new labels"},
             requested_by="loop",
         ).job
+
+
+def _training_may_start(rt: Runtime, *, dataset_id: int) -> bool:
+    """What decides most calls of :func:`labels_arrived` in one query outside a transaction:
+    without a ready autoencoder, or while a training runs and none waits, none starts."""
+    with rt.sessions() as session:
+        bind = session.get_bind()
+        options: dict[str, Any] = {}
+        if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
+            options["isolation_level"] = "AUTOCOMMIT"  # one round trip: no BEGIN, no ROLLBACK
+        connection = session.connection(execution_options=options)
+        row = connection.execute(_training_state_query(), {"arrived_in": dataset_id}).one()
+    has_autoencoder, running, queued = row
+    return bool(has_autoencoder) and (bool(queued) or not running)
+
+
+@functools.cache
+def _training_state_query() -> Select[Any]:
+    """Whether the dataset (parameter ``arrived_in``) has a ready autoencoder, a running
+    and a queued training. Built once: building it cost more than running it."""
+    from server.db.tables import ModelVersion
+    from server.jobs.kinds import JobKind, JobState
+
+    dataset_id: BindParameter[int] = bindparam("arrived_in")
+
+    def train_in(state: str) -> Any:
+        return (
+            select(Job.id)
+            .where(Job.dataset_id == dataset_id, Job.kind == JobKind.TRAIN, Job.state == state)
+            .exists()
+        )
+
+    autoencoder = (
+        select(ModelVersion.id)
+        .where(
+            ModelVersion.dataset_id == dataset_id,
+            ModelVersion.kind == "ae",
+            ModelVersion.status == "ready",
+        )
+        .exists()
+    )
+    return select(autoencoder, train_in(JobState.RUNNING), train_in(JobState.QUEUED))
 
 
 def last_training_snapshot(session: Session, *, dataset_id: int) -> int:
