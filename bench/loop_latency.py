@@ -167,7 +167,12 @@ def pick_labels(dataset: Path, n: int, *, seed: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def durations(http: httpx.Client, ds: int, since_job: int) -> dict[str, Any]:
+def durations(
+    http: httpx.Client,
+    ds: int,
+    since_job: int,
+    kinds: tuple[str, ...] = ("train", "score", "score_chunk", "propose"),
+) -> dict[str, Any]:
     """Seconds each step of the round took, from its jobs (chunks: first start to last end),
     and how many candidates the classifier scored."""
     jobs = http.get("/jobs", params={"dataset_id": ds, "top_level": False, "limit": 1000}).json()[
@@ -176,9 +181,9 @@ def durations(http: httpx.Client, ds: int, since_job: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     scored = [j for j in jobs if j["kind"] == "score" and j["id"] >= since_job]
     if scored:
-        out["candidates_scored"] = scored[0]["result"].get("patches")
+        out["patches_scored"] = scored[0]["result"].get("patches")
         out["score_chunks"] = scored[0]["result"].get("chunks")
-    for kind in ("train", "score", "score_chunk", "propose"):
+    for kind in kinds:
         mine = [j for j in jobs if j["kind"] == kind and j["id"] >= since_job and j["finished_at"]]
         if mine:
             first = min(datetime.fromisoformat(j["started_at"]) for j in mine)
@@ -258,6 +263,8 @@ def run_size(size: str, args: argparse.Namespace, admin_url: str) -> dict[str, A
                  timeout=args.timeout)  # fmt: skip
             wait(lambda: idle(http, ds), "the cold start", timeout=args.timeout, every=1.0)
             setup_s = time.perf_counter() - t
+            setup = durations(http, ds, 0, kinds=("pretrain", "score", "propose"))
+            print(f"{size}: set up in {setup_s:.0f} s: {setup}", flush=True)
             labels = pick_labels(dataset, args.labels, seed=args.seed)
             for body in labels[:-1]:
                 r = http.post(f"/datasets/{ds}/labels", json=body)
@@ -293,6 +300,7 @@ def run_size(size: str, args: argparse.Namespace, admin_url: str) -> dict[str, A
         "classifier_version": version,
         "steps": steps,
         "setup_s": round(setup_s, 1),
+        "setup_steps": setup,
         "workers": peaks,
     }
     print(json.dumps(result, indent=1), flush=True)
