@@ -347,12 +347,17 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown sizes {sorted(unknown)}: use {', '.join(SIZES)}")
     args.data.mkdir(parents=True, exist_ok=True)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for size in sizes:
         load = os.getloadavg()
         run = run_size(size, args, admin_url)
         run["load_average_before"] = [round(v, 2) for v in load]
         runs.append(run)
+        write(args.out, runs)  # what is measured is kept if a later size is cut short
+    print(f"wrote {args.out}")
+
+
+def write(path: Path, runs: list[dict[str, Any]]) -> None:
     by = {r["size"]: r for r in runs}
     summary: dict[str, Any] = {}
     if "100k" in by and "1m" in by:
@@ -368,10 +373,8 @@ def main() -> None:
         "summary": summary,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps(summary, indent=1))
-    print(f"wrote {args.out}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":
