@@ -26,7 +26,6 @@ import csv
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import threading
@@ -201,7 +200,7 @@ def run_size(size: str, args: argparse.Namespace, admin_url: str) -> dict[str, A
     dataset = dataset_for(size, args.data)
     url = make_database(admin_url)
     work = args.data / f"run-{size}"
-    shutil.rmtree(work, ignore_errors=True)
+    subprocess.run(["rm", "-rf", str(work)], check=True)
     work.mkdir(parents=True)
     redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
     subprocess.run(

@@ -71,11 +71,11 @@ class AppState:
 
     def caller(self, secret: str | None) -> Annotator:
         """The annotator a token belongs to (raises Unauthorized)."""
-        cached = self.cached_caller(secret)
-        if cached is not None:
-            return cached
         key = hash_token(secret) if secret else ""
         now = time.monotonic()
+        cached = self._callers.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
         with self.runtime.sessions() as session:
             annotator = authenticate(session, secret)
             session.expunge(annotator)
