@@ -100,7 +100,13 @@ def test_the_loop_learns_from_an_annotator(stack, synthetic: Path) -> None:  # t
         scored = [v for v in ready if "audit" in v["metrics"]]
         if scored:
             first_f1 = scored[0]["metrics"]["audit"]["f1"]
-            better = [v for v in scored[1:] if v["metrics"]["audit"]["f1"] > first_f1]
+            # a version held back (worse than the active one on another audit metric) is
+            # kept but by design proposes nothing: the improvement must be an active one
+            better = [
+                v
+                for v in scored[1:]
+                if v["metrics"]["audit"]["f1"] > first_f1 and not v.get("held_back")
+            ]
             if better:
                 improved = better[0]
                 break
