@@ -99,6 +99,7 @@ def replay(
                     last_version = version.id
                     audit = (version.metrics or {}).get("audit", {})
                     row = {k: audit.get(k) for k in METRICS}
+                    row["pr_auc_interval"] = (audit.get("intervals") or {}).get("pr_auc")
                 else:  # no training yet (one class only): the prevalence, as chance ranks
                     row = {"f1": 0.0, "pr_auc": prevalence, "precision_at_recall_0.9": 0.0}
             row.update(

@@ -59,22 +59,41 @@ def summarise(
     }
     for name, per_seed in curves.items():
         labels = [c["labels"] for c in per_seed[0]]
-        f1 = np.asarray([[c["f1"] or 0 for c in s] for s in per_seed])
-        pr = np.asarray([[c["pr_auc"] or 0 for c in s] for s in per_seed])
+        rounds = min(len(s) for s in per_seed)  # a curve may end early: the pool ran out
+        per_seed_cut = [s[:rounds] for s in per_seed]
+        f1 = np.asarray([[c["f1"] or 0 for c in s] for s in per_seed_cut])
+        pr = np.asarray([[c["pr_auc"] or 0 for c in s] for s in per_seed_cut])
+        p90 = np.asarray([[c.get("precision_at_recall_0.9") or 0 for c in s] for s in per_seed_cut])
         out["strategies"][name] = {
             "labels_to_f1": {"0.8": labels_to(per_seed, 0.8), "0.9": labels_to(per_seed, 0.9)},
             "final_pr_auc": float(pr[:, -1].mean()),
             "final_f1": float(f1[:, -1].mean()),
             "curve": {
-                "labels": labels,
+                "labels": labels[:rounds],
                 "f1_mean": f1.mean(0).tolist(),
                 "f1_std": f1.std(0).tolist(),
                 "pr_auc_mean": pr.mean(0).tolist(),
                 "pr_auc_std": pr.std(0).tolist(),
+                "precision_at_recall_0.9_mean": p90.mean(0).tolist(),
+                "precision_at_recall_0.9_std": p90.std(0).tolist(),
+                # per round, the median over seeds of each end of the test PR-AUC's
+                # bootstrap 95% interval (the test set's own sampling error)
+                "pr_auc_interval_median": [
+                    _median_interval([s[r].get("pr_auc_interval") for s in per_seed_cut])
+                    for r in range(rounds)
+                ],
             },
             "per_seed": per_seed,
         }
     return out
+
+
+def _median_interval(intervals: list[Any]) -> list[float] | None:
+    known = [i for i in intervals if i and i[0] is not None and i[1] is not None]
+    if not known:
+        return None
+    lo, hi = np.median(np.asarray(known, dtype=np.float64), axis=0)
+    return [round(float(lo), 4), round(float(hi), 4)]
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

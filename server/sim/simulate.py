@@ -30,6 +30,7 @@ from sqlalchemy import select
 from server.errors import InvalidInput
 from server.labels.truth import load_truth
 from server.sim import report as rep
+from server.sim.baselines import BASELINES, baseline_curves, patch_features
 
 STRATEGIES = ("random", "uncertainty", "recon", "hybrid")
 ORACLE = "ground truth"
@@ -100,14 +101,17 @@ def run_simulation(
     device: str = "auto",
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    unknown = set(config.strategies) - set(STRATEGIES)
+    unknown = set(config.strategies) - set(STRATEGIES) - set(BASELINES)
     if unknown:
         raise InvalidInput(
-            f"unknown strategies {', '.join(sorted(unknown))}; use {', '.join(STRATEGIES)}"
+            f"unknown strategies {', '.join(sorted(unknown))}; use "
+            f"{', '.join(STRATEGIES + BASELINES)}"
         )
     started = time.perf_counter()
     rounds = -(-config.budget // config.batch)
-    runs = [(seed, strategy) for seed in range(config.seeds) for strategy in config.strategies]
+    product = [s for s in config.strategies if s in STRATEGIES]
+    baselines = [s for s in config.strategies if s in BASELINES]
+    runs = [(seed, strategy) for seed in range(config.seeds) for strategy in product]
     # curves that score candidates every round take longest: start them first
     runs.sort(key=lambda run: run[1] not in ("uncertainty", "hybrid"))
     total = len(runs) * rounds
@@ -121,7 +125,9 @@ def run_simulation(
     shutil.rmtree(work, ignore_errors=True)
     template = work / "template"
     template.mkdir(parents=True)
-    facts = _prepare(dataset, template, config, device=device, report=setup)
+    facts = _prepare(
+        dataset, template, config, device=device, report=setup, features=bool(baselines)
+    )
     finished: dict[tuple[int, str], list[dict[str, Any]]] = {}
     jobs: dict[str, dict[str, int]] = {}
 
@@ -131,6 +137,13 @@ def run_simulation(
         rep.write_partial(out_dir, finished, seed=seed, strategy=strategy)
 
     try:
+        if baselines:
+            setup("baselines: hand-made features and a logistic regression")
+            for seed, name, curve in baseline_curves(
+                template / "baseline_features.npz", names=baselines, seeds=config.seeds,
+                budget=config.budget, batch=config.batch,
+            ):  # fmt: skip
+                record(seed, name, {"curve": curve, "jobs": {}})
         _run_curves(
             runs, work=work, config=config, device=device, record=record, progress=progress,
             total=total,
@@ -163,17 +176,20 @@ def _prepare(
     *,
     device: str,
     report: Callable[[str], None],
+    features: bool = False,
 ) -> dict[str, int]:
     """The shared start of every curve: the dataset registered, the held-out sections as a
-    labelled audit set, the autoencoder pretrained and its features computed."""
+    labelled audit set, the autoencoder pretrained and its features computed; with
+    ``features``, the baselines' patch statistics of every ground-truth patch as well."""
     from server.annotation.proposals import add_audit_patches
     from server.annotation.tasks import label_task
-    from server.datasets.service import grid_of, register_dataset
+    from server.datasets.service import grid_of, open_source, register_dataset
     from server.db.base import write_transaction
-    from server.db.tables import AnnotationTask, Annotator
+    from server.db.tables import AnnotationTask, Annotator, Dataset
     from server.jobs import state
     from server.jobs.kinds import JobKind
     from server.jobs.runner import InlineSender
+    from server.pixels.reading import read_at
     from server.runtime import Runtime
 
     origins, truth = load_truth(dataset)
@@ -225,6 +241,20 @@ def _prepare(
             )
         sender.run_pending(rt)
         _raise_failed(rt)
+        if features:
+            report(f"computing the baselines' features of {len(origins):,} patches")
+            with write_transaction(rt.sessions) as session:
+                ds = session.get(Dataset, dataset_id)
+                assert ds is not None
+                session.expunge(ds)
+            with open_source(ds) as source:
+                values = np.concatenate(
+                    [
+                        patch_features(read_at(source, ds, origins[s : s + 256]))
+                        for s in range(0, len(origins), 256)
+                    ]
+                )
+            np.savez(folder / "baseline_features.npz", features=values, truth=truth, test=test)
     finally:
         rt.close()
     np.save(

