@@ -34,12 +34,13 @@ from server.sim.real_tissue import (
     make_real_dataset,
     write_description,
 )
+from server.sim.report import per_budget, real_tissue_table
 from server.sim.simulate import SimulationConfig, run_simulation
 
 # expected painted artifacts per section (CREMI's 560 x 560 px sections: ~6% and ~1.5% of
 # patches); the low-prevalence run compares the product's strategy with the baselines only
 PREVALENCES = {"usual": 0.3, "low": 0.075}
-STRATEGIES = ("random", "uncertainty", "hybrid", *BASELINES)
+STRATEGIES = ("random", "uncertainty", "recon", "hybrid", *BASELINES)
 LOW_STRATEGIES = ("hybrid", *BASELINES)
 
 
@@ -56,7 +57,24 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(".real_tissue/datasets"))
     ap.add_argument("--cache", type=Path, default=Path(".real_tissue/downloads"))
     ap.add_argument("--workers", type=int, default=0, help="curves side by side (0: per core)")
+    ap.add_argument(
+        "--table",
+        action="store_true",
+        help="print the Markdown table of --out's summary, run nothing",
+    )
+    ap.add_argument(
+        "--readme",
+        type=Path,
+        help="write that table into this README's real-tissue block, run nothing",
+    )
     args = ap.parse_args()
+    if args.table or args.readme:
+        table = real_tissue_table(json.loads((args.out / "summary.json").read_text()))
+        if args.readme:
+            write_readme_block(args.readme, table)
+        else:
+            print(table)
+        return
 
     summary_path = args.out / "summary.json"
     summary: dict[str, Any] = (
@@ -109,23 +127,13 @@ def main() -> None:
             print_table(f"{name} / {prevalence}", summary["runs"][f"{name}/{prevalence}"])
 
 
-def per_budget(results: dict[str, Any]) -> dict[str, Any]:
-    """Test PR-AUC and precision at recall 0.9 (mean, std over seeds) per strategy and budget."""
-    out: dict[str, Any] = {}
-    for name, s in results["strategies"].items():
-        c = s["curve"]
-        out[name] = {
-            str(n): {
-                "pr_auc": [round(c["pr_auc_mean"][i], 3), round(c["pr_auc_std"][i], 3)],
-                "precision_at_recall_0.9": [
-                    round(c["precision_at_recall_0.9_mean"][i], 3),
-                    round(c["precision_at_recall_0.9_std"][i], 3),
-                ],
-                "pr_auc_interval_median": c["pr_auc_interval_median"][i],
-            }
-            for i, n in enumerate(c["labels"])
-        }
-    return out
+def write_readme_block(readme: Path, table: str) -> None:
+    """Replace what stands between the README's real-tissue markers with ``table``."""
+    text = readme.read_text()
+    start = text.index("<!-- real-tissue:start")
+    body = text.index("\n", start) + 1
+    end = text.index("<!-- real-tissue:end -->", body)
+    readme.write_text(text[:body] + table + "\n" + text[end:])
 
 
 def print_table(title: str, run: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from server.sim.demo_results import code_fingerprint, readme_block, render_markdown
+from server.sim.report import real_tissue_table
 from tests.processes import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,17 @@ def test_readme_demo_numbers_come_from_the_results_file_of_this_version() -> Non
     assert results["code_fingerprint"] == code_fingerprint(), (
         "the results are from other code: rerun "
         "`artifact-loop demo --exit --results bench/results/demo.json`, then regenerate"
+    )
+
+
+def test_readme_real_tissue_table_comes_from_the_committed_summary() -> None:
+    summary = json.loads((ROOT / "bench/results/real_tissue/summary.json").read_text())
+    block = re.search(
+        r"<!-- real-tissue:start[^>]*-->\n(.*?)\n<!-- real-tissue:end -->", README, re.S
+    )
+    assert block, "README has no real-tissue block"
+    assert block.group(1) == real_tissue_table(summary), (
+        "regenerate: python bench/real_tissue.py --out bench/results/real_tissue --readme README.md"
     )
 
 

@@ -120,3 +120,55 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def per_budget(results: dict[str, Any]) -> dict[str, Any]:
+    """Test PR-AUC and precision at recall 0.9 (mean, std over seeds) per strategy and budget."""
+    out: dict[str, Any] = {}
+    for name, s in results["strategies"].items():
+        c = s["curve"]
+        out[name] = {
+            str(n): {
+                "pr_auc": [round(c["pr_auc_mean"][i], 3), round(c["pr_auc_std"][i], 3)],
+                "precision_at_recall_0.9": [
+                    round(c["precision_at_recall_0.9_mean"][i], 3),
+                    round(c["precision_at_recall_0.9_std"][i], 3),
+                ],
+                "pr_auc_interval_median": c["pr_auc_interval_median"][i],
+            }
+            for i, n in enumerate(c["labels"])
+        }
+    return out
+
+
+def real_tissue_table(
+    summary: dict[str, Any], budgets: tuple[int, ...] = (50, 100, 200, 300)
+) -> str:
+    """The README's table: test PR-AUC (mean ± std over seeds) per budget, and precision at
+    recall 0.9 and the PR-AUC's bootstrap interval (median over seeds) at 200 labels."""
+    head = " | ".join(f"PR-AUC @{b}" for b in budgets)
+    lines = [
+        f"| volume / prevalence | test patches (artifacts) | seeds | strategy | {head} | "
+        "precision @ recall 0.9, 200 labels | PR-AUC 95% interval, 200 labels |",
+        "| " + " | ".join(["---"] * (len(budgets) + 6)) + " |",
+    ]
+    for run_name, run in summary["runs"].items():
+        for name, per in run["per_budget"].items():
+            cells = []
+            for b in budgets:
+                v = per.get(str(b))
+                cells.append(f"{v['pr_auc'][0]:.2f} ± {v['pr_auc'][1]:.2f}" if v else "-")
+            at200 = per.get("200") or {}
+            p90 = at200.get("precision_at_recall_0.9")
+            interval = at200.get("pr_auc_interval_median")
+            lines.append(
+                f"| {run_name} | {run['test']} ({run['test_positives']}) | {run['seeds']} | "
+                f"{name} | "
+                + " | ".join(cells)
+                + " | "
+                + (f"{p90[0]:.2f} ± {p90[1]:.2f}" if p90 else "-")
+                + " | "
+                + (f"{interval[0]:.2f}-{interval[1]:.2f}" if interval else "-")
+                + " |"
+            )
+    return "\n".join(lines)
