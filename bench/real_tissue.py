@@ -37,9 +37,9 @@ from server.sim.real_tissue import (
 from server.sim.report import per_budget, real_tissue_table
 from server.sim.simulate import SimulationConfig, run_simulation
 
-# expected painted artifacts per section (CREMI's 560 x 560 px sections: ~6% and ~1.5% of
-# patches); the low-prevalence run compares the product's strategy with the baselines only
-PREVALENCES = {"usual": 0.3, "low": 0.075}
+# painted artifacts per section (560 x 560 px sections: about 6% and 1.5% of patches); the
+# low-prevalence run compares the product's strategy with the baselines only
+PREVALENCES = {"usual": 0.2, "low": 0.05}
 STRATEGIES = ("random", "uncertainty", "recon", "hybrid", *BASELINES)
 LOW_STRATEGIES = ("hybrid", *BASELINES)
 
@@ -91,7 +91,7 @@ def main() -> None:
             dataset = args.work / f"{name}-{prevalence}"
             shutil.rmtree(dataset, ignore_errors=True)
             built = make_real_dataset(
-                sections, dataset, seed=0, artifacts_per_section=rate,
+                sections, dataset, seed=volume.paint_seed, artifacts_per_section=rate,
                 voxel_size=volume.voxel_size,
             )  # fmt: skip
             info = describe(volume, built, artifacts_per_section=rate)
@@ -114,7 +114,17 @@ def main() -> None:
             started = time.perf_counter()
             results = run_simulation(dataset, out_dir=out, config=config, progress=_progress)
             summary["runs"][f"{name}/{prevalence}"] = {
-                "dataset": {k: info[k] for k in ("patches", "artifact_patches", "prevalence")},
+                "dataset": {
+                    k: info[k]
+                    for k in (
+                        "patches",
+                        "artifact_patches",
+                        "prevalence",
+                        "test_artifacts",
+                        "test_artifacts_by_kind",
+                    )
+                },
+                "strategies": list(config.strategies),
                 "test": results["test"],
                 "test_positives": results["test_positives"],
                 "seeds": args.seeds,

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # unlabelled patches a classifier version scores per round (0: every one): a fresh
     # random sample, the previous round's most uncertain and the autoencoder's most anomalous
     candidates: int = Field(default=50_000, ge=0)
+    # a new classifier worse on the audit set beyond its interval stays inactive ("held
+    # back"); off, the newest is always active (simulate: its audit set is the test set, which
+    # must not choose the model that picks the next batch)
+    hold_back_worse: bool = True
     seed: int = 0  # base of every random choice the loop makes (sampling, training)
 
     # webKnossos server (optional): where tasks are pushed and annotations pulled from.

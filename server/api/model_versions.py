@@ -34,6 +34,7 @@ def list_versions(
     dataset_id: DatasetId,
     session: SessionDep,
     page: PageDep,
+    state: StateDep,
     _user: CurrentUser,
     kind: Annotated[Literal["ae", "classifier"] | None, Query()] = None,
 ) -> PageOf[ModelVersionOut]:
@@ -45,7 +46,10 @@ def list_versions(
     rows = session.scalars(
         stmt.order_by(ModelVersion.id.desc()).limit(page.limit).offset(page.offset)
     )
-    held = held_back_versions(session, dataset_id=dataset_id, kind="classifier")
+    held = held_back_versions(
+        session, dataset_id=dataset_id, kind="classifier",
+        hold_back=state.settings.hold_back_worse,
+    )  # fmt: skip
     return PageOf(
         items=[
             ModelVersionOut.model_validate(r).model_copy(update={"held_back": held.get(r.id)})
@@ -58,9 +62,14 @@ def list_versions(
 
 
 @router.get("/models/{version_id}", response_model=ModelVersionDetail, summary="One version")
-def get_one(version_id: VersionId, session: SessionDep, _user: CurrentUser) -> ModelVersionDetail:
+def get_one(
+    version_id: VersionId, session: SessionDep, state: StateDep, _user: CurrentUser
+) -> ModelVersionDetail:
     version = get_version(session, version_id)
-    held = held_back_versions(session, dataset_id=version.dataset_id, kind=version.kind)
+    held = held_back_versions(
+        session, dataset_id=version.dataset_id, kind=version.kind,
+        hold_back=state.settings.hold_back_worse,
+    )  # fmt: skip
     return ModelVersionDetail.model_validate(version).model_copy(
         update={"held_back": held.get(version.id)}
     )

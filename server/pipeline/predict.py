@@ -49,8 +49,9 @@ def run(ctx: StepContext, job: Job) -> Chunked:
                 result=dict(job.result or {}), children=pending, child_kind=JobKind.PREDICT_CHUNK
             )
         version = _classifier_for(
-            session, dataset_id=dataset.id, version_id=params.model_version_id
-        )
+            session, dataset_id=dataset.id, version_id=params.model_version_id,
+            hold_back=ctx.settings.hold_back_worse,
+        )  # fmt: skip
         version_id = version.id
         config = version.config or {}  # dense maps are one view: its threshold, if recorded
         threshold = float(config.get("single_view_threshold", config.get("threshold", 0.5)))
@@ -87,9 +88,13 @@ def run(ctx: StepContext, job: Job) -> Chunked:
     )
 
 
-def _classifier_for(session: Session, *, dataset_id: int, version_id: int | None) -> ModelVersion:
+def _classifier_for(
+    session: Session, *, dataset_id: int, version_id: int | None, hold_back: bool = True
+) -> ModelVersion:
     if version_id is None:
-        version = active_model(session, dataset_id=dataset_id, kind="classifier")
+        version = active_model(
+            session, dataset_id=dataset_id, kind="classifier", hold_back=hold_back
+        )
         if version is None:
             raise InvalidInput("no classifier yet: label some patches and train first")
         return version

@@ -44,7 +44,10 @@ def run(ctx: StepContext, job: Job) -> Chunked:
     dataset = ctx.dataset_of(job)
     grid = grid_of(dataset)
     with write_transaction(ctx.sessions) as session:
-        version = _version(session, dataset_id=dataset.id, version_id=params.model_version_id)
+        version = _version(
+            session, dataset_id=dataset.id, version_id=params.model_version_id,
+            hold_back=ctx.settings.hold_back_worse,
+        )  # fmt: skip
         version_id, kind = version.id, version.kind
         excluded = excluded_indices(session, dataset=dataset, grid=grid) if kind != "ae" else None
     if kind == "ae":
@@ -91,11 +94,13 @@ def run(ctx: StepContext, job: Job) -> Chunked:
     )
 
 
-def _version(session: Any, *, dataset_id: int, version_id: int | None) -> ModelVersion:
+def _version(
+    session: Any, *, dataset_id: int, version_id: int | None, hold_back: bool = True
+) -> ModelVersion:
     if version_id is None:
-        chosen = active_model(session, dataset_id=dataset_id, kind="classifier") or active_model(
-            session, dataset_id=dataset_id, kind="ae"
-        )
+        chosen = active_model(
+            session, dataset_id=dataset_id, kind="classifier", hold_back=hold_back
+        ) or active_model(session, dataset_id=dataset_id, kind="ae")
         if chosen is None:
             raise InvalidInput("no model to score with: pretrain first")
         return chosen

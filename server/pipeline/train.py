@@ -234,7 +234,10 @@ def after(ctx: StepContext, job: Job) -> None:
         version_id = job.result.get("model_version_id")
         if version_id is not None:
             # a version held back (worse on the audit set) does not choose what is labelled
-            active = active_model(session, dataset_id=job.dataset_id or 0, kind="classifier")
+            active = active_model(
+                session, dataset_id=job.dataset_id or 0, kind="classifier",
+                hold_back=ctx.settings.hold_back_worse,
+            )  # fmt: skip
             version_id = active.id if active is not None else version_id
         if version_id is not None and ctx.settings.acquisition in NEEDS_SCORES:
             ctx.start(

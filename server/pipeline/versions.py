@@ -46,7 +46,9 @@ def record_version(ctx: StepContext, *, version_id: int, outcome: Outcome) -> No
         version.metrics = outcome.metrics
         version.weights_path = str(outcome.weights_path)
         version.weights_sha256 = outcome.weights_sha256
-        refresh_active_flags(session, dataset_id=version.dataset_id)
+        refresh_active_flags(
+            session, dataset_id=version.dataset_id, hold_back=ctx.settings.hold_back_worse
+        )
 
 
 def abandon_version(ctx: StepContext, *, version_id: int) -> None:

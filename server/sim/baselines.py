@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage, optimize, special
 
 BASELINES = ("features-random", "features-uncertainty")
 FEATURE_NAMES = (
@@ -88,7 +88,8 @@ class LogisticModel:
     def fit(self, features: np.ndarray, y: np.ndarray) -> LogisticModel:
         y = np.asarray(y, dtype=np.float64)
         self.center = features.mean(0)
-        self.scale = features.std(0) + 1e-9
+        # a statistic nearly constant over a few labels must not blow up on other patches
+        self.scale = np.maximum(features.std(0), 1e-3 * (np.abs(self.center) + 1.0))
         xs = np.hstack([(features - self.center) / self.scale, np.ones((len(y), 1))])
         pos = max(y.sum(), 1.0)
         neg = max(len(y) - y.sum(), 1.0)
@@ -97,7 +98,7 @@ class LogisticModel:
         def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
             m = xs @ w
             nll = weight * (np.logaddexp(0, m) - y * m)
-            grad_m = weight * (1 / (1 + np.exp(-m)) - y)
+            grad_m = weight * (special.expit(m) - y)
             penalty = 0.5 * self.l2 * float(w[:-1] @ w[:-1])
             g = xs.T @ grad_m
             g[:-1] += self.l2 * w[:-1]
@@ -109,8 +110,7 @@ class LogisticModel:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         xs = (features - self.center) / self.scale
-        m = xs @ self.coef[:-1] + self.coef[-1]
-        return 1 / (1 + np.exp(-m))
+        return np.asarray(special.expit(xs @ self.coef[:-1] + self.coef[-1]))
 
 
 def run_baseline_curve(

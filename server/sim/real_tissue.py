@@ -55,6 +55,7 @@ class RealVolume:
     # (y0, x0, y1, x1) pixel boxes of a 2-D image holding real artifacts: the tiles they touch
     # are left out, since the ground truth knows only the painted ones
     exclude: tuple[tuple[int, int, int, int], ...] = ()
+    paint_seed: int = 0  # each volume its own artifacts
 
 
 VOLUMES: dict[str, RealVolume] = {
@@ -72,6 +73,7 @@ VOLUMES: dict[str, RealVolume] = {
             "the crop is blank and left out"
         ),
         licence="package: BSD-3-Clause; CREMI data: published for research use",
+        paint_seed=1,
     ),
     "tau-tem": RealVolume(
         name="tau-tem",
@@ -90,6 +92,7 @@ VOLUMES: dict[str, RealVolume] = {
         licence="package: AGPL-3.0",
         tile=(560, 560),
         exclude=((3000, 2700, 3750, 3600),),
+        paint_seed=2,
     ),
 }
 
@@ -175,13 +178,17 @@ def make_real_dataset(
     seed: int = 0,
     artifacts_per_section: float = 0.5,
     voxel_size: tuple[int, int, int] = (4, 4, 40),
+    test_every: int = 5,
     progress: Callable[[int, int], None] | None = None,
 ) -> SynthSummary:
     """Paint artifacts into real ``(z, y, x)`` uint8 sections and write the dataset.
 
-    Each section draws a Poisson number of artifacts (mean ``artifacts_per_section``), each of
-    a kind drawn uniformly from :data:`server.sim.synth.KINDS`, subtle with probability
-    :data:`server.sim.synth.SUBTLE_SHARE`. Sections are cropped to whole patches."""
+    ``artifacts_per_section`` times the sections artifacts are painted, the test sections
+    (every ``test_every``-th, as ``simulate`` holds out) getting their share of them and the
+    others the rest, each into a section of its set drawn at random. Their kinds are balanced: they follow shuffled rounds of all :data:`server.sim.synth.KINDS`, so
+    no kind has more than one artifact more than another. Each is subtle with probability
+    :data:`server.sim.synth.SUBTLE_SHARE`. Sections are cropped to whole patches.
+    ``painted.json`` beside the ground truth lists the kinds painted into each section."""
     from server.webknossos.lib import wk
 
     start = time.perf_counter()
@@ -194,7 +201,14 @@ def make_real_dataset(
         raise InvalidInput(f"sections of {sections.shape[1:]} px hold no {PATCH} px patch")
     rng = np.random.default_rng([seed, 2])
     beams = BeamFields(np.random.default_rng([seed, 3]), width=max(height, width))
-    counts = np.random.default_rng([seed, 5]).poisson(artifacts_per_section, size=depth)
+    counts = artifact_counts(
+        np.random.default_rng([seed, 5]), depth=depth, per_section=artifacts_per_section,
+        test_every=test_every,
+    )  # fmt: skip
+    kinds_rng = np.random.default_rng([seed, 6])
+    rounds = -(-int(counts.sum()) // len(KINDS)) if counts.sum() else 0
+    schedule = [KINDS[int(k)] for _ in range(rounds) for k in kinds_rng.permutation(len(KINDS))]
+    painted: list[list[str]] = []
     image = np.empty((width, height, depth), np.uint8)  # webKnossos order (x, y, z)
     mask = np.empty((width, height, depth), np.uint8)
     rows: list[tuple[int, int, int, int, int, str, str]] = []
@@ -210,8 +224,8 @@ def make_real_dataset(
             tile_ids=tile_ids[:height, :width],
             rng=rng,
         )
-        for _ in range(counts[z]):
-            kind = KINDS[int(rng.integers(len(KINDS)))]
+        painted.append([schedule.pop(0) for _ in range(counts[z])])
+        for kind in painted[-1]:
             subtle = bool(rng.random() < SUBTLE_SHARE)
             PAINTERS[kind](canvas, subtle)
             injected[kind] += 1
@@ -232,14 +246,43 @@ def make_real_dataset(
     add_mask_layer(ds).add_mag("1", chunk_shape=chunk, shard_shape=shard).write(
         mask, absolute_offset=(0, 0, 0), allow_resize=True
     )
+    (out / "painted.json").write_text(json.dumps(painted))
     return write_ground_truth(
         out, rows, started=start, per_type=per_type, injected=injected, n_subtle=n_subtle,
         shape=(width, height, depth),
     )  # fmt: skip
 
 
-def describe(volume: RealVolume, summary: SynthSummary, *, artifacts_per_section: float) -> dict:
-    """What the benchmark's results record about a built dataset."""
+def artifact_counts(
+    rng: np.random.Generator, *, depth: int, per_section: float, test_every: int
+) -> np.ndarray:
+    """Artifacts per section: ``round(per_section * depth)`` in all, split between the test
+    sections and the others in proportion to their number (at least one each when there are
+    two or more), so a small volume's test set is never left without artifacts by chance."""
+    total = round(per_section * depth)
+    test = np.arange(0, depth, test_every)
+    rest = np.setdiff1d(np.arange(depth), test)
+    n_test = round(total * len(test) / depth)
+    if total >= 2 and len(rest):
+        n_test = min(max(n_test, 1), total - 1)
+    counts = np.zeros(depth, dtype=np.int64)
+    np.add.at(counts, rng.choice(test, size=n_test), 1)
+    if len(rest):
+        np.add.at(counts, rng.choice(rest, size=total - n_test), 1)
+    return counts
+
+
+def describe(
+    volume: RealVolume, summary: SynthSummary, *, artifacts_per_section: float, test_every: int = 5
+) -> dict:
+    """What the benchmark's results record about a built dataset, with the painted artifacts
+    that fall into ``simulate``'s test sections (every ``test_every``-th) by kind: a test
+    set's artifact patches come from far fewer artifacts, which is what its spread rests on."""
+    painted: list[list[str]] = json.loads((summary.path / "painted.json").read_text())
+    in_test: dict[str, int] = {}
+    for kinds in painted[::test_every]:
+        for kind in kinds:
+            in_test[kind] = in_test.get(kind, 0) + 1
     return {
         "volume": asdict(volume),
         "artifacts_per_section": artifacts_per_section,
@@ -247,8 +290,10 @@ def describe(volume: RealVolume, summary: SynthSummary, *, artifacts_per_section
         "artifact_patches": summary.n_artifact_patches,
         "prevalence": round(summary.n_artifact_patches / max(1, summary.n_patches), 4),
         "artifact_patches_by_type": summary.per_type,
-        "artifacts_injected": summary.n_artifacts,
+        "artifacts_painted": summary.n_artifacts,
         "subtle": summary.n_subtle,
+        "test_artifacts": sum(in_test.values()),
+        "test_artifacts_by_kind": dict(sorted(in_test.items())),
         "shape_xyz": list(summary.shape),
     }
 

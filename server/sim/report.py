@@ -148,8 +148,9 @@ def real_tissue_table(
     recall 0.9 and the PR-AUC's bootstrap interval (median over seeds) at 200 labels."""
     head = " | ".join(f"PR-AUC @{b}" for b in budgets)
     lines = [
-        f"| volume / prevalence | test patches (artifacts) | seeds | strategy | {head} | "
-        "precision @ recall 0.9, 200 labels | PR-AUC 95% interval, 200 labels |",
+        f"| volume / prevalence | test patches: all / with artifacts / painted artifacts | "
+        f"seeds | strategy | {head} | precision @ recall 0.9, 200 labels | "
+        "PR-AUC 95% interval, 200 labels (median over seeds of each end) |",
         "| " + " | ".join(["---"] * (len(budgets) + 6)) + " |",
     ]
     for run_name, run in summary["runs"].items():
@@ -162,7 +163,8 @@ def real_tissue_table(
             p90 = at200.get("precision_at_recall_0.9")
             interval = at200.get("pr_auc_interval_median")
             lines.append(
-                f"| {run_name} | {run['test']} ({run['test_positives']}) | {run['seeds']} | "
+                f"| {run_name} | {run['test']} / {run['test_positives']} / "
+                f"{run['dataset'].get('test_artifacts', '?')} | {run['seeds']} | "
                 f"{name} | "
                 + " | ".join(cells)
                 + " | "

@@ -79,6 +79,8 @@ def _settings(
         database_url=f"sqlite:///{folder / 'loop.sqlite'}",
         broker_url="filesystem://",
         retrain_every=1,  # the simulated annotator asks for a training after every batch
+        # the audit set is the test set here: it must not choose which version picks labels
+        hold_back_worse=False,
         batch_size=config.batch,
         candidates=config.candidates,
         pretrain_patches=config.pretrain_patches,

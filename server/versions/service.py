@@ -54,7 +54,7 @@ def _measured(audit: dict[str, object]) -> bool:
 
 
 def _automatic_choice(
-    session: Session, *, dataset_id: int, kind: str
+    session: Session, *, dataset_id: int, kind: str, hold_back: bool = True
 ) -> tuple[ModelVersion | None, dict[int, str]]:
     ready = list(
         session.scalars(
@@ -67,7 +67,7 @@ def _automatic_choice(
             .order_by(ModelVersion.id)
         )
     )
-    if kind != "classifier":
+    if kind != "classifier" or not hold_back:
         return (ready[-1] if ready else None), {}
     chosen: ModelVersion | None = None
     held: dict[int, str] = {}
@@ -80,13 +80,18 @@ def _automatic_choice(
     return chosen, held
 
 
-def held_back_versions(session: Session, *, dataset_id: int, kind: str) -> dict[int, str]:
+def held_back_versions(
+    session: Session, *, dataset_id: int, kind: str, hold_back: bool = True
+) -> dict[int, str]:
     """Ready versions the automatic choice passed over, with the reason."""
-    return _automatic_choice(session, dataset_id=dataset_id, kind=kind)[1]
+    return _automatic_choice(session, dataset_id=dataset_id, kind=kind, hold_back=hold_back)[1]
 
 
-def active_model(session: Session, *, dataset_id: int, kind: str) -> ModelVersion | None:
-    """The pinned version of that kind if an admin pinned one, else the automatic choice."""
+def active_model(
+    session: Session, *, dataset_id: int, kind: str, hold_back: bool = True
+) -> ModelVersion | None:
+    """The pinned version of that kind if an admin pinned one, else the automatic choice
+    (with ``hold_back`` off: the newest ready version)."""
     pinned = session.scalar(
         select(ModelVersion)
         .where(
@@ -99,12 +104,12 @@ def active_model(session: Session, *, dataset_id: int, kind: str) -> ModelVersio
     )
     if pinned is not None:
         return pinned
-    return _automatic_choice(session, dataset_id=dataset_id, kind=kind)[0]
+    return _automatic_choice(session, dataset_id=dataset_id, kind=kind, hold_back=hold_back)[0]
 
 
-def refresh_active_flags(session: Session, *, dataset_id: int) -> None:
+def refresh_active_flags(session: Session, *, dataset_id: int, hold_back: bool = True) -> None:
     for kind in ("ae", "classifier"):
-        chosen = active_model(session, dataset_id=dataset_id, kind=kind)
+        chosen = active_model(session, dataset_id=dataset_id, kind=kind, hold_back=hold_back)
         session.execute(
             update(ModelVersion)
             .where(ModelVersion.dataset_id == dataset_id, ModelVersion.kind == kind)

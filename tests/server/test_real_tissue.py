@@ -21,7 +21,14 @@ from server.sim.baselines import (
     patch_features,
     run_baseline_curve,
 )
-from server.sim.real_tissue import VOLUMES, as_sections, fetch_volume, make_real_dataset
+from server.sim.real_tissue import (
+    VOLUMES,
+    artifact_counts,
+    as_sections,
+    describe,
+    fetch_volume,
+    make_real_dataset,
+)
 from server.sim.simulate import quick_config, run_simulation
 
 
@@ -59,6 +66,23 @@ def test_painted_sections_have_exact_ground_truth(tmp_path: Path) -> None:
     # painters mark what they change visibly; faint fringes (below 15 grey levels, the
     # translucent rim of debris) stay unmarked, the rest is the real tissue as it was
     assert changed[unmarked].mean() < 0.1
+
+
+def test_test_sections_get_their_share_of_artifacts_and_kinds_are_balanced(
+    tmp_path: Path,
+) -> None:
+    for seed in range(20):
+        counts = artifact_counts(
+            np.random.default_rng(seed), depth=61, per_section=0.05, test_every=5
+        )
+        assert counts.sum() == 3 and counts[::5].sum() == 1, "never a test set without any"
+    summary = make_real_dataset(
+        tissue(20, 140, 140), tmp_path / "ds", seed=4, artifacts_per_section=1.4
+    )
+    painted = summary.n_artifacts
+    assert sum(painted.values()) == 28 and max(painted.values()) - min(painted.values()) <= 1
+    info = describe(VOLUMES["cremi-c"], summary, artifacts_per_section=1.4)
+    assert info["test_artifacts"] == round(28 * 4 / 20)
 
 
 def test_two_dimensional_images_become_sections_and_16_bit_is_rescaled() -> None:

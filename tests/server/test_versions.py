@@ -87,6 +87,37 @@ def test_a_worse_new_version_is_kept_flagged_and_not_activated(tmp_path: Path) -
     engine.dispose()
 
 
+def test_without_hold_back_the_newest_version_is_active(tmp_path: Path) -> None:
+    """``simulate`` turns the rule off: its audit set is the test set, which must not decide
+    which version picks the next labels."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    with session_scope(make_sessionmaker(engine)) as session:
+        dataset = _dataset(session)
+        good = _record(session, dataset, _audit(f1=0.91, pr_auc=0.93))
+        worse = ModelVersion(
+            dataset_id=dataset.id, kind="classifier", status="ready",
+            metrics=_audit(f1=0.69, pr_auc=0.75),
+        )  # fmt: skip
+        session.add(worse)
+        session.flush()
+        refresh_active_flags(session, dataset_id=dataset.id, hold_back=False)
+        assert worse.active and not good.active
+        assert (
+            active_model(session, dataset_id=dataset.id, kind="classifier", hold_back=False)
+            is worse
+        )
+        assert (
+            held_back_versions(session, dataset_id=dataset.id, kind="classifier", hold_back=False)
+            == {}
+        )
+        assert active_model(session, dataset_id=dataset.id, kind="classifier") is good, (
+            "the service's default keeps the rule"
+        )
+    engine.dispose()
+
+
 def test_classification_report_carries_bootstrap_intervals() -> None:
     rng = np.random.default_rng(3)
     truth = rng.random(1000) < 0.05
