@@ -58,6 +58,11 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(".real_tissue/downloads"))
     ap.add_argument("--workers", type=int, default=0, help="curves side by side (0: per core)")
     ap.add_argument(
+        "--unseen-kinds",
+        action="store_true",
+        help="let the test sections hold kinds of artifact the training sections never got",
+    )
+    ap.add_argument(
         "--table",
         action="store_true",
         help="print the Markdown table of --out's summary, run nothing",
@@ -92,9 +97,10 @@ def main() -> None:
             shutil.rmtree(dataset, ignore_errors=True)
             built = make_real_dataset(
                 sections, dataset, seed=volume.paint_seed, artifacts_per_section=rate,
-                voxel_size=volume.voxel_size,
+                voxel_size=volume.voxel_size, unseen_kinds=args.unseen_kinds,
             )  # fmt: skip
             info = describe(volume, built, artifacts_per_section=rate)
+            info["unseen_kinds"] = args.unseen_kinds
             print(
                 f"  {prevalence}: {built.n_patches} patches, {built.n_artifact_patches} with "
                 f"artifacts ({info['prevalence']:.1%})"
@@ -122,6 +128,7 @@ def main() -> None:
                         "prevalence",
                         "test_artifacts",
                         "test_artifacts_by_kind",
+                        "unseen_kinds",
                     )
                 },
                 "strategies": list(config.strategies),

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -179,14 +179,20 @@ def make_real_dataset(
     artifacts_per_section: float = 0.5,
     voxel_size: tuple[int, int, int] = (4, 4, 40),
     test_every: int = 5,
+    unseen_kinds: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> SynthSummary:
     """Paint artifacts into real ``(z, y, x)`` uint8 sections and write the dataset.
 
     ``artifacts_per_section`` times the sections artifacts are painted, the test sections
     (every ``test_every``-th, as ``simulate`` holds out) getting their share of them and the
-    others the rest, each into a section of its set drawn at random. Their kinds are balanced: they follow shuffled rounds of all :data:`server.sim.synth.KINDS`, so
-    no kind has more than one artifact more than another. Each is subtle with probability
+    others the rest, each into a section of its set drawn at random. Their kinds are
+    balanced: the training sections' follow shuffled rounds of all
+    :data:`server.sim.synth.KINDS`, so no kind has more than one artifact more than another,
+    and the test sections' follow shuffled rounds of the kinds the training sections got: a
+    test artifact is of a kind an annotator could have labelled. With ``unseen_kinds`` the
+    test sections take their kinds from the same rounds as the others, so with few artifacts
+    a test artifact may be of a kind found nowhere else. Each is subtle with probability
     :data:`server.sim.synth.SUBTLE_SHARE`. Sections are cropped to whole patches.
     ``painted.json`` beside the ground truth lists the kinds painted into each section."""
     from server.webknossos.lib import wk
@@ -206,8 +212,13 @@ def make_real_dataset(
         test_every=test_every,
     )  # fmt: skip
     kinds_rng = np.random.default_rng([seed, 6])
-    rounds = -(-int(counts.sum()) // len(KINDS)) if counts.sum() else 0
-    schedule = [KINDS[int(k)] for _ in range(rounds) for k in kinds_rng.permutation(len(KINDS))]
+    is_test = np.arange(depth) % test_every == 0
+    if unseen_kinds:  # one queue for all sections, taken in their order
+        train_kinds = test_kinds = _balanced_kinds(kinds_rng, KINDS, int(counts.sum()))
+    else:
+        train_kinds = _balanced_kinds(kinds_rng, KINDS, int(counts[~is_test].sum()))
+        seen = sorted(set(train_kinds), key=KINDS.index) or list(KINDS)
+        test_kinds = _balanced_kinds(kinds_rng, seen, int(counts[is_test].sum()))
     painted: list[list[str]] = []
     image = np.empty((width, height, depth), np.uint8)  # webKnossos order (x, y, z)
     mask = np.empty((width, height, depth), np.uint8)
@@ -224,7 +235,8 @@ def make_real_dataset(
             tile_ids=tile_ids[:height, :width],
             rng=rng,
         )
-        painted.append([schedule.pop(0) for _ in range(counts[z])])
+        queue = test_kinds if is_test[z] else train_kinds
+        painted.append([queue.pop(0) for _ in range(counts[z])])
         for kind in painted[-1]:
             subtle = bool(rng.random() < SUBTLE_SHARE)
             PAINTERS[kind](canvas, subtle)
@@ -251,6 +263,12 @@ def make_real_dataset(
         out, rows, started=start, per_type=per_type, injected=injected, n_subtle=n_subtle,
         shape=(width, height, depth),
     )  # fmt: skip
+
+
+def _balanced_kinds(rng: np.random.Generator, kinds: Sequence[str], n: int) -> list[str]:
+    """``n`` kinds in shuffled rounds of ``kinds``: none more than once more than another."""
+    rounds = -(-n // len(kinds))
+    return [kinds[int(k)] for _ in range(rounds) for k in rng.permutation(len(kinds))][:n]
 
 
 def artifact_counts(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from server.sim.real_tissue import (
     make_real_dataset,
 )
 from server.sim.simulate import quick_config, run_simulation
+from server.sim.synth import KINDS
 
 
 def tissue(depth: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -80,9 +82,35 @@ def test_test_sections_get_their_share_of_artifacts_and_kinds_are_balanced(
         tissue(20, 140, 140), tmp_path / "ds", seed=4, artifacts_per_section=1.4
     )
     painted = summary.n_artifacts
-    assert sum(painted.values()) == 28 and max(painted.values()) - min(painted.values()) <= 1
+    assert sum(painted.values()) == 28
+    per_section = json.loads((summary.path / "painted.json").read_text())
+    for sections in (per_section[::5], [ks for z, ks in enumerate(per_section) if z % 5]):
+        drawn = [k for ks in sections for k in ks]  # balanced within test and training sections
+        assert max(map(drawn.count, KINDS)) - min(map(drawn.count, KINDS)) <= 1
     info = describe(VOLUMES["cremi-c"], summary, artifacts_per_section=1.4)
     assert info["test_artifacts"] == round(28 * 4 / 20)
+
+
+def test_test_sections_hold_only_kinds_the_training_sections_have_unless_asked(
+    tmp_path: Path,
+) -> None:
+    """With few artifacts a test section could otherwise hold a kind nobody could label."""
+    sections = tissue(30, 140, 140, seed=5)
+
+    def kinds(out: Path, **kw: bool) -> tuple[list[str], list[str]]:
+        make_real_dataset(sections, out, seed=1, artifacts_per_section=0.4, **kw)
+        painted = json.loads((out / "painted.json").read_text())
+        test = [k for z, ks in enumerate(painted) if z % 5 == 0 for k in ks]
+        train = [k for z, ks in enumerate(painted) if z % 5 for k in ks]
+        return test, train
+
+    test, train = kinds(tmp_path / "seen")
+    assert len(test) == 2 and len(train) == 10
+    assert set(test) <= set(train)
+    test, train = kinds(tmp_path / "unseen", unseen_kinds=True)
+    assert len(test) == 2 and len(train) == 10
+    every = test + train  # one balanced schedule over all of them
+    assert max(every.count(k) for k in set(every)) - min(every.count(k) for k in KINDS) <= 1
 
 
 def test_two_dimensional_images_become_sections_and_16_bit_is_rescaled() -> None:
