@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from anyio import to_thread
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +28,7 @@ from server.api.guards import RequestGuard
 from server.api.outages import DATABASE_DOWN, Outages, broker_errors
 from server.api.schemas import ErrorOut, ValidationErrorOut
 from server.api.state import AppState
+from server.db.base import API_THREADS
 from server.errors import ArtifactLoopError
 from server.settings import Settings, get_settings
 
@@ -47,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _disable_nagle_on_listeners()
+        # the thread pool of the plain ``def`` routes; the database pool has a connection each
+        to_thread.current_default_thread_limiter().total_tokens = API_THREADS
         state = AppState.start(settings or get_settings())
         app.state.artifact_loop = state
         try:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import functools
 from datetime import timedelta
+from typing import cast
 
-from sqlalchemy import Executable, bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Executable, Table, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from server.db.base import utcnow
-from server.db.tables import AnnotationTask, Annotator, Dataset, Label, TaskSkip
-from server.errors import Conflict, NotFound
-from server.labels.service import NewLabel, check_key_reuse, create_label
+from server.db.tables import LABEL_SOURCES, AnnotationTask, Annotator, Dataset, Label, TaskSkip
+from server.errors import Conflict, InvalidInput, NotFound
+from server.labels.service import NewLabel, check_key_reuse, create_label, validate_label
 
 
 def get_task(session: Session, task_id: int, *, lock: bool = False) -> AnnotationTask:
@@ -66,10 +69,24 @@ def label_task(
         raise Conflict(f"task {task_id} is leased by another annotator")
     if task.status == "retired" and task.lease_holder_id != annotator.id:
         raise Conflict(f"task {task_id} was retired: ask for the next task")
+    new = _task_label(task, label=label, artifact_type=artifact_type)
+    if session.get_bind().dialect.name == "postgresql":
+        inserted = _label_and_close(
+            session,
+            task=task,
+            dataset=dataset,
+            new=new,
+            annotator=annotator,
+            source=source,
+            idempotency_key=idempotency_key,
+        )
+        if inserted is not None:
+            return inserted, True
+        # the same key won a race meanwhile: that request labelled the task
     created_label, created = create_label(
         session,
         dataset=dataset,
-        new=_task_label(task, label=label, artifact_type=artifact_type),
+        new=new,
         annotator=annotator,
         source=source,
         source_ref=f"task:{task.id}",
@@ -82,6 +99,99 @@ def label_task(
     task.lease_expires_at = None
     session.flush()
     return created_label, created
+
+
+def _label_and_close(
+    session: Session,
+    *,
+    task: AnnotationTask,
+    dataset: Dataset,
+    new: NewLabel,
+    annotator: Annotator,
+    source: str,
+    idempotency_key: str | None,
+) -> Label | None:
+    """PostgreSQL: insert the label and mark the task labelled in one statement (see
+    :func:`_label_and_close_statement`). ``None`` when a label with the same idempotency key
+    exists (a concurrent twin of this request inserted it)."""
+    if source not in LABEL_SOURCES:
+        raise InvalidInput(f"unknown label source {source!r}")
+    validate_label(dataset, new)
+    now = utcnow()
+    params = {
+        "lbl_dataset": dataset.id,
+        "lbl_x": new.x,
+        "lbl_y": new.y,
+        "lbl_z": new.z,
+        "lbl_w": new.w,
+        "lbl_h": new.h,
+        "lbl_label": new.label,
+        "lbl_type": new.artifact_type,
+        "lbl_annotator": annotator.name,
+        "lbl_annotator_id": annotator.id,
+        "lbl_source": source,
+        "lbl_ref": f"task:{task.id}",
+        "lbl_task": task.id,
+        "lbl_key": idempotency_key or None,
+        "lbl_now": now,
+    }
+    inserted = session.scalars(_label_and_close_statement(), params).first()
+    if inserted is None:
+        return None
+    # what the statement wrote, without making the task dirty (no second UPDATE on commit)
+    set_committed_value(task, "status", "labelled")
+    set_committed_value(task, "lease_holder_id", annotator.id)
+    set_committed_value(task, "lease_expires_at", None)
+    set_committed_value(task, "updated_at", now)
+    return inserted
+
+
+@functools.cache
+def _label_and_close_statement() -> Executable:
+    """``WITH ins AS (INSERT INTO labels ... ON CONFLICT (annotator, idempotency_key) DO
+    NOTHING RETURNING *), closed AS (UPDATE annotation_tasks SET status = 'labelled' ...
+    WHERE id = :task AND EXISTS (SELECT FROM ins)) SELECT ins.*``: one round trip instead of
+    an insert and an update. Built once: building the statement cost more than running it.
+    (No parameter is named like a column: an UPDATE would take it as a value to set.)"""
+    labels = cast(Table, Label.__table__)
+    tasks = cast(Table, AnnotationTask.__table__)
+    values = {
+        "dataset_id": "lbl_dataset",
+        "x": "lbl_x",
+        "y": "lbl_y",
+        "z": "lbl_z",
+        "w": "lbl_w",
+        "h": "lbl_h",
+        "label": "lbl_label",
+        "artifact_type": "lbl_type",
+        "annotator": "lbl_annotator",
+        "annotator_id": "lbl_annotator_id",
+        "source": "lbl_source",
+        "source_ref": "lbl_ref",
+        "task_id": "lbl_task",
+        "idempotency_key": "lbl_key",
+        "created_at": "lbl_now",
+    }
+    inserted = (
+        postgresql_insert(labels)
+        .values({column: bindparam(name) for column, name in values.items()})
+        .on_conflict_do_nothing(index_elements=["annotator", "idempotency_key"])
+        .returning(*labels.c)
+        .cte("ins")
+    )
+    closed = (
+        update(tasks)
+        .where(tasks.c.id == bindparam("lbl_task"), select(inserted.c.id).exists())
+        .values(
+            status="labelled",
+            lease_holder_id=bindparam("lbl_annotator_id"),
+            lease_expires_at=None,
+            updated_at=bindparam("lbl_now"),
+        )
+        .returning(tasks.c.id)
+        .cte("closed")
+    )
+    return select(aliased(Label, inserted)).add_cte(closed)
 
 
 def _task_to_label(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Path, Query, Request
+from anyio import to_thread
+from fastapi import Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from server.api.state import AppState
@@ -16,7 +18,9 @@ from server.errors import Forbidden
 bearer = HTTPBearer(auto_error=False, description="An API token from `artifact-loop token create`")
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain ``def`` dependency in the thread pool, and the hand-off
+    # to a worker thread and back costs more CPU than the whole lookup
     state: AppState = request.app.state.artifact_loop
     return state
 
@@ -52,22 +56,24 @@ def get_session(state: StateDep, request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def current_user(
+async def current_user(
     state: StateDep,
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Annotator:
-    # requests with a body were authenticated before it was read (server.api.guards)
+    # requests with a body were authenticated before it was read (server.api.guards); a
+    # token seen lately needs no query; only the rest goes to a thread for the database
     known: Annotator | None = getattr(request.state, "caller", None)
     if known is not None:
         return known
-    return state.caller(credentials.credentials if credentials else None)
+    secret = credentials.credentials if credentials else None
+    return state.cached_caller(secret) or await to_thread.run_sync(state.caller, secret)
 
 
 CurrentUser = Annotated[Annotator, Depends(current_user)]
 
 
-def admin_user(user: CurrentUser) -> Annotator:
+async def admin_user(user: CurrentUser) -> Annotator:
     if user.role != "admin":
         raise Forbidden(f"{user.name} is an annotator; this needs an admin token")
     return user
@@ -97,3 +103,11 @@ DatasetId = Annotated[int, _id_path("dataset")]
 TaskId = Annotated[int, _id_path("task")]
 VersionId = Annotated[int, _id_path("model version")]
 JobId = Annotated[int, _id_path("job")]
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    """``model`` as the JSON answer. A route of the annotation hot path returns this rather
+    than the model: FastAPI would validate a returned model against the route's
+    ``response_model`` once more, and for a plain ``def`` route do it in a second hop through
+    the thread pool (the route's ``response_model`` still documents the answer)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")

@@ -15,6 +15,7 @@ from server.api.deps import (
     PageDep,
     SessionDep,
     StateDep,
+    json_response,
 )
 from server.api.schemas import (
     ArtifactType,
@@ -51,7 +52,7 @@ LabelId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Id of the label")
 )
 def create(
     dataset_id: DatasetId, body: LabelCreate, state: StateDep, user: CurrentUser
-) -> LabelOut:
+) -> Response:
     with write_transaction(state.runtime.sessions) as session:
         dataset = get_dataset(session, dataset_id)
         w, h = patch_extent(dataset)
@@ -74,7 +75,7 @@ def create(
         out = LabelOut.model_validate(label)
     if created:
         labels_arrived(state.runtime, state.sender, dataset_id=dataset_id)
-    return out
+    return json_response(out, status.HTTP_201_CREATED)
 
 
 @router.get(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 
 from server.annotation.leasing import lease_next, open_task_count
@@ -18,7 +18,15 @@ from server.annotation.tasks import (
     skip_task,
     undo_skip,
 )
-from server.api.deps import CurrentUser, DatasetId, PageDep, SessionDep, StateDep, TaskId
+from server.api.deps import (
+    CurrentUser,
+    DatasetId,
+    PageDep,
+    SessionDep,
+    StateDep,
+    TaskId,
+    json_response,
+)
 from server.api.schemas import (
     LabellingProgress,
     LabelOut,
@@ -58,7 +66,7 @@ def task_out(
     description="The task is reserved for the caller until `lease_expires_at`; label, skip or "
     "release it before then. Two callers never get the same task.",
 )
-def next_task(dataset_id: DatasetId, state: StateDep, user: CurrentUser) -> NextTask:
+def next_task(dataset_id: DatasetId, state: StateDep, user: CurrentUser) -> Response:
     with write_transaction(state.runtime.sessions) as session:
         leased = lease_next(
             session,
@@ -68,15 +76,19 @@ def next_task(dataset_id: DatasetId, state: StateDep, user: CurrentUser) -> Next
         )
         if leased is None:
             get_dataset(session, dataset_id)  # 404 for a dataset that does not exist
-            return NextTask(
-                task=None,
-                remaining=0,
-                message="no tasks left: the model proposes more after the next training",
+            return json_response(
+                NextTask(
+                    task=None,
+                    remaining=0,
+                    message="no tasks left: the model proposes more after the next training",
+                )
             )
         task, dataset = leased
-        return NextTask(
-            task=task_out(task, dataset=dataset, server=state.settings.wk_url),
-            remaining=open_task_count(session, dataset_id=dataset_id),
+        return json_response(
+            NextTask(
+                task=task_out(task, dataset=dataset, server=state.settings.wk_url),
+                remaining=open_task_count(session, dataset_id=dataset_id),
+            )
         )
 
 
@@ -170,7 +182,7 @@ def get_one(task_id: TaskId, session: SessionDep, state: StateDep, _user: Curren
     summary="Label a task (the caller's verdict)",
     responses={409: {"description": "The task is leased by someone else"}},
 )
-def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) -> LabelOut:
+def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) -> Response:
     if body.artifact_type is not None and body.label != "artifact":
         raise InvalidInput("only artifact labels carry an artifact type")
     with write_transaction(state.runtime.sessions) as session:
@@ -187,7 +199,7 @@ def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) 
         dataset_id = created_label.dataset_id
     if created:
         labels_arrived(state.runtime, state.sender, dataset_id=dataset_id)
-    return out
+    return json_response(out)
 
 
 @router.post(

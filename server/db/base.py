@@ -22,6 +22,9 @@ log = logging.getLogger("artifact_loop.db")
 # Writers wait for each other on SQLite up to this long; normal work never comes close.
 SQLITE_BUSY_TIMEOUT_S = 30
 SLOW_WRITE_S = 2.0  # a write transaction longer than this is logged (SQLite)
+# Requests an API worker process runs at once in its thread pool (each holds at most one
+# database connection). More threads than this only wait on each other for the interpreter.
+API_THREADS = 24
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -83,11 +86,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     # a stopped server refuses at once; an unreachable one must not hang a request for minutes
     kwargs.setdefault("connect_args", {"connect_timeout": 5})
-    # connections beyond pool_size are closed when returned: under load (an API worker runs
-    # up to 40 requests at once) a small pool reconnected many times a second, and a new
-    # PostgreSQL connection costs milliseconds of CPU on both sides
-    kwargs.setdefault("pool_size", 20)
-    kwargs.setdefault("max_overflow", 10)
+    # connections beyond pool_size are closed when returned: a pool smaller than the API
+    # worker's thread pool (API_THREADS requests at once, one connection each) reconnected
+    # many times a second under load, and a new PostgreSQL connection costs milliseconds of
+    # CPU on both sides
+    kwargs.setdefault("pool_size", API_THREADS)
+    kwargs.setdefault("max_overflow", 8)
     return create_engine(url, **kwargs)
 
 
