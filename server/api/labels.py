@@ -37,6 +37,7 @@ from server.labels.service import (
     disagreements,
     labels_arrived,
     list_labels,
+    training_may_start,
 )
 
 router = APIRouter(tags=["labels"])
@@ -73,8 +74,9 @@ def create(
             idempotency_key=body.idempotency_key,
         )
         out = LabelOut.model_validate(label)
-    if created:
-        labels_arrived(state.runtime, state.sender, dataset_id=dataset_id)
+        may_start = created and training_may_start(session, dataset_id=dataset_id)
+    if may_start:
+        labels_arrived(state.runtime, state.sender, dataset_id=dataset_id, may_start=True)
     return json_response(out, status.HTTP_201_CREATED)
 
 

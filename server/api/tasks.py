@@ -41,7 +41,7 @@ from server.datasets.service import get_dataset
 from server.db.base import write_transaction
 from server.db.tables import TASK_KINDS, TASK_STATUSES, AnnotationTask, Dataset
 from server.errors import InvalidInput
-from server.labels.service import labels_arrived
+from server.labels.service import labels_arrived, training_may_start
 from server.webknossos.links import position_url
 
 router = APIRouter(tags=["tasks"])
@@ -197,8 +197,9 @@ def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) 
         )
         out = LabelOut.model_validate(created_label)
         dataset_id = created_label.dataset_id
-    if created:
-        labels_arrived(state.runtime, state.sender, dataset_id=dataset_id)
+        may_start = created and training_may_start(session, dataset_id=dataset_id)
+    if may_start:
+        labels_arrived(state.runtime, state.sender, dataset_id=dataset_id, may_start=True)
     return json_response(out)
 
 

@@ -284,15 +284,22 @@ def disagreements(
 
 
 # -- labels arrived: the one place that decides a new training ---------------------------------
-def labels_arrived(rt: Runtime, sender: JobSender, *, dataset_id: int) -> Job | None:
+def labels_arrived(
+    rt: Runtime, sender: JobSender, *, dataset_id: int, may_start: bool | None = None
+) -> Job | None:
     """Call after committing labels of ``dataset_id``, however they came (page, REST, file
     import, webKnossos): starts a training once ``retrain_every`` labels arrived since the
-    last one, coalesced with a training that is waiting. Returns that training, if any."""
+    last one, coalesced with a training that is waiting. Returns that training, if any.
+
+    ``may_start``: what :func:`training_may_start` answered in the labelling transaction, if
+    the caller asked it there (it saves a connection and a round trip per label)."""
     from server.jobs import state
     from server.jobs.kinds import JobKind, JobState
     from server.versions.service import active_model
 
-    if not _training_may_start(rt, dataset_id=dataset_id):
+    if may_start is None:
+        may_start = _training_may_start(rt, dataset_id=dataset_id)
+    if not may_start:
         return None
     with write_transaction(rt.sessions) as session:
         if active_model(session, dataset_id=dataset_id, kind="ae") is None:
@@ -321,6 +328,13 @@ def labels_arrived(rt: Runtime, sender: JobSender, *, dataset_id: int) -> Job | 
         ).job
 
 
+def training_may_start(session: Session, *, dataset_id: int) -> bool:
+    """:func:`_training_may_start` in the caller's transaction: a request that labels asks it
+    on the connection it holds anyway, before it commits (the answer does not depend on the
+    label), and passes it to :func:`labels_arrived`."""
+    return _may_start(*session.execute(_training_state_query(), {"arrived_in": dataset_id}).one())
+
+
 def _training_may_start(rt: Runtime, *, dataset_id: int) -> bool:
     """What decides most calls of :func:`labels_arrived` in one query outside a transaction:
     without a ready autoencoder, or while a training runs and none waits, none starts."""
@@ -331,7 +345,11 @@ def _training_may_start(rt: Runtime, *, dataset_id: int) -> bool:
             options["isolation_level"] = "AUTOCOMMIT"  # one round trip: no BEGIN, no ROLLBACK
         connection = session.connection(execution_options=options)
         row = connection.execute(_training_state_query(), {"arrived_in": dataset_id}).one()
-    has_autoencoder, running, queued = row
+    return _may_start(*row)
+
+
+def _may_start(has_autoencoder: object, running: object, queued: object) -> bool:
+    """Without a ready autoencoder, or while a training runs and none waits, none starts."""
     return bool(has_autoencoder) and (bool(queued) or not running)
 
 
