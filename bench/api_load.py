@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -316,6 +317,7 @@ def run_once(args: argparse.Namespace, admin_url: str) -> dict:
             proc.terminate()
             proc.wait(timeout=30)
         drop_database(admin_url, url)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def spread(runs: list[dict], *path: str) -> dict[str, float]:
