@@ -290,9 +290,7 @@ def labels_arrived(
     """Call after committing labels of ``dataset_id``, however they came (page, REST, file
     import, webKnossos): starts a training once ``retrain_every`` labels arrived since the
     last one, coalesced with a training that is waiting. Returns that training, if any.
-
-    ``may_start``: what :func:`training_may_start` answered in the labelling transaction, if
-    the caller asked it there (it saves a connection and a round trip per label)."""
+    ``may_start``: what :func:`training_may_start` answered in the labelling transaction."""
     from server.jobs import state
     from server.jobs.kinds import JobKind, JobState
     from server.versions.service import active_model
@@ -329,28 +327,22 @@ def labels_arrived(
 
 
 def training_may_start(session: Session, *, dataset_id: int) -> bool:
-    """:func:`_training_may_start` in the caller's transaction: a request that labels asks it
-    on the connection it holds anyway, before it commits (the answer does not depend on the
-    label), and passes it to :func:`labels_arrived`."""
-    return _may_start(*session.execute(_training_state_query(), {"arrived_in": dataset_id}).one())
+    """Whether a training may start: not without a ready autoencoder, nor while one runs and
+    none waits. A labelling request asks in its own transaction, before it commits."""
+    has_autoencoder, running, queued = session.execute(
+        _training_state_query(), {"arrived_in": dataset_id}
+    ).one()
+    return bool(has_autoencoder) and (bool(queued) or not running)
 
 
 def _training_may_start(rt: Runtime, *, dataset_id: int) -> bool:
-    """What decides most calls of :func:`labels_arrived` in one query outside a transaction:
-    without a ready autoencoder, or while a training runs and none waits, none starts."""
+    """:func:`training_may_start` in one autocommit query (no BEGIN, no ROLLBACK): what
+    decides most calls of :func:`labels_arrived`."""
     with rt.sessions() as session:
         bind = session.get_bind()
-        options: dict[str, Any] = {}
         if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
-            options["isolation_level"] = "AUTOCOMMIT"  # one round trip: no BEGIN, no ROLLBACK
-        connection = session.connection(execution_options=options)
-        row = connection.execute(_training_state_query(), {"arrived_in": dataset_id}).one()
-    return _may_start(*row)
-
-
-def _may_start(has_autoencoder: object, running: object, queued: object) -> bool:
-    """Without a ready autoencoder, or while a training runs and none waits, none starts."""
-    return bool(has_autoencoder) and (bool(queued) or not running)
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        return training_may_start(session, dataset_id=dataset_id)
 
 
 @functools.cache
