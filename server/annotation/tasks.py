@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from server.db.base import utcnow
-from server.db.tables import LABEL_SOURCES, AnnotationTask, Annotator, Dataset, Label, TaskSkip
-from server.errors import Conflict, InvalidInput, NotFound
-from server.labels.service import NewLabel, check_key_reuse, create_label, validate_label
+from server.db.tables import AnnotationTask, Annotator, Dataset, Label, TaskSkip
+from server.errors import Conflict, NotFound
+from server.labels.rows import NewLabel, label_row
+from server.labels.service import check_key_reuse, create_label
 
 
 def get_task(session: Session, task_id: int, *, lock: bool = False) -> AnnotationTask:
@@ -114,28 +115,19 @@ def _label_and_close(
     """PostgreSQL: insert the label and mark the task labelled in one statement (see
     :func:`_label_and_close_statement`). ``None`` when a label with the same idempotency key
     exists (a concurrent twin of this request inserted it)."""
-    if source not in LABEL_SOURCES:
-        raise InvalidInput(f"unknown label source {source!r}")
-    validate_label(dataset, new)
     now = utcnow()
-    params = {
-        "lbl_dataset": dataset.id,
-        "lbl_x": new.x,
-        "lbl_y": new.y,
-        "lbl_z": new.z,
-        "lbl_w": new.w,
-        "lbl_h": new.h,
-        "lbl_label": new.label,
-        "lbl_type": new.artifact_type,
-        "lbl_annotator": annotator.name,
-        "lbl_annotator_id": annotator.id,
-        "lbl_source": source,
-        "lbl_ref": f"task:{task.id}",
-        "lbl_task": task.id,
-        "lbl_key": idempotency_key or None,
-        "lbl_now": now,
-    }
-    inserted = session.scalars(_label_and_close_statement(), params).first()
+    values = label_row(
+        dataset,
+        new,
+        annotator=annotator,
+        source=source,
+        source_ref=f"task:{task.id}",
+        task_id=task.id,
+        idempotency_key=idempotency_key,
+    )
+    values["created_at"] = now
+    params = {f"lbl_{column}": value for column, value in values.items()}
+    inserted = session.scalars(_label_and_close_statement(tuple(values)), params).first()
     if inserted is None:
         return None
     # what the statement wrote, without making the task dirty (no second UPDATE on commit)
@@ -147,46 +139,30 @@ def _label_and_close(
 
 
 @functools.cache
-def _label_and_close_statement() -> Executable:
+def _label_and_close_statement(columns: tuple[str, ...]) -> Executable:
     """``WITH ins AS (INSERT INTO labels ... ON CONFLICT (annotator, idempotency_key) DO
     NOTHING RETURNING *), closed AS (UPDATE annotation_tasks SET status = 'labelled' ...
-    WHERE id = :task AND EXISTS (SELECT FROM ins)) SELECT ins.*``: one round trip instead of
+    WHERE id = :lbl_task_id AND EXISTS (SELECT FROM ins)) SELECT ins.*``: one round trip instead of
     an insert and an update. Built once: building the statement cost more than running it.
-    (No parameter is named like a column: an UPDATE would take it as a value to set.)"""
+    (Each value ``lbl_<column>``: a parameter named like a column would be a value to set
+    in the UPDATE.)"""
     labels = cast(Table, Label.__table__)
     tasks = cast(Table, AnnotationTask.__table__)
-    values = {
-        "dataset_id": "lbl_dataset",
-        "x": "lbl_x",
-        "y": "lbl_y",
-        "z": "lbl_z",
-        "w": "lbl_w",
-        "h": "lbl_h",
-        "label": "lbl_label",
-        "artifact_type": "lbl_type",
-        "annotator": "lbl_annotator",
-        "annotator_id": "lbl_annotator_id",
-        "source": "lbl_source",
-        "source_ref": "lbl_ref",
-        "task_id": "lbl_task",
-        "idempotency_key": "lbl_key",
-        "created_at": "lbl_now",
-    }
     inserted = (
         postgresql_insert(labels)
-        .values({column: bindparam(name) for column, name in values.items()})
+        .values({column: bindparam(f"lbl_{column}") for column in columns})
         .on_conflict_do_nothing(index_elements=["annotator", "idempotency_key"])
         .returning(*labels.c)
         .cte("ins")
     )
     closed = (
         update(tasks)
-        .where(tasks.c.id == bindparam("lbl_task"), select(inserted.c.id).exists())
+        .where(tasks.c.id == bindparam("lbl_task_id"), select(inserted.c.id).exists())
         .values(
             status="labelled",
             lease_holder_id=bindparam("lbl_annotator_id"),
             lease_expires_at=None,
-            updated_at=bindparam("lbl_now"),
+            updated_at=bindparam("lbl_created_at"),
         )
         .returning(tasks.c.id)
         .cte("closed")

@@ -12,48 +12,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from models.vocab import ARTIFACT_TYPES
 from server.db.base import write_transaction
-from server.db.tables import LABEL_SOURCES, LABEL_VALUES, Annotator, Dataset, Job, Label
-from server.errors import Conflict, InvalidInput
+from server.db.tables import Annotator, Dataset, Job, Label
+from server.errors import Conflict
 from server.jobs.queue import JobSender
+from server.labels.rows import NewLabel, label_row
 from server.runtime import Runtime
-
-
-@dataclass(frozen=True)
-class NewLabel:
-    x: int
-    y: int
-    z: int
-    w: int
-    h: int
-    label: str
-    artifact_type: str | None = None
-
-
-def validate_label(dataset: Dataset, new: NewLabel) -> None:
-    if new.label not in LABEL_VALUES:
-        raise InvalidInput(f"label must be one of {', '.join(LABEL_VALUES)}, not {new.label!r}")
-    if new.artifact_type is not None:
-        if new.label != "artifact":
-            raise InvalidInput("only artifact labels carry an artifact type")
-        if new.artifact_type not in ARTIFACT_TYPES:
-            raise InvalidInput(
-                f"unknown artifact type {new.artifact_type!r}; use one of "
-                f"{', '.join(ARTIFACT_TYPES)}"
-            )
-    if new.w <= 0 or new.h <= 0:
-        raise InvalidInput("patch width and height must be positive")
-    x0, y0, z0 = dataset.bbox_x, dataset.bbox_y, dataset.bbox_z
-    x1, y1, z1 = x0 + dataset.bbox_w, y0 + dataset.bbox_h, z0 + dataset.bbox_d
-    if not (x0 <= new.x and new.x + new.w <= x1 and y0 <= new.y and new.y + new.h <= y1) or not (
-        z0 <= new.z < z1
-    ):
-        raise InvalidInput(
-            f"patch at ({new.x}, {new.y}, {new.z}) size {new.w} x {new.h} is outside the "
-            f"dataset's bounding box {x0},{y0},{z0},{dataset.bbox_w},{dataset.bbox_h},"
-            f"{dataset.bbox_d}"
-        )
 
 
 def create_label(
@@ -70,36 +34,15 @@ def create_label(
 ) -> tuple[Label, bool]:
     """Add a label; with an ``idempotency_key`` a repeated request returns the first label.
     Returns the label and whether it was created now."""
-    if source not in LABEL_SOURCES:
-        raise InvalidInput(f"unknown label source {source!r}")
-    validate_label(dataset, new)
-    if idempotency_key and not key_checked:
-        existing = find_by_key(
-            session,
-            annotator=annotator.name,
-            key=idempotency_key,
-            expect=new,
-            dataset_id=dataset.id,
-            task_id=task_id,
-        )
-        if existing is not None:
-            return existing, False
-    values: dict[str, Any] = {
-        "dataset_id": dataset.id,
-        "x": new.x,
-        "y": new.y,
-        "z": new.z,
-        "w": new.w,
-        "h": new.h,
-        "label": new.label,
-        "artifact_type": new.artifact_type,
-        "annotator": annotator.name,
-        "annotator_id": annotator.id,
-        "source": source,
-        "source_ref": source_ref,
-        "task_id": task_id,
-        "idempotency_key": idempotency_key or None,
-    }
+    values = label_row(
+        dataset,
+        new,
+        annotator=annotator,
+        source=source,
+        source_ref=source_ref,
+        task_id=task_id,
+        idempotency_key=idempotency_key,
+    )
     if not idempotency_key:
         label = Label(**values)
         session.add(label)

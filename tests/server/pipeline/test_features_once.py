@@ -14,7 +14,8 @@ from server.db.tables import AnnotationTask, Annotator, Job, ModelVersion
 from server.jobs import state
 from server.jobs.kinds import JobKind, JobState
 from server.jobs.runner import InlineSender
-from server.labels.service import NewLabel, create_label, labels_arrived
+from server.labels.rows import NewLabel
+from server.labels.service import create_label, labels_arrived
 from server.pipeline.features import AEFeatures, features_dir, read_scores, scores_dir
 from server.runtime import Runtime
 from server.settings import Settings
