@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from datetime import timedelta
-from typing import cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import Executable, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -16,7 +16,13 @@ from server.db.base import utcnow
 from server.db.tables import AnnotationTask, Annotator, Dataset, Label, TaskSkip
 from server.errors import Conflict, NotFound
 from server.labels.rows import NewLabel, label_row
-from server.labels.service import check_key_reuse, create_label
+from server.labels.service import (
+    check_key_reuse,
+    create_label,
+    training_may_start,
+    training_state_allows,
+    training_state_query,
+)
 
 
 def get_task(session: Session, task_id: int, *, lock: bool = False) -> AnnotationTask:
@@ -41,6 +47,12 @@ def _leased_by_other(task: AnnotationTask, annotator: Annotator) -> bool:
     )
 
 
+class Labelled(NamedTuple):
+    label: Label
+    created: bool  # False: a repeat with the same idempotency key found the first label
+    training_may_start: bool  # asked only with ``ask_training``; see training_may_start
+
+
 def label_task(
     session: Session,
     *,
@@ -50,9 +62,12 @@ def label_task(
     artifact_type: str | None,
     source: str,
     idempotency_key: str | None,
-) -> tuple[Label, bool]:
+    ask_training: bool = False,
+) -> Labelled:
     """Record ``annotator``'s verdict on a task. A repeat with the same idempotency key
-    returns the first label; a task leased by someone else is refused."""
+    returns the first label; a task leased by someone else is refused. ``ask_training``:
+    also answer :func:`~server.labels.service.training_may_start` for a new label (on
+    PostgreSQL in the same statement that records it)."""
     task, dataset, existing = _task_to_label(
         session, task_id=task_id, annotator=annotator, idempotency_key=idempotency_key
     )
@@ -65,7 +80,7 @@ def label_task(
             dataset_id=task.dataset_id,
             task_id=task.id,
         )
-        return found, False
+        return Labelled(found, False, False)
     if _leased_by_other(task, annotator):
         raise Conflict(f"task {task_id} is leased by another annotator")
     if task.status == "retired" and task.lease_holder_id != annotator.id:
@@ -80,9 +95,10 @@ def label_task(
             annotator=annotator,
             source=source,
             idempotency_key=idempotency_key,
+            ask_training=ask_training,
         )
         if inserted is not None:
-            return inserted, True
+            return inserted
         # the same key won a race meanwhile: that request labelled the task
     created_label, created = create_label(
         session,
@@ -99,7 +115,8 @@ def label_task(
     task.lease_holder_id = annotator.id
     task.lease_expires_at = None
     session.flush()
-    return created_label, created
+    may_start = ask_training and created and training_may_start(session, dataset_id=dataset.id)
+    return Labelled(created_label, created, may_start)
 
 
 def _label_and_close(
@@ -111,7 +128,8 @@ def _label_and_close(
     annotator: Annotator,
     source: str,
     idempotency_key: str | None,
-) -> Label | None:
+    ask_training: bool,
+) -> Labelled | None:
     """PostgreSQL: insert the label and mark the task labelled in one statement (see
     :func:`_label_and_close_statement`). ``None`` when a label with the same idempotency key
     exists (a concurrent twin of this request inserted it)."""
@@ -127,25 +145,30 @@ def _label_and_close(
     )
     values["created_at"] = now
     params = {f"lbl_{column}": value for column, value in values.items()}
-    inserted = session.scalars(_label_and_close_statement(tuple(values)), params).first()
-    if inserted is None:
+    if ask_training:
+        params["arrived_in"] = dataset.id
+    statement = _label_and_close_statement(tuple(values), with_training=ask_training)
+    row = session.execute(statement, params).first()
+    if row is None:
         return None
     # what the statement wrote, without making the task dirty (no second UPDATE on commit)
     set_committed_value(task, "status", "labelled")
     set_committed_value(task, "lease_holder_id", annotator.id)
     set_committed_value(task, "lease_expires_at", None)
     set_committed_value(task, "updated_at", now)
-    return inserted
+    return Labelled(row[0], True, ask_training and training_state_allows(*row[1:]))
 
 
 @functools.cache
-def _label_and_close_statement(columns: tuple[str, ...]) -> Executable:
+def _label_and_close_statement(columns: tuple[str, ...], *, with_training: bool) -> Executable:
     """``WITH ins AS (INSERT INTO labels ... ON CONFLICT (annotator, idempotency_key) DO
     NOTHING RETURNING *), closed AS (UPDATE annotation_tasks SET status = 'labelled' ...
-    WHERE id = :lbl_task_id AND EXISTS (SELECT FROM ins)) SELECT ins.*``: one round trip instead of
-    an insert and an update. Built once: building the statement cost more than running it.
-    (Each value ``lbl_<column>``: a parameter named like a column would be a value to set
-    in the UPDATE.)"""
+    WHERE id = :lbl_task_id AND EXISTS (SELECT FROM ins)) SELECT ins.*``: one round trip
+    instead of an insert and an update; ``with_training`` adds the columns of
+    :func:`~server.labels.service.training_state_query` (parameter ``arrived_in``), one
+    round trip instead of two. Built once: building the statement cost more than running
+    it. (Each value ``lbl_<column>``: a parameter named like a column would be a value to
+    set in the UPDATE.)"""
     labels = cast(Table, Label.__table__)
     tasks = cast(Table, AnnotationTask.__table__)
     inserted = (
@@ -167,7 +190,8 @@ def _label_and_close_statement(columns: tuple[str, ...]) -> Executable:
         .returning(tasks.c.id)
         .cte("closed")
     )
-    return select(aliased(Label, inserted)).add_cte(closed)
+    training = training_state_query().selected_columns if with_training else ()
+    return select(aliased(Label, inserted), *training).add_cte(closed)
 
 
 def _task_to_label(

@@ -41,7 +41,7 @@ from server.datasets.service import get_dataset
 from server.db.base import write_transaction
 from server.db.tables import TASK_KINDS, TASK_STATUSES, AnnotationTask, Dataset
 from server.errors import InvalidInput
-from server.labels.service import labels_arrived, training_may_start
+from server.labels.service import labels_arrived
 from server.webknossos.links import position_url
 
 router = APIRouter(tags=["tasks"])
@@ -186,7 +186,7 @@ def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) 
     if body.artifact_type is not None and body.label != "artifact":
         raise InvalidInput("only artifact labels carry an artifact type")
     with write_transaction(state.runtime.sessions) as session:
-        created_label, created = label_task(
+        labelled = label_task(
             session,
             task_id=task_id,
             annotator=user,
@@ -194,10 +194,11 @@ def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) 
             artifact_type=body.artifact_type,
             source=body.source,
             idempotency_key=body.idempotency_key,
+            ask_training=True,
         )
-        out = LabelOut.model_validate(created_label)
-        dataset_id = created_label.dataset_id
-        may_start = created and training_may_start(session, dataset_id=dataset_id)
+        out = LabelOut.model_validate(labelled.label)
+        dataset_id = labelled.label.dataset_id
+        may_start = labelled.training_may_start
     if may_start:
         labels_arrived(state.runtime, state.sender, dataset_id=dataset_id, may_start=True)
     return json_response(out)

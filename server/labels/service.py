@@ -272,9 +272,13 @@ def labels_arrived(
 def training_may_start(session: Session, *, dataset_id: int) -> bool:
     """Whether a training may start: not without a ready autoencoder, nor while one runs and
     none waits. A labelling request asks in its own transaction, before it commits."""
-    has_autoencoder, running, queued = session.execute(
-        _training_state_query(), {"arrived_in": dataset_id}
-    ).one()
+    return training_state_allows(
+        *session.execute(training_state_query(), {"arrived_in": dataset_id}).one()
+    )
+
+
+def training_state_allows(has_autoencoder: bool, running: bool, queued: bool) -> bool:
+    """:func:`training_may_start`'s rule on the row of :func:`training_state_query`."""
     return bool(has_autoencoder) and (bool(queued) or not running)
 
 
@@ -289,9 +293,10 @@ def _training_may_start(rt: Runtime, *, dataset_id: int) -> bool:
 
 
 @functools.cache
-def _training_state_query() -> Select[Any]:
+def training_state_query() -> Select[Any]:
     """Whether the dataset (parameter ``arrived_in``) has a ready autoencoder, a running
-    and a queued training. Built once: building it cost more than running it."""
+    and a queued training. Built once: building it cost more than running it. Its columns
+    also ride along in the statement that labels a task on PostgreSQL."""
     from server.db.tables import ModelVersion
     from server.jobs.kinds import JobKind, JobState
 
