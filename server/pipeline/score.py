@@ -4,7 +4,8 @@
   embedding), never again for the classifiers fine-tuned from it.
 - A classifier version scores a candidate set of at most ``ARTIFACT_LOOP_CANDIDATES`` patches
   of the unlabelled pool outside the audit set (0: all of it): the previous round's most
-  uncertain, the autoencoder's most anomalous and a fresh random sample for the rest. One view
+  uncertain, the autoencoder's most anomalous, the nearest neighbours of the patches labelled
+  artifact in its embedding, and a fresh random sample for the rest. One view
   per candidate; only a short list nearest the decision boundary gets the ``tta`` views.
 
 load (version, grid, candidates) -> compute (chunks) -> record (arrays in the model store);
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from server.annotation.proposals import excluded_indices
 from server.datasets.service import grid_of, open_source
@@ -27,6 +29,7 @@ from server.errors import InvalidInput, NotFound
 from server.jobs import state
 from server.jobs.kinds import JobKind
 from server.jobs.params import ScoreChunkParams, ScoreParams
+from server.labels.training_set import training_labels
 from server.pipeline.context import Chunked, StepContext
 from server.pipeline.features import (
     AEFeatures,
@@ -115,6 +118,11 @@ def _version(
 # shares of a bounded candidate set; a fresh random sample of the pool fills the rest
 PREVIOUS_SHARE = 0.2  # the previous classifier's most uncertain candidates
 ANOMALOUS_SHARE = 0.1  # the autoencoder's highest reconstruction errors
+# the nearest unlabelled neighbours (autoencoder embedding, cosine) of the patches labelled
+# artifact, an equal number for each of the latest NEIGHBOUR_QUERIES such labels: where the
+# few artifacts of the pool lie, which a random sample mostly misses
+NEIGHBOUR_SHARE = 0.2
+NEIGHBOUR_QUERIES = 256
 
 
 def candidate_set(
@@ -142,6 +150,16 @@ def candidate_set(
             .limit(1)
         ).first()
         dataset_id, ae_id = current.dataset_id, current.parent_id
+        dataset = session.get(Dataset, dataset_id)
+        assert dataset is not None
+        queries = _labelled_artifacts(session, dataset)
+    anomalous, near = _from_features(
+        features_dir(ctx.settings, dataset_id=dataset_id, version_id=ae_id) if ae_id else None,
+        k_anomalous=int(limit * ANOMALOUS_SHARE),
+        queries=queries,
+        k_near=int(limit * NEIGHBOUR_SHARE),
+        excluded=excluded,
+    )
     chosen = [
         _most_uncertain(
             scores_dir(ctx.settings, dataset_id=dataset_id, version_id=previous)
@@ -150,11 +168,8 @@ def candidate_set(
             k=int(limit * PREVIOUS_SHARE),
             excluded=excluded,
         ),
-        _most_anomalous(
-            features_dir(ctx.settings, dataset_id=dataset_id, version_id=ae_id) if ae_id else None,
-            k=int(limit * ANOMALOUS_SHARE),
-            excluded=excluded,
-        ),
+        anomalous,
+        near,
     ]
     taken = np.unique(np.concatenate(chosen))
     rng = np.random.default_rng([ctx.settings.seed, job_id])
@@ -179,19 +194,65 @@ def _most_uncertain(folder: Path | None, *, k: int, excluded: np.ndarray) -> np.
     return idx.astype(np.int64)
 
 
-def _most_anomalous(folder: Path | None, *, k: int, excluded: np.ndarray) -> np.ndarray:
-    """The ``k`` unlabelled patches the autoencoder reconstructs worst, read chunk by chunk."""
-    if folder is None or k <= 0 or not AEFeatures(folder).complete():
-        return np.empty(0, np.int64)
-    best_idx, best_err = np.empty(0, np.int64), np.empty(0, np.float32)
-    for idx, recon, _embed in AEFeatures(folder).stream(embedding=False):
+def _labelled_artifacts(session: Session, dataset: Dataset) -> np.ndarray:
+    """Grid indices of the latest :data:`NEIGHBOUR_QUERIES` training labels that say
+    artifact (those at positions off the grid, say from an imported file, are left out)."""
+    grid = grid_of(dataset)
+    artifacts = [
+        lab for lab in training_labels(session, dataset=dataset) if lab.label == "artifact"
+    ]
+    found = []
+    for lab in artifacts[-NEIGHBOUR_QUERIES:]:
+        try:
+            found.append(int(grid.indices(np.asarray([[lab.x, lab.y, lab.z]]))[0]))
+        except ValueError:
+            continue
+    return np.unique(np.asarray(found, dtype=np.int64))
+
+
+def _from_features(
+    folder: Path | None,
+    *,
+    k_anomalous: int,
+    queries: np.ndarray,
+    k_near: int,
+    excluded: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """In one pass over the autoencoder's features, chunk by chunk: the ``k_anomalous``
+    unlabelled patches it reconstructs worst, and the ``k_near // len(queries)`` unlabelled
+    patches nearest each query patch in its embedding (cosine similarity)."""
+    empty = np.empty(0, np.int64)
+    if folder is None or not AEFeatures(folder).complete():
+        return empty, empty
+    features = AEFeatures(folder)
+    each = k_near // len(queries) if len(queries) else 0
+    query = _unit(features.take(queries)[1]) if each else np.empty((0, 0), np.float32)
+    best_idx, best_err = empty, np.empty(0, np.float32)
+    near_idx = np.empty((len(query), 0), np.int64)
+    near_sim = np.empty((len(query), 0), np.float32)
+    for idx, recon, embed in features.stream(embedding=each > 0):
         keep = ~np.isin(idx, excluded)
-        best_idx = np.concatenate([best_idx, idx[keep]])
-        best_err = np.concatenate([best_err, np.nan_to_num(recon[keep], nan=-np.inf)])
-        if len(best_idx) > k:
-            top = np.argpartition(-best_err, k)[:k]
-            best_idx, best_err = best_idx[top], best_err[top]
-    return best_idx
+        idx = idx[keep]
+        if k_anomalous > 0:
+            best_idx = np.concatenate([best_idx, idx])
+            best_err = np.concatenate([best_err, np.nan_to_num(recon[keep], nan=-np.inf)])
+            if len(best_idx) > k_anomalous:
+                top = np.argpartition(-best_err, k_anomalous)[:k_anomalous]
+                best_idx, best_err = best_idx[top], best_err[top]
+        if each:
+            sim = query @ _unit(embed[keep]).T  # (queries, patches of the chunk)
+            near_idx = np.concatenate([near_idx, np.broadcast_to(idx, sim.shape)], axis=1)
+            near_sim = np.concatenate([near_sim, sim], axis=1)
+            if near_idx.shape[1] > each:
+                top = np.argpartition(-near_sim, each - 1, axis=1)[:, :each]
+                near_idx = np.take_along_axis(near_idx, top, axis=1)
+                near_sim = np.take_along_axis(near_sim, top, axis=1)
+    return best_idx, np.unique(near_idx)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    v = np.nan_to_num(np.asarray(vectors, dtype=np.float32))
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-6)
 
 
 def run_chunk(ctx: StepContext, job: Job) -> dict[str, Any]:

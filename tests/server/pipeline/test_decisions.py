@@ -197,7 +197,7 @@ def test_a_chunked_job_finishes_once(ctx: StepContext, session: Session) -> None
     assert state.claim_parent_finish(ctx.sessions, parent_id=parent.id) is None, "only once"
 
 
-def test_a_bounded_candidate_set_mixes_previous_uncertain_anomalous_and_fresh_patches(
+def test_a_bounded_candidate_set_mixes_previous_uncertain_anomalous_near_and_fresh_patches(
     ctx: StepContext, session: Session
 ) -> None:
     from server.pipeline.features import AEFeatures, features_dir, scores_dir, write_scores
@@ -214,16 +214,23 @@ def test_a_bounded_candidate_set_mixes_previous_uncertain_anomalous_and_fresh_pa
     recon = np.zeros(n, np.float32)
     anomalous = np.arange(100, 20_000, 200)  # 100 patches the autoencoder finds odd
     recon[anomalous] = 9.0
+    embedding = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float16)
+    artifact = 17  # labelled artifact; 40 patches far from it look just like it
+    look_alike = np.arange(12_001, 12_401, 10)
+    embedding[[artifact, *look_alike]] = np.eye(8)[0] * 3 + embedding[look_alike[0]] * 0.05
+    origin = grid_of(ds).origins(artifact)[0]
+    make.label(session, ds, x=int(origin[0]), y=int(origin[1]), z=int(origin[2]), label="artifact")
+    session.commit()
     for c in range(4):
         part = slice(c * 5_000, (c + 1) * 5_000)
-        features.write_chunk(c, recon=recon[part], embedding=np.zeros((5_000, 2), np.float16))
+        features.write_chunk(c, recon=recon[part], embedding=embedding[part])
     previous = scores_dir(settings, dataset_id=ds.id, version_id=before.id)
     previous.mkdir(parents=True)
     scored = np.arange(0, 20_000, 7)
     margin = np.zeros(len(scored), np.float32)
     margin[:300] = 0.99  # its 300 most uncertain candidates
     write_scores(previous / "chunk-000000.npz", index=scored, uncertainty=margin)
-    excluded = np.asarray([scored[0], anomalous[0], 3])  # labelled since: never again
+    excluded = np.asarray([scored[0], anomalous[0], 3, artifact])  # labelled: never again
     settings.candidates = 2_000
     got = score.candidate_set(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
     again = score.candidate_set(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
@@ -232,8 +239,9 @@ def test_a_bounded_candidate_set_mixes_previous_uncertain_anomalous_and_fresh_pa
     assert not set(excluded.tolist()) & set(got.tolist())
     assert set(scored[1:300].tolist()) <= set(got.tolist()), "the previous round's uncertain"
     assert set(anomalous[1:].tolist()) <= set(got.tolist()), "the autoencoder's anomalous"
+    assert set(look_alike.tolist()) <= set(got.tolist()), "the labelled artifact's neighbours"
     other = score.candidate_set(ctx, version=now.id, job_id=10, n=n, excluded=excluded)
-    assert len(set(other.tolist()) - set(got.tolist())) > 1_000, "a fresh sample each round"
+    assert len(set(other.tolist()) - set(got.tolist())) > 800, "a fresh sample each round"
     settings.candidates = 0
     whole = score.candidate_set(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
-    assert len(whole) == n - 3, "0: every unlabelled patch"
+    assert len(whole) == n - 4, "0: every unlabelled patch"
