@@ -34,7 +34,7 @@ def _seed(url: str, path: Path) -> tuple[int, list[str]]:
         with session_scope(make_sessionmaker(engine)) as session:
             dataset = register_dataset(session, name="load", path=str(path))
             grid = grid_of(dataset)
-            origins = grid.origins(np.arange(1200))
+            origins = grid.origins(np.arange(3600))
             session.add_all(
                 AnnotationTask(
                     dataset_id=dataset.id,
@@ -63,9 +63,9 @@ def _seed(url: str, path: Path) -> tuple[int, list[str]]:
 @pytest.mark.postgres
 def test_labelling_through_batch_replacements(pg_url: str, tmp_path: Path) -> None:
     migrate.upgrade(pg_url)
-    # 1,600 grid patches: on an idle machine 20 annotators label ~70 a second, and the
+    # 4,800 grid patches: on an idle machine 20 annotators label ~150 a second, and the
     # open tasks must not run out before the end
-    write_test_dataset(tmp_path / "ds", shape=(2800, 2800, 4))
+    write_test_dataset(tmp_path / "ds", shape=(2800, 2800, 12))
     dataset_id, secrets = _seed(pg_url, tmp_path / "ds")
     env = service_env(
         ARTIFACT_LOOP_DATABASE_URL=pg_url,
@@ -109,7 +109,7 @@ def test_labelling_through_batch_replacements(pg_url: str, tmp_path: Path) -> No
                 # the new batch overlaps the old one: leased, labelled and open patches alike
                 picks = [
                     {"index": int(i), "reason": "uncertain", "score": 1.0}
-                    for i in rng.permutation(1600)[:1000]
+                    for i in rng.permutation(4800)[:3000]
                 ]
                 t0 = time.monotonic() - start
                 with write_transaction(sessions) as session:
