@@ -336,26 +336,12 @@ def change_verdict(
 
 
 def release_task(session: Session, *, task_id: int, annotator: Annotator) -> AnnotationTask:
-    """Give a leased task back to the queue; a proposal whose batch a newer one replaced
-    while it was leased is retired instead (back in the queue it would come first)."""
+    """Give a leased task back to the queue."""
     task = get_task(session, task_id, lock=True)
     if task.status != "leased" or task.lease_holder_id != annotator.id:
         raise Conflict(f"task {task_id} is not leased by you")
-    task.status = "retired" if _replaced(session, task) else "open"
+    task.status = "open"
     task.lease_holder_id = None
     task.lease_expires_at = None
     session.flush()
     return task
-
-
-def _replaced(session: Session, task: AnnotationTask) -> bool:
-    """Whether ``task`` is a proposal of a batch that a newer batch replaced (a replacement
-    retires every open proposal, but not one leased at that moment)."""
-    if task.kind != "proposal":
-        return False
-    newer = select(AnnotationTask.id).where(
-        AnnotationTask.dataset_id == task.dataset_id,
-        AnnotationTask.kind == "proposal",
-        AnnotationTask.created_at > task.created_at,
-    )
-    return session.scalar(newer.limit(1)) is not None

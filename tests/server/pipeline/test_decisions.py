@@ -245,24 +245,3 @@ def test_a_bounded_candidate_set_mixes_previous_uncertain_anomalous_near_and_fre
     settings.candidates = 0
     whole = score.candidate_set(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
     assert len(whole) == n - 4, "0: every unlabelled patch"
-
-
-def test_a_proposal_released_after_its_batch_was_replaced_is_retired(session: Session) -> None:
-    """Leased while a newer batch replaced the open ones, then released: back in the queue at
-    its old rank it would be leased before the whole new batch."""
-    from datetime import timedelta
-
-    from server.annotation.tasks import release_task
-    from server.db.base import utcnow
-
-    ds = make.dataset(session)
-    someone = make.annotator(session)
-    then = utcnow() - timedelta(minutes=5)
-    kept = make.task(session, ds, grid_index=1, status="leased", lease_holder_id=someone.id,
-                     created_at=then, rank=0)  # fmt: skip
-    assert release_task(session, task_id=kept.id, annotator=someone).status == "open"
-    old = make.task(session, ds, grid_index=2, status="leased", lease_holder_id=someone.id,
-                    created_at=then, rank=0)  # fmt: skip
-    make.task(session, ds, grid_index=3, status="open", created_at=utcnow(), rank=0)
-    released = release_task(session, task_id=old.id, annotator=someone)
-    assert released.status == "retired" and released.lease_holder_id is None
