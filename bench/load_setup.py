@@ -85,7 +85,7 @@ def seed(url: str, dataset_path: Path, *, annotators: int, tasks: int) -> tuple[
 
 
 def replace_half_of_the_batch(url: str, dataset_id: int) -> float:
-    from server.annotation.proposals import replace_proposals
+    from server.annotation.proposals import demote_superseded, replace_proposals
     from server.datasets.service import get_dataset
     from server.db.base import write_transaction
 
@@ -100,9 +100,11 @@ def replace_half_of_the_batch(url: str, dataset_id: int) -> float:
                 {"index": int(i), "reason": "uncertain", "score": 1.0}
                 for i in rng.permutation(len(grid))[: len(grid) // 2]
             ]
-            replace_proposals(
+            batch = replace_proposals(
                 session, dataset=dataset, grid=grid, model_version_id=None, job_id=None, picks=picks
             )
+        with write_transaction(make_sessionmaker(engine)) as session:  # as the propose step does
+            demote_superseded(session, dataset_id=dataset_id, first_new_id=batch.first_new_id)
         return time.perf_counter() - t0
     finally:
         engine.dispose()

@@ -3,7 +3,7 @@ acquisition must never pick."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import bindparam, func, insert, select, update
@@ -95,6 +95,19 @@ def add_audit_patches(
     return len(indices)
 
 
+# Rank given to proposals of a replaced batch that were leased when it was replaced: given
+# back (released, skipped, expired), they wait behind every batch ranked since.
+SUPERSEDED_RANK = 1_000_000_000
+
+
+class Batch(NamedTuple):
+    """What :func:`replace_proposals` did: proposals added, and the first task id after
+    every task that existed before it (the older ones are superseded)."""
+
+    added: int
+    first_new_id: int
+
+
 def replace_proposals(
     session: Session,
     *,
@@ -103,9 +116,10 @@ def replace_proposals(
     model_version_id: int | None,
     job_id: int | None,
     picks: list[dict[str, Any]],
-) -> int:
+) -> Batch:
     """Retire open proposals of older versions and add ``picks`` (each with ``index``,
-    ``reason`` and score components) as the new ranked batch. Returns how many were added.
+    ``reason`` and score components) as the new ranked batch. After the commit, call
+    :func:`demote_superseded` with the answer's ``first_new_id``.
 
     Annotators keep leasing and labelling meanwhile; two rules keep a patch from being
     labelled twice. The old open tasks are retired first: that locks them until the caller
@@ -167,10 +181,38 @@ def replace_proposals(
     rows = [row for row in rows if row["grid_index"] not in taken_since]
     for rank, row in enumerate(rows):
         row["rank"] = rank * 4 // 3
+    last_old = session.scalar(
+        select(func.max(AnnotationTask.id)).where(AnnotationTask.dataset_id == dataset.id)
+    )
     if rows:
         session.execute(insert(AnnotationTask), rows)
     _interleave_audit(session, dataset_id=dataset.id)
-    return len(rows)
+    return Batch(added=len(rows), first_new_id=int(last_old or 0) + 1)
+
+
+def demote_superseded(session: Session, *, dataset_id: int, first_new_id: int) -> int:
+    """Move the proposals of older batches still in play behind the new batch, in a
+    transaction of its own once the batch has committed. Returns how many were moved.
+
+    A proposal leased when its batch was replaced keeps its lease: its annotator may still
+    label it. Given back later, it would return to the queue at its old rank, ahead of the
+    whole new batch, and every ``next`` would offer it first. Moved to
+    :data:`SUPERSEDED_RANK`, it waits behind the new batch, and the next replacement retires
+    it. Proposals given back while the replacement was committing are open again by now,
+    and are caught the same way. (Not done inside the replacement: it would lock the leased
+    rows, and every label of them would wait for the replacement's commit.)"""
+    result = session.execute(
+        update(AnnotationTask)
+        .where(
+            AnnotationTask.dataset_id == dataset_id,
+            AnnotationTask.kind == "proposal",
+            AnnotationTask.status.in_(("leased", "open", "expired")),
+            AnnotationTask.id < first_new_id,
+            AnnotationTask.rank < SUPERSEDED_RANK,
+        )
+        .values(rank=AnnotationTask.rank + SUPERSEDED_RANK)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _interleave_audit(session: Session, *, dataset_id: int) -> None:

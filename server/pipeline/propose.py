@@ -11,7 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from server.annotation.proposals import ensure_audit_set, excluded_indices, replace_proposals
+from server.annotation.proposals import (
+    demote_superseded,
+    ensure_audit_set,
+    excluded_indices,
+    replace_proposals,
+)
 from server.datasets.service import grid_of
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, ModelVersion
@@ -57,11 +62,13 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
     with write_transaction(ctx.sessions) as session:
         ds = session.get(Dataset, dataset.id)
         assert ds is not None
-        added = replace_proposals(
+        batch = replace_proposals(
             session, dataset=ds, grid=grid, model_version_id=version.id, job_id=job.id, picks=picks
         )
+    with write_transaction(ctx.sessions) as session:
+        demote_superseded(session, dataset_id=dataset.id, first_new_id=batch.first_new_id)
     return {
-        "proposed": added,
+        "proposed": batch.added,
         "audit_set": audit_count,
         "model_version_id": version.id,
         "strategy": strategy if kind == "classifier" or strategy == "random" else "cold start",

@@ -79,3 +79,42 @@ def test_change_a_verdict_and_progress(api: Api, dataset_id: int) -> None:
     assert p["labels_until_training"] == p["retrain_every"] - 1 and p["training"] is None
     missing = api.client.get(f"{V1}/datasets/999/progress", headers=api.annotator)
     assert missing.status_code == 404 and "detail" in missing.json()
+
+
+def test_a_proposal_of_a_replaced_batch_given_back_waits_behind_the_new_batch(
+    api: Api, dataset_id: int
+) -> None:
+    from server.annotation.proposals import demote_superseded, replace_proposals
+    from server.datasets.service import get_dataset, grid_of
+    from server.db.base import write_transaction
+
+    add_tasks(api, dataset_id, 4)
+    next_url = f"{V1}/datasets/{dataset_id}/tasks/next"
+    held = api.client.post(next_url, headers=api.annotator).json()["task"]
+    skipped = api.client.post(next_url, headers=api.annotator).json()["task"]
+    with write_transaction(api.sessions()) as session:
+        dataset = get_dataset(session, dataset_id)
+        batch = replace_proposals(
+            session,
+            dataset=dataset,
+            grid=grid_of(dataset),
+            model_version_id=None,
+            job_id=None,
+            picks=[{"index": i, "reason": "uncertain", "score": 1.0} for i in (10, 11, 12)],
+        )
+    # given back between the replacement's commit and the demotion: open at its old rank
+    api.client.post(f"{V1}/tasks/{skipped['id']}/skip", headers=api.annotator)
+    with write_transaction(api.sessions()) as session:
+        moved = demote_superseded(session, dataset_id=dataset_id, first_new_id=batch.first_new_id)
+    assert batch.added == 3 and moved == 2, "the held and the skipped proposal"
+    released = api.client.post(f"{V1}/tasks/{held['id']}/release", headers=api.annotator)
+    assert released.json()["status"] == "open"
+
+    carol = api.token("carol")
+    offered = []
+    for _ in range(5):  # each labelled: beyond three leases the oldest would be given back
+        offered.append(api.client.post(next_url, headers=carol).json()["task"])
+        label = {"label": "clean"}
+        api.client.post(f"{V1}/tasks/{offered[-1]['id']}/label", json=label, headers=carol)
+    assert [t["grid_index"] for t in offered[:3]] == [10, 11, 12]
+    assert {t["id"] for t in offered[3:]} == {held["id"], skipped["id"]}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from server.annotation.proposals import replace_proposals
+from server.annotation.proposals import demote_superseded, replace_proposals
 from server.auth import create_token
 from server.datasets.service import get_dataset, grid_of, register_dataset
 from server.db import migrate
@@ -114,7 +114,7 @@ def test_labelling_through_batch_replacements(pg_url: str, tmp_path: Path) -> No
                 t0 = time.monotonic() - start
                 with write_transaction(sessions) as session:
                     dataset = get_dataset(session, dataset_id)
-                    replace_proposals(
+                    batch = replace_proposals(
                         session,
                         dataset=dataset,
                         grid=grid_of(dataset),
@@ -123,6 +123,10 @@ def test_labelling_through_batch_replacements(pg_url: str, tmp_path: Path) -> No
                         picks=picks,
                     )
                     time.sleep(HOLD_S)
+                with write_transaction(sessions) as session:  # as the propose step does
+                    demote_superseded(
+                        session, dataset_id=dataset_id, first_new_id=batch.first_new_id
+                    )
                 windows.append((round(t0, 2), round(time.monotonic() - start, 2)))
             time.sleep(max(0.0, start + RUN_S - time.monotonic()))
         finally:
