@@ -181,9 +181,9 @@ def replace_proposals(
     rows = [row for row in rows if row["grid_index"] not in taken_since]
     for rank, row in enumerate(rows):
         row["rank"] = rank * 4 // 3
-    last_old = session.scalar(
-        select(func.max(AnnotationTask.id)).where(AnnotationTask.dataset_id == dataset.id)
-    )
+    # every task of any dataset so far (the primary key's last entry, not a scan of the
+    # dataset's tasks); the demotion filters by dataset itself
+    last_old = session.scalar(select(func.max(AnnotationTask.id)))
     if rows:
         session.execute(insert(AnnotationTask), rows)
     _interleave_audit(session, dataset_id=dataset.id)
