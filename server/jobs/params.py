@@ -41,6 +41,9 @@ class TrainParams(JobParams):
     epochs: int | None = Field(None, ge=1, le=1000)
     patience: int = Field(20, ge=1, le=1000)
     seed: int | None = None
+    warm_start: bool | None = Field(
+        None, description="start from the active classifier (default: the warm_start setting)"
+    )
     trigger: str | None = Field(None, description="why the loop started it")
 
 

@@ -40,9 +40,13 @@ class TrainingSet:
     snapshot_id: int  # the newest label when the set was taken
     ae_id: int
     ae_weights: Path
+    # the active classifier, where it grew from the same autoencoder: where training starts
+    warm: tuple[int, Path] | None = None
 
 
-def load_training_set(ctx: StepContext, dataset: Dataset) -> TrainingSet:
+def load_training_set(
+    ctx: StepContext, dataset: Dataset, *, warm_start: bool = False
+) -> TrainingSet:
     with write_transaction(ctx.sessions) as session:
         ae = active_model(session, dataset_id=dataset.id, kind="ae")
         if ae is None or ae.weights_path is None:
@@ -54,13 +58,27 @@ def load_training_set(ctx: StepContext, dataset: Dataset) -> TrainingSet:
         )
         for label in (*train, *audit):
             session.expunge(label)
-        return TrainingSet(train, audit, snapshot_id, ae.id, Path(ae.weights_path))
+        warm = None
+        if warm_start:
+            current = active_model(
+                session, dataset_id=dataset.id, kind="classifier",
+                hold_back=ctx.settings.hold_back_worse,
+            )  # fmt: skip
+            if (
+                current is not None
+                and current.parent_id == ae.id
+                and current.weights_path is not None
+                and Path(current.weights_path).is_file()
+            ):
+                warm = (current.id, Path(current.weights_path))
+        return TrainingSet(train, audit, snapshot_id, ae.id, Path(ae.weights_path), warm)
 
 
 def run(ctx: StepContext, job: Job) -> dict[str, Any]:
     params = TrainParams.of(job.params)
     dataset = ctx.dataset_of(job)
-    data = load_training_set(ctx, dataset)
+    warm_start = ctx.settings.warm_start if params.warm_start is None else params.warm_start
+    data = load_training_set(ctx, dataset, warm_start=warm_start)
     classes = {lab.label for lab in data.train}
     if len(classes) < 2:
         # not a failure: the loop keeps proposing from the autoencoder until both show up
@@ -121,10 +139,12 @@ def fit_classifier(
     def on_epoch(fraction: float, message: str, _record: dict[str, Any]) -> None:
         progress(0.1 + 0.8 * fraction, message)
 
+    start = load_checkpoint(data.warm[1])[0] if data.warm is not None else None
     result = train_classifier(
         x,
         y,
         autoencoder=ae,
+        init=start,
         types=types if use_types else None,
         epochs=params.epochs or settings.train_epochs,
         patience=params.patience,
@@ -141,6 +161,7 @@ def fit_classifier(
         "threshold": result.threshold,
         "tta": result.tta,
         "single_view": result.single_view,
+        "warm_start_from": data.warm[0] if data.warm is not None else None,
     }
     if data.audit:
         progress(0.92, "evaluating on the audit set")
@@ -168,6 +189,7 @@ def fit_classifier(
             "temperature": result.temperature,
             "threshold": result.threshold,
             "single_view_threshold": result.single_view["threshold"],
+            "warm_start_from": data.warm[0] if data.warm is not None else None,
         },
         metrics=metrics,
         weights_path=path,

@@ -84,6 +84,20 @@ def test_one_training_step_of_each_network() -> None:
     assert changed, "the encoder was fine-tuned, starting from the autoencoder"
 
 
+def test_a_warm_start_begins_from_the_earlier_version() -> None:
+    x = patches(16, seed=1)
+    y = np.array([0, 1] * 8, dtype=np.float32)
+    earlier = train_classifier(x, y, epochs=1, batch_size=8, tta=1, device="cpu").model
+    types = np.array([0, 1, -1, 2] * 4, dtype=np.int64)  # a type head the earlier one lacked
+    still = train_classifier(
+        x, y, init=earlier, types=types, epochs=1, lr=0.0, batch_size=8, tta=1, device="cpu"
+    ).model
+    own = dict(still.named_parameters())
+    for name, value in earlier.named_parameters():
+        torch.testing.assert_close(own[name], value, msg=f"{name} came from the earlier version")
+    assert still.head.types is not None and still.head.types.out_features == 3
+
+
 def test_early_stopping_never_keeps_the_first_epochs() -> None:
     # labels that are noise: the validation loss is lowest at once, and patience 1 would stop
     # after two epochs; the first min_epochs are not candidates, so training runs past them

@@ -70,6 +70,9 @@ def test_a_second_training_computes_no_autoencoder_features(tmp_path: Path) -> N
                 )
             ).all()
             assert len(classifiers) == 2 and all(c.parent_id == ae.id for c in classifiers)
+            first, second = sorted(classifiers, key=lambda c: c.id)
+            assert first.metrics["warm_start_from"] is None, "the first starts from the AE"
+            assert second.metrics["warm_start_from"] == first.id, "the next from the active one"
             assert _chunks_of(session, ae.id) == 1, "the autoencoder's features were not redone"
             failed = session.scalars(select(Job).where(Job.state == JobState.FAILED)).all()
             assert failed == []
