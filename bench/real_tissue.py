@@ -39,6 +39,7 @@ from server.sim.real_tissue import (
     VOLUMES,
     describe,
     fetch_volume,
+    held_out_sections,
     make_real_dataset,
     write_description,
 )
@@ -164,7 +165,7 @@ def main() -> None:
 def without_test_sections(sections: np.ndarray, test_every: int) -> np.ndarray:
     """The sections ``simulate`` does not hold out for testing (every ``test_every``-th is a
     test section), in their order: what a validation run may see."""
-    return sections[np.arange(len(sections)) % test_every != 0]
+    return sections[~held_out_sections(len(sections), test_every)]
 
 
 def write_readme_block(readme: Path, table: str) -> None:

@@ -171,6 +171,12 @@ def as_sections(
     return array
 
 
+def held_out_sections(depth: int, test_every: int) -> np.ndarray:
+    """Which of ``depth`` sections ``simulate`` holds out as its test set: every
+    ``test_every``-th, from the first."""
+    return np.arange(depth) % test_every == 0
+
+
 def make_real_dataset(
     sections: np.ndarray,
     out_dir: Path | str,
@@ -212,7 +218,7 @@ def make_real_dataset(
         test_every=test_every,
     )  # fmt: skip
     kinds_rng = np.random.default_rng([seed, 6])
-    is_test = np.arange(depth) % test_every == 0
+    is_test = held_out_sections(depth, test_every)
     if unseen_kinds:  # one queue for all sections, taken in their order
         train_kinds = test_kinds = _balanced_kinds(kinds_rng, KINDS, int(counts.sum()))
     else:
