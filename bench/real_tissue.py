@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from server.acquisition import registry
 from server.sim.baselines import BASELINES
 from server.sim.real_tissue import (
     VOLUMES,
@@ -49,8 +50,8 @@ from server.sim.simulate import SimulationConfig, run_simulation
 # painted artifacts per section (560 x 560 px sections: about 6% and 1.5% of patches); the
 # low-prevalence run compares the product's strategy with the baselines only
 PREVALENCES = {"usual": 0.2, "low": 0.05}
-STRATEGIES = ("random", "uncertainty", "recon", "hybrid", *BASELINES)
-LOW_STRATEGIES = ("hybrid", *BASELINES)
+STRATEGIES = (*registry.names(), *BASELINES)
+LOW_STRATEGIES = (registry.DEFAULT, *BASELINES)
 
 
 def main() -> None:

@@ -1,12 +1,14 @@
 """Acquisition: which unlabelled patches to label next. Pure functions of scores.
 
-Every function takes the pool's candidate ``indices`` (grid indices) with their scores and an
-``excluded`` array (audit set, labelled, leased) and returns a ranked batch of
-:class:`Pick`. The audit set is drawn uniformly at random once (:func:`draw_audit_set`).
+Every selector has one signature, :data:`Selector`: the :class:`Candidates` (grid indices with
+whatever scores are known of them), an ``excluded`` array (audit set, labelled, leased), the
+batch size and a seed; it returns a ranked batch of :class:`Pick`. The audit set is drawn
+uniformly at random once (:func:`draw_audit_set`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +19,32 @@ class Pick:
     index: int
     reason: str  # uncertain, anomalous, diverse, typical, random
     score: float
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Patches a selector may choose from: grid indices and, row for row, what is known of
+    them (the classifier's p(artifact), the autoencoder's reconstruction error and embedding)."""
+
+    indices: np.ndarray
+    p_artifact: np.ndarray | None = None
+    recon_error: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+
+    def need(self, *names: str) -> tuple[np.ndarray, ...]:
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"this selector needs {', '.join(missing)} of its candidates")
+        return tuple(np.asarray(getattr(self, n)) for n in names)
+
+
+# the one interface of a selector: (candidates, *, excluded, batch_size, seed) -> ranked picks
+Selector = Callable[..., list[Pick]]
+
+
+def margin_uncertainty(p_artifact: np.ndarray) -> np.ndarray:
+    """1 at p = 0.5, 0 at p = 0 or 1: how unsure the classifier is of each patch."""
+    return 1 - np.abs(2 * np.asarray(p_artifact) - 1)
 
 
 def draw_audit_set(n_total: int, size: int, *, seed: int) -> np.ndarray:
@@ -31,8 +59,9 @@ def _allowed(indices: np.ndarray, excluded: np.ndarray) -> np.ndarray:
 
 
 def random_batch(
-    indices: np.ndarray, *, excluded: np.ndarray, batch_size: int, seed: int
+    candidates: Candidates, *, excluded: np.ndarray, batch_size: int, seed: int
 ) -> list[Pick]:
+    indices = candidates.indices
     pool = indices[_allowed(indices, excluded)]
     rng = np.random.default_rng(seed)
     chosen = rng.choice(pool, size=min(batch_size, pool.size), replace=False)
@@ -49,17 +78,25 @@ def top_k(
 
 
 def uncertainty_batch(
-    indices: np.ndarray, p_artifact: np.ndarray, *, excluded: np.ndarray, batch_size: int
+    candidates: Candidates, *, excluded: np.ndarray, batch_size: int, seed: int = 0
 ) -> list[Pick]:
+    """The patches the classifier is least sure of."""
+    (p,) = candidates.need("p_artifact")
     return top_k(
-        indices, 1 - np.abs(2 * p_artifact - 1), excluded=excluded, k=batch_size, reason="uncertain"
+        candidates.indices,
+        margin_uncertainty(p),
+        excluded=excluded,
+        k=batch_size,
+        reason="uncertain",
     )
 
 
 def recon_batch(
-    indices: np.ndarray, recon_error: np.ndarray, *, excluded: np.ndarray, batch_size: int
+    candidates: Candidates, *, excluded: np.ndarray, batch_size: int, seed: int = 0
 ) -> list[Pick]:
-    return top_k(indices, recon_error, excluded=excluded, k=batch_size, reason="anomalous")
+    """The patches the autoencoder reconstructs worst."""
+    (recon,) = candidates.need("recon_error")
+    return top_k(candidates.indices, recon, excluded=excluded, k=batch_size, reason="anomalous")
 
 
 def k_center_greedy(embedding: np.ndarray, k: int, *, first: int = 0) -> np.ndarray:
@@ -107,11 +144,8 @@ def typical_distance(x: np.ndarray, *, sample: int = 200, seed: int = 0) -> floa
 
 
 def hybrid_batch(
-    indices: np.ndarray,
+    candidates: Candidates,
     *,
-    p_artifact: np.ndarray,
-    recon_error: np.ndarray,
-    embedding: np.ndarray,
     excluded: np.ndarray,
     batch_size: int,
     seed: int,
@@ -120,11 +154,13 @@ def hybrid_batch(
 ) -> list[Pick]:
     """Uncertainty blended with reconstruction error, kept diverse in embedding space (no
     near-duplicates of a pick already made), plus a few random picks."""
+    p_artifact, recon_error, embedding = candidates.need("p_artifact", "recon_error", "embedding")
+    indices = candidates.indices
     ok = _allowed(indices, excluded) & np.isfinite(p_artifact)
     idx, p = indices[ok], p_artifact[ok]
-    emb = np.asarray(embedding)[ok]
-    uncertainty = 1 - np.abs(2 * p - 1)
-    recon = np.nan_to_num(np.asarray(recon_error)[ok], nan=0.0)
+    emb = embedding[ok]
+    uncertainty = margin_uncertainty(p)
+    recon = np.nan_to_num(recon_error[ok], nan=0.0)
     anomaly = 1 / (1 + np.exp(-(recon - 3) / 1.5))  # robust z of 3 -> 0.5
     score = (1 - recon_weight) * uncertainty + recon_weight * anomaly
     n_random = round(batch_size * random_fraction)
@@ -144,7 +180,7 @@ def hybrid_batch(
         for c in chosen
     ]
     taken = np.concatenate([excluded, np.asarray([pk.index for pk in picks], dtype=np.int64)])
-    picks += random_batch(indices, excluded=taken, batch_size=n_random, seed=seed)
+    picks += random_batch(Candidates(indices), excluded=taken, batch_size=n_random, seed=seed)
     return picks[:batch_size]
 
 
@@ -172,10 +208,8 @@ def kmeans(
 
 
 def cold_start_batch(
-    indices: np.ndarray,
+    candidates: Candidates,
     *,
-    recon_error: np.ndarray,
-    embedding: np.ndarray,
     excluded: np.ndarray,
     batch_size: int,
     seed: int,
@@ -184,10 +218,12 @@ def cold_start_batch(
 ) -> list[Pick]:
     """No labels yet: typical patches (the ones nearest the k-means centres of the
     embedding) plus the most anomalous (highest reconstruction error), kept diverse."""
+    recon_error, embedding = candidates.need("recon_error", "embedding")
+    indices = candidates.indices
     ok = _allowed(indices, excluded)
     idx = indices[ok]
-    emb = np.asarray(embedding, dtype=np.float32)[ok]
-    recon = np.nan_to_num(np.asarray(recon_error)[ok], nan=-np.inf)
+    emb = embedding.astype(np.float32)[ok]
+    recon = np.nan_to_num(recon_error[ok], nan=-np.inf)
     if idx.size == 0:
         return []
     n_anom = round(batch_size * anomalous_fraction)

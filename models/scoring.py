@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.acquisition import margin_uncertainty
 from models.networks import Autoencoder, Classifier, dihedral_views, for_inference
 
 
@@ -64,7 +65,7 @@ def score_batch(
         logit = torch.stack([fast.head(f)[0].float() for f in per_view]).mean(0)
         p = torch.sigmoid(logit / temperature).float().cpu().numpy()
         entropy = binary_entropy(p)
-        margin = 1 - np.abs(2 * p - 1)
+        margin = margin_uncertainty(p)
         embedding = feats[:, : feats.shape[1] // 2].float().cpu().numpy()
         if mc_samples > 1:
             fast.head.train()  # dropout on, BatchNorm untouched (the head has none)

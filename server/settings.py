@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.acquisition.registry import DEFAULT as DEFAULT_STRATEGY
+from server.acquisition.registry import StrategyName
 
 
 def _default_data_dir() -> Path:
@@ -52,9 +54,8 @@ class Settings(BaseSettings):
     # share of each score chunk's candidates, the nearest to the decision boundary after one
     # view, that are scored again with the ``tta`` views (1: every candidate)
     tta_shortlist: float = Field(default=0.1, ge=0.0, le=1.0)
-    # acquisition: how the next batch is chosen (hybrid: uncertainty blended with
-    # reconstruction error, diverse; uncertainty; recon; random)
-    acquisition: Literal["hybrid", "uncertainty", "recon", "random"] = "hybrid"
+    # acquisition: how the next batch is chosen, a strategy of server.acquisition.registry
+    acquisition: StrategyName = DEFAULT_STRATEGY
     # unlabelled patches a classifier version scores per round (0: every one): a fresh
     # random sample, the previous round's most uncertain and the autoencoder's most anomalous
     candidates: int = Field(default=50_000, ge=0)

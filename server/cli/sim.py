@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from server.acquisition import registry
 from server.cli.common import console, err_console, friendly_errors
 
 
@@ -21,9 +22,14 @@ def register(app: typer.Typer) -> None:
         dataset_dir: Annotated[
             Path, typer.Argument(help="webKnossos dataset with ground_truth.csv.")
         ],
-        strategy: Annotated[str, typer.Option(help="Comma-separated strategies.")] = (
-            "random,uncertainty,recon,hybrid"
-        ),
+        strategy: Annotated[
+            str,
+            typer.Option(
+                help="Comma-separated acquisition strategies ("
+                + ", ".join(registry.names())
+                + ") and hand-feature baselines (features-random, features-uncertainty)."
+            ),
+        ] = ",".join(registry.names()),
         budget: Annotated[int, typer.Option(min=1, help="Labels per run.")] = 400,
         batch: Annotated[int, typer.Option(min=1, help="Labels per round.")] = 25,
         seeds: Annotated[int, typer.Option(min=1, help="Repetitions with other seeds.")] = 5,

@@ -3,13 +3,12 @@ through these models, so a parameter has one name, one type and one default."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from server.acquisition.registry import StrategyName
 from server.errors import InvalidInput
-
-Strategy = Literal["hybrid", "uncertainty", "recon", "random"]
 
 
 class JobParams(BaseModel):
@@ -52,6 +51,9 @@ class ScoreParams(JobParams):
     chunk_patches: int = Field(2048, ge=16, le=1_000_000)
     chunks: int | None = Field(None, description="set when the job is planned")
     candidates: int | None = Field(None, description="set when the job is planned")
+    strategy: StrategyName | None = Field(
+        None, description="whose candidate set; default: ARTIFACT_LOOP_ACQUISITION"
+    )
 
 
 class ScoreChunkParams(JobParams):
@@ -64,7 +66,7 @@ class ScoreChunkParams(JobParams):
 class ProposeParams(JobParams):
     model_version_id: int | None = Field(None, ge=1)
     batch_size: int | None = Field(None, ge=1, le=10_000)
-    strategy: Strategy | None = Field(None, description="default: ARTIFACT_LOOP_ACQUISITION")
+    strategy: StrategyName | None = Field(None, description="default: ARTIFACT_LOOP_ACQUISITION")
 
 
 class PredictParams(JobParams):

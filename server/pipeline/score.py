@@ -3,10 +3,9 @@
 - An autoencoder version computes its features of the whole grid once (reconstruction error,
   embedding), never again for the classifiers fine-tuned from it.
 - A classifier version scores a candidate set of at most ``ARTIFACT_LOOP_CANDIDATES`` patches
-  of the unlabelled pool outside the audit set (0: all of it): the previous round's most
-  uncertain, the autoencoder's most anomalous, the nearest neighbours of the patches labelled
-  artifact in its embedding, and a fresh random sample for the rest. One view
-  per candidate; only a short list nearest the decision boundary gets the ``tta`` views.
+  of the unlabelled pool outside the audit set (0: all of it), chosen by the acquisition
+  strategy (``server.acquisition``: its ``scoring`` policy). One view per candidate; only a
+  short list nearest the decision boundary gets the ``tta`` views.
 
 load (version, grid, candidates) -> compute (chunks) -> record (arrays in the model store);
 then the version proposes the next batch.
@@ -21,6 +20,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server.acquisition import registry
+from server.acquisition.candidates import ScoringInputs
 from server.annotation.proposals import excluded_indices
 from server.datasets.service import grid_of, open_source
 from server.db.base import write_transaction
@@ -31,14 +32,14 @@ from server.jobs.kinds import JobKind
 from server.jobs.params import ScoreChunkParams, ScoreParams
 from server.labels.training_set import training_labels
 from server.pipeline.context import Chunked, StepContext
-from server.pipeline.features import (
+from server.pixels.reading import READ_BATCH, batches_of, use_all_cores
+from server.versions.features import (
     AEFeatures,
     features_dir,
     read_scores,
     scores_dir,
     write_scores,
 )
-from server.pixels.reading import READ_BATCH, batches_of, use_all_cores
 from server.versions.service import active_model
 
 
@@ -46,6 +47,7 @@ def run(ctx: StepContext, job: Job) -> Chunked:
     params = ScoreParams.of(job.params)
     dataset = ctx.dataset_of(job)
     grid = grid_of(dataset)
+    strategy = registry.get(params.strategy or ctx.settings.acquisition)
     with write_transaction(ctx.sessions) as session:
         version = _version(
             session, dataset_id=dataset.id, version_id=params.model_version_id,
@@ -60,9 +62,10 @@ def run(ctx: StepContext, job: Job) -> Chunked:
         message = f"autoencoder features of {total:,} patches in {n_chunks} chunks"
     else:
         assert excluded is not None
-        candidates = candidate_set(
+        inputs = scoring_inputs(
             ctx, version=version_id, job_id=job.id, n=len(grid), excluded=excluded
         )
+        candidates = strategy.candidate_set(inputs)
         out = scores_dir(ctx.settings, dataset_id=dataset.id, version_id=version_id)
         out.mkdir(parents=True, exist_ok=True)
         for old in out.glob("chunk-*.npz"):  # a re-run scores a new candidate set
@@ -91,7 +94,12 @@ def run(ctx: StepContext, job: Job) -> Chunked:
         ]
     ctx.progress(job.id)(0.0, message)
     return Chunked(
-        result={"model_version_id": version_id, "chunks": n_chunks, "patches": total},
+        result={
+            "model_version_id": version_id,
+            "chunks": n_chunks,
+            "patches": total,
+            "strategy": strategy.name,
+        },
         child_kind=JobKind.SCORE_CHUNK,
         children=children,
     )
@@ -115,144 +123,69 @@ def _version(
     return version
 
 
-# shares of a bounded candidate set; a fresh random sample of the pool fills the rest
-PREVIOUS_SHARE = 0.2  # the previous classifier's most uncertain candidates
-ANOMALOUS_SHARE = 0.1  # the autoencoder's highest reconstruction errors
-# the nearest unlabelled neighbours (autoencoder embedding, cosine) of the patches labelled
-# artifact, an equal number for each of the latest NEIGHBOUR_QUERIES such labels: where the
-# few artifacts of the pool lie, which a random sample mostly misses
-NEIGHBOUR_SHARE = 0.2
-NEIGHBOUR_QUERIES = 256
-
-
-def candidate_set(
+def scoring_inputs(
     ctx: StepContext, *, version: int, job_id: int, n: int, excluded: np.ndarray
-) -> np.ndarray:
-    """Grid indices a classifier version scores, sorted: the whole unlabelled pool outside
-    ``excluded`` when it fits ``ARTIFACT_LOOP_CANDIDATES``, else a mix of at most that many. No
-    step of it holds the whole index range of the grid."""
-    limit = ctx.settings.candidates
-    excluded = np.unique(np.asarray(excluded, dtype=np.int64))
-    if not limit or n - len(excluded) <= limit:
-        return np.setdiff1d(np.arange(n, dtype=np.int64), excluded, assume_unique=True)
+) -> ScoringInputs:
+    """What a strategy's candidate set is built from: the costly parts (the previous
+    classifier's scores, the patches labelled artifact) are read only if it asks."""
     with ctx.sessions() as session:
         current = session.get(ModelVersion, version)
         assert current is not None
-        previous = session.scalars(
-            select(ModelVersion.id)
-            .where(
-                ModelVersion.dataset_id == current.dataset_id,
-                ModelVersion.kind == "classifier",
-                ModelVersion.status == "ready",
-                ModelVersion.id < version,
-            )
-            .order_by(ModelVersion.id.desc())
-            .limit(1)
-        ).first()
         dataset_id, ae_id = current.dataset_id, current.parent_id
-        dataset = session.get(Dataset, dataset_id)
-        assert dataset is not None
-        queries = _labelled_artifacts(session, dataset)
-    anomalous, near = _from_features(
-        features_dir(ctx.settings, dataset_id=dataset_id, version_id=ae_id) if ae_id else None,
-        k_anomalous=int(limit * ANOMALOUS_SHARE),
-        queries=queries,
-        k_near=int(limit * NEIGHBOUR_SHARE),
-        excluded=excluded,
-    )
-    chosen = [
-        _most_uncertain(
+
+    def previous_scores() -> dict[str, np.ndarray] | None:
+        with ctx.sessions() as session:
+            previous = session.scalars(
+                select(ModelVersion.id)
+                .where(
+                    ModelVersion.dataset_id == dataset_id,
+                    ModelVersion.kind == "classifier",
+                    ModelVersion.status == "ready",
+                    ModelVersion.id < version,
+                )
+                .order_by(ModelVersion.id.desc())
+                .limit(1)
+            ).first()
+        folder = (
             scores_dir(ctx.settings, dataset_id=dataset_id, version_id=previous)
             if previous
-            else None,
-            k=int(limit * PREVIOUS_SHARE),
-            excluded=excluded,
-        ),
-        anomalous,
-        near,
-    ]
-    taken = np.unique(np.concatenate(chosen))
-    rng = np.random.default_rng([ctx.settings.seed, job_id])
-    need = limit - len(taken)
-    draw = min(n, need + len(excluded) + len(taken))  # enough that ``need`` survive
-    fresh = rng.choice(n, size=draw, replace=False)  # Floyd's sampling: O(draw) memory
-    fresh = fresh[~np.isin(fresh, excluded) & ~np.isin(fresh, taken)][:need]
-    return np.sort(np.concatenate([taken, fresh]))
+            else None
+        )
+        return read_scores(folder) if folder is not None and folder.exists() else None
+
+    def labelled_artifacts(k: int) -> np.ndarray:
+        with ctx.sessions() as session:
+            dataset = session.get(Dataset, dataset_id)
+            assert dataset is not None
+            return _labelled_artifacts(session, dataset, k=k)
+
+    return ScoringInputs(
+        n_patches=n,
+        excluded=excluded,
+        limit=ctx.settings.candidates,
+        seed=(ctx.settings.seed, job_id),
+        features=AEFeatures(features_dir(ctx.settings, dataset_id=dataset_id, version_id=ae_id))
+        if ae_id
+        else None,
+        previous_scores=previous_scores,
+        labelled_artifacts=labelled_artifacts,
+    )
 
 
-def _most_uncertain(folder: Path | None, *, k: int, excluded: np.ndarray) -> np.ndarray:
-    """The ``k`` candidates of a previous round nearest p = 0.5, still unlabelled."""
-    if folder is None or k <= 0 or not folder.exists():
-        return np.empty(0, np.int64)
-    scores = read_scores(folder)
-    if "index" not in scores:
-        return np.empty(0, np.int64)
-    keep = ~np.isin(scores["index"], excluded)
-    idx, margin = scores["index"][keep], np.nan_to_num(scores["uncertainty"][keep], nan=-1.0)
-    if len(idx) > k:
-        idx = idx[np.argpartition(-margin, k)[:k]]
-    return idx.astype(np.int64)
-
-
-def _labelled_artifacts(session: Session, dataset: Dataset) -> np.ndarray:
-    """Grid indices of the latest :data:`NEIGHBOUR_QUERIES` training labels that say
-    artifact (those at positions off the grid, say from an imported file, are left out)."""
+def _labelled_artifacts(session: Session, dataset: Dataset, *, k: int) -> np.ndarray:
+    """Grid indices of the latest ``k`` training labels that say artifact (those at
+    positions off the grid, say from an imported file, are left out)."""
     grid = grid_of(dataset)
     artifacts = [
         lab for lab in training_labels(session, dataset=dataset) if lab.label == "artifact"
     ]
     found = []
-    for lab in artifacts[-NEIGHBOUR_QUERIES:]:
+    for lab in artifacts[-k:] if k else []:
         try:
             found.append(int(grid.indices(np.asarray([[lab.x, lab.y, lab.z]]))[0]))
         except ValueError:
             continue
     return np.unique(np.asarray(found, dtype=np.int64))
-
-
-def _from_features(
-    folder: Path | None,
-    *,
-    k_anomalous: int,
-    queries: np.ndarray,
-    k_near: int,
-    excluded: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """In one pass over the autoencoder's features, chunk by chunk: the ``k_anomalous``
-    unlabelled patches it reconstructs worst, and the ``k_near // len(queries)`` unlabelled
-    patches nearest each query patch in its embedding (cosine similarity)."""
-    empty = np.empty(0, np.int64)
-    if folder is None or not AEFeatures(folder).complete():
-        return empty, empty
-    features = AEFeatures(folder)
-    each = k_near // len(queries) if len(queries) else 0
-    query = _unit(features.take(queries)[1]) if each else np.empty((0, 0), np.float32)
-    best_idx, best_err = empty, np.empty(0, np.float32)
-    near_idx = np.empty((len(query), 0), np.int64)
-    near_sim = np.empty((len(query), 0), np.float32)
-    for idx, recon, embed in features.stream(embedding=each > 0):
-        keep = ~np.isin(idx, excluded)
-        idx = idx[keep]
-        if k_anomalous > 0:
-            best_idx = np.concatenate([best_idx, idx])
-            best_err = np.concatenate([best_err, np.nan_to_num(recon[keep], nan=-np.inf)])
-            if len(best_idx) > k_anomalous:
-                top = np.argpartition(-best_err, k_anomalous)[:k_anomalous]
-                best_idx, best_err = best_idx[top], best_err[top]
-        if each:
-            sim = query @ _unit(embed[keep]).T  # (queries, patches of the chunk)
-            near_idx = np.concatenate([near_idx, np.broadcast_to(idx, sim.shape)], axis=1)
-            near_sim = np.concatenate([near_sim, sim], axis=1)
-            if near_idx.shape[1] > each:
-                top = np.argpartition(-near_sim, each - 1, axis=1)[:, :each]
-                near_idx = np.take_along_axis(near_idx, top, axis=1)
-                near_sim = np.take_along_axis(near_sim, top, axis=1)
-    return best_idx, np.unique(near_idx)
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    v = np.nan_to_num(np.asarray(vectors, dtype=np.float32))
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-6)
 
 
 def run_chunk(ctx: StepContext, job: Job) -> dict[str, Any]:
@@ -371,7 +304,7 @@ def _score(
 
 
 def chunks_done(ctx: StepContext, job: Job) -> dict[str, Any]:
-    return {k: job.result.get(k) for k in ("model_version_id", "chunks", "patches")}
+    return {k: job.result.get(k) for k in ("model_version_id", "chunks", "patches", "strategy")}
 
 
 def after(ctx: StepContext, job: Job) -> None:
@@ -381,5 +314,8 @@ def after(ctx: StepContext, job: Job) -> None:
             session,
             kind=JobKind.PROPOSE,
             dataset_id=job.dataset_id,
-            params={"model_version_id": job.result["model_version_id"]},
+            params={
+                "model_version_id": job.result["model_version_id"],
+                **({"strategy": s} if (s := ScoreParams.of(job.params).strategy) else {}),
+            },
         )

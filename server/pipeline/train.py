@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from server.acquisition import registry
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, Label
 from server.errors import InvalidInput
@@ -29,8 +30,6 @@ from server.settings import Settings
 from server.versions.service import active_model
 
 EXAMPLES_PER_GALLERY = 8
-# strategies whose proposals need the classifier's scores of the candidates
-NEEDS_SCORES = ("hybrid", "uncertainty")
 
 
 @dataclass
@@ -261,7 +260,7 @@ def after(ctx: StepContext, job: Job) -> None:
                 hold_back=ctx.settings.hold_back_worse,
             )  # fmt: skip
             version_id = active.id if active is not None else version_id
-        if version_id is not None and ctx.settings.acquisition in NEEDS_SCORES:
+        if version_id is not None and registry.get(ctx.settings.acquisition).needs_scores:
             ctx.start(
                 session,
                 kind=JobKind.SCORE,

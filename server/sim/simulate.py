@@ -27,18 +27,18 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from server.acquisition import registry
 from server.errors import InvalidInput
 from server.labels.truth import load_truth
 from server.sim import report as rep
 from server.sim.baselines import BASELINES, baseline_curves, patch_features
 
-STRATEGIES = ("random", "uncertainty", "recon", "hybrid")
 ORACLE = "ground truth"
 
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    strategies: tuple[str, ...] = STRATEGIES
+    strategies: tuple[str, ...] = registry.names()
     budget: int = 400
     batch: int = 25
     seeds: int = 5
@@ -87,7 +87,8 @@ def _settings(
         pretrain_epochs=config.pretrain_epochs,
         train_epochs=config.train_epochs,
         tta=config.tta,
-        acquisition=strategy if strategy in STRATEGIES else "hybrid",
+        # a baseline's curve never runs the loop; its settings name the default strategy
+        acquisition=strategy if strategy in registry.REGISTRY else registry.DEFAULT,
         seed=seed,
         device=device,
         torch_threads=1 if config.workers != 1 else 0,
@@ -103,19 +104,19 @@ def run_simulation(
     device: str = "auto",
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    unknown = set(config.strategies) - set(STRATEGIES) - set(BASELINES)
+    unknown = set(config.strategies) - set(registry.names()) - set(BASELINES)
     if unknown:
         raise InvalidInput(
             f"unknown strategies {', '.join(sorted(unknown))}; use "
-            f"{', '.join(STRATEGIES + BASELINES)}"
+            f"{', '.join(registry.names() + BASELINES)}"
         )
     started = time.perf_counter()
     rounds = -(-config.budget // config.batch)
-    product = [s for s in config.strategies if s in STRATEGIES]
+    product = [s for s in config.strategies if s in registry.REGISTRY]
     baselines = [s for s in config.strategies if s in BASELINES]
     runs = [(seed, strategy) for seed in range(config.seeds) for strategy in product]
     # curves that score candidates every round take longest: start them first
-    runs.sort(key=lambda run: run[1] not in ("uncertainty", "hybrid"))
+    runs.sort(key=lambda run: not registry.get(run[1]).needs_scores)
     total = len(runs) * rounds
 
     def setup(message: str) -> None:
@@ -196,7 +197,7 @@ def _prepare(
 
     origins, truth = load_truth(dataset)
     types = _truth_types(dataset, len(truth))
-    settings = _settings(folder, config, seed=0, strategy="hybrid", device=device)
+    settings = _settings(folder, config, seed=0, strategy=registry.DEFAULT, device=device)
     # the shared start runs before the curves, alone: on every core
     rt = Runtime.start(settings.model_copy(update={"torch_threads": 0}))
     try:

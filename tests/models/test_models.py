@@ -157,28 +157,32 @@ def test_audit_set_is_uniform_and_never_proposed() -> None:
     p = rng.random(1000)
     emb = rng.standard_normal((1000, 8))
     for picks in (
-        acq.random_batch(idx, excluded=audit, batch_size=50, seed=0),
-        acq.uncertainty_batch(idx, p, excluded=audit, batch_size=50),
-        acq.hybrid_batch(
-            idx,
-            p_artifact=p,
-            recon_error=rng.standard_normal(1000),
-            embedding=emb,
+        selector(
+            acq.Candidates(idx, p_artifact=p, recon_error=rng.standard_normal(1000), embedding=emb),
             excluded=audit,
             batch_size=50,
             seed=0,
-        ),
-        acq.cold_start_batch(
-            idx,
-            recon_error=rng.standard_normal(1000),
-            embedding=emb,
-            excluded=audit,
-            batch_size=50,
-            seed=0,
-        ),
+        )
+        for selector in (
+            acq.random_batch,
+            acq.uncertainty_batch,
+            acq.recon_batch,
+            acq.hybrid_batch,
+            acq.cold_start_batch,
+        )
     ):
         chosen = {pk.index for pk in picks}
         assert len(chosen) == 50 and not chosen & set(audit.tolist())
+
+
+def test_a_selector_names_the_scores_it_lacks() -> None:
+    with pytest.raises(ValueError, match="p_artifact"):
+        acq.hybrid_batch(
+            acq.Candidates(np.arange(5), recon_error=np.zeros(5), embedding=np.zeros((5, 2))),
+            excluded=np.empty(0, np.int64),
+            batch_size=2,
+            seed=0,
+        )
 
 
 def test_diversity_returns_no_near_duplicates() -> None:
@@ -188,10 +192,7 @@ def test_diversity_returns_no_near_duplicates() -> None:
     emb = np.repeat(centres, 20, axis=0) + rng.standard_normal((200, 16)) * 0.01
     p = np.full(200, 0.5)
     picks = acq.hybrid_batch(
-        np.arange(200),
-        p_artifact=p,
-        recon_error=np.zeros(200),
-        embedding=emb,
+        acq.Candidates(np.arange(200), p_artifact=p, recon_error=np.zeros(200), embedding=emb),
         excluded=np.empty(0, np.int64),
         batch_size=10,
         seed=0,
@@ -207,9 +208,7 @@ def test_cold_start_returns_typical_and_anomalous() -> None:
     recon = rng.standard_normal(600)
     recon[[5, 400, 555]] = [50.0, 40.0, 30.0]  # three clear outliers
     picks = acq.cold_start_batch(
-        np.arange(600),
-        recon_error=recon,
-        embedding=emb,
+        acq.Candidates(np.arange(600), recon_error=recon, embedding=emb),
         excluded=np.empty(0, np.int64),
         batch_size=8,
         seed=0,

@@ -3,11 +3,14 @@ may be proposed or scored. Each test runs on PostgreSQL inside a rolled-back tra
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server.acquisition import registry
 from server.annotation.proposals import ensure_audit_set, excluded_indices
 from server.datasets.service import grid_of
 from server.db.tables import Job
@@ -165,7 +168,7 @@ def test_audit_labelled_and_leased_patches_are_never_proposed_or_scored(
     ctx.rt.settings.candidates = 5
     version = make.version(session, ds, kind="classifier")
     session.commit()
-    cands = score.candidate_set(
+    cands = _hybrid_candidates(
         ctx, version=version.id, job_id=1, n=len(grid), excluded=np.asarray(sorted(excluded))
     )
     assert len(cands) == 5 and not set(cands.tolist()) & excluded
@@ -197,10 +200,15 @@ def test_a_chunked_job_finishes_once(ctx: StepContext, session: Session) -> None
     assert state.claim_parent_finish(ctx.sessions, parent_id=parent.id) is None, "only once"
 
 
+def _hybrid_candidates(ctx: StepContext, **where: Any) -> np.ndarray:
+    """The candidate set the score step asks of the default strategy."""
+    return registry.get("hybrid").candidate_set(score.scoring_inputs(ctx, **where))
+
+
 def test_a_bounded_candidate_set_mixes_previous_uncertain_anomalous_near_and_fresh_patches(
     ctx: StepContext, session: Session
 ) -> None:
-    from server.pipeline.features import AEFeatures, features_dir, scores_dir, write_scores
+    from server.versions.features import AEFeatures, features_dir, scores_dir, write_scores
 
     n = 20_000
     ds = make.dataset(session)
@@ -232,16 +240,16 @@ def test_a_bounded_candidate_set_mixes_previous_uncertain_anomalous_near_and_fre
     write_scores(previous / "chunk-000000.npz", index=scored, uncertainty=margin)
     excluded = np.asarray([scored[0], anomalous[0], 3, artifact])  # labelled: never again
     settings.candidates = 2_000
-    got = score.candidate_set(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
-    again = score.candidate_set(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
+    got = _hybrid_candidates(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
+    again = _hybrid_candidates(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
     assert np.array_equal(got, again), "the same job draws the same set"
     assert len(got) == 2_000 and len(np.unique(got)) == 2_000 and list(got) == sorted(got)
     assert not set(excluded.tolist()) & set(got.tolist())
     assert set(scored[1:300].tolist()) <= set(got.tolist()), "the previous round's uncertain"
     assert set(anomalous[1:].tolist()) <= set(got.tolist()), "the autoencoder's anomalous"
     assert set(look_alike.tolist()) <= set(got.tolist()), "the labelled artifact's neighbours"
-    other = score.candidate_set(ctx, version=now.id, job_id=10, n=n, excluded=excluded)
+    other = _hybrid_candidates(ctx, version=now.id, job_id=10, n=n, excluded=excluded)
     assert len(set(other.tolist()) - set(got.tolist())) > 800, "a fresh sample each round"
     settings.candidates = 0
-    whole = score.candidate_set(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
+    whole = _hybrid_candidates(ctx, version=now.id, job_id=9, n=n, excluded=excluded)
     assert len(whole) == n - 4, "0: every unlabelled patch"

@@ -16,10 +16,10 @@ from server.jobs.kinds import JobKind, JobState
 from server.jobs.runner import InlineSender
 from server.labels.rows import NewLabel
 from server.labels.service import create_label, labels_arrived
-from server.pipeline.features import AEFeatures, features_dir, read_scores, scores_dir
 from server.runtime import Runtime
 from server.settings import Settings
 from server.sim.synth import make_synthetic_dataset
+from server.versions.features import AEFeatures, features_dir, read_scores, scores_dir
 
 
 def test_a_second_training_computes_no_autoencoder_features(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def _chunks_of(session: object, version_id: int) -> int:
 
 
 def test_cold_start_features_are_bounded_and_keep_the_most_anomalous(tmp_path: Path) -> None:
-    from server.pipeline import propose
+    from server.acquisition import candidates
 
     features = AEFeatures(tmp_path / "features")
     chunks = features.plan(patches=10_000, chunk_patches=1_000)
@@ -105,16 +105,16 @@ def test_cold_start_features_are_bounded_and_keep_the_most_anomalous(tmp_path: P
         features.write_chunk(
             c, recon=recon[part], embedding=rng.normal(size=(1000, 4)).astype(np.float16)
         )
-    small = propose.bounded_features(features, excluded=np.asarray([5]), top=40, seed=1)
+    small = candidates.bounded_features(features, excluded=np.asarray([5]), top=40, seed=1)
     assert np.array_equal(small[0], np.arange(10_000)), "a small grid is passed on whole"
-    old = propose.RESERVOIR
-    propose.RESERVOIR = 500
+    old = candidates.RESERVOIR
+    candidates.RESERVOIR = 500
     try:
-        idx, got_recon, embed = propose.bounded_features(
+        idx, got_recon, embed = candidates.bounded_features(
             features, excluded=np.asarray([4242]), top=40, seed=1
         )
     finally:
-        propose.RESERVOIR = old
+        candidates.RESERVOIR = old
     assert len(idx) <= 540 and embed.shape == (len(idx), 4)
     assert {17, 9999} <= set(idx.tolist()), "outliers survive the bound"
     assert np.array_equal(got_recon, recon[idx]) and list(idx) == sorted(idx)

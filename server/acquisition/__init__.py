@@ -1,0 +1,1 @@
+"""Acquisition: the one registry of strategies that choose which patches people label next."""
