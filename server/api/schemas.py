@@ -9,6 +9,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from models.vocab import ARTIFACT_TYPES
+from server.acquisition import registry
 from server.jobs.registry import STARTABLE_KINDS
 
 T = TypeVar("T")
@@ -271,7 +272,9 @@ class JobCreate(BaseModel):
         description="train: epochs, patience. predict: model_version_id, stride (16/32/64), "
         "threshold, bbox [x, y, z, w, h, d] in mag-1 voxels, sections_per_chunk. "
         "sync: annotations (webKnossos annotation ids or URLs to import besides the "
-        "linked project's finished tasks).",
+        "linked project's finished tasks). score, propose: model_version_id, strategy ("
+        + ", ".join(registry.names())
+        + "; default ARTIFACT_LOOP_ACQUISITION); propose: batch_size.",
     )
 
 

@@ -279,6 +279,13 @@ def test_jobs_start_coalesce_cancel(api: Api, dataset_id: int) -> None:
     )
     assert unknown.status_code == 422
     assert api.client.get(f"{V1}/jobs/424242", headers=api.admin).status_code == 404
+    magic = api.client.post(
+        f"{V1}/datasets/{dataset_id}/jobs",
+        json={"kind": "propose", "params": {"strategy": "magic"}},
+        headers=api.admin,
+    )
+    assert magic.status_code in (400, 422) and "choose one of" in magic.text, magic.text
+    assert "hybrid" in magic.text and "Traceback" not in magic.text
 
 
 def test_pagination(api: Api, dataset_id: int) -> None:
