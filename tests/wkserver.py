@@ -546,6 +546,12 @@ class FakeWebknossos:
             # test_task/test_get_task.yml: one result per requested task
             return 200, {"tasks": [self._create_task(p) for p in body], "warnings": []}, {}
         if m := re.fullmatch(r"/tasks/([^/]+)/annotations", route):
+            # not recorded: app/controllers/AnnotationController.scala annotationsForTask
+            # (scalableminds/webknossos) answers Ok(JsArray) of each annotation's publicWrites,
+            # the shape of the recorded GET /annotations/<id>/info (test_annotation_info.yml);
+            # an unknown task: task.notFound ~> NOT_FOUND
+            if m.group(1) not in s.tasks:
+                return 404, _messages("error", TASK_NOT_FOUND), {}
             return (
                 200,
                 [

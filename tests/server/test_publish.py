@@ -5,6 +5,7 @@ and at API 16; a name with spaces and dots publishes under the server's rule for
 
 from __future__ import annotations
 
+import shutil
 import types
 from pathlib import Path
 
@@ -74,18 +75,21 @@ def test_the_server_holds_the_prediction_voxels(tmp_path: Path, api_version: int
         files = [f for f in stored.path.rglob("*") if f.is_file()]
         assert len(files) > 10 and not any("chunks" in f.parts for f in files)
         assert stored.linked == {"color": (EM_ID, "color")}
+        mag = wk.Mag(plan.out_mag)
         local = wk.Dataset.open(plan.out_path)
+        ours = {name: local.get_layer(name).get_mag(mag).read() for name in predict.LAYERS}
+        unsure, prob = ours[predict.UNCERTAINTY_LAYER], ours[predict.PROB_LAYER]
+        assert np.allclose(unsure, 1 - np.abs(2 * prob - 1))
+        # the service's copy gone: what the server shows can only come from its own folder
+        for name in predict.LAYERS:
+            shutil.rmtree(Path(plan.out_path) / name)
         with wk.webknossos_context(url=fake.url, token=TOKEN):
             remote = wk.RemoteDataset.open(dataset_id=published["dataset_id"])
             assert set(remote.layers) == {"color", *predict.LAYERS}
             for name in predict.LAYERS:
-                mag = wk.Mag(plan.out_mag)
                 theirs = remote.get_layer(name).get_mag(mag).read()
-                ours = local.get_layer(name).get_mag(mag).read()
-                assert theirs.dtype == ours.dtype and np.array_equal(theirs, ours), name
-        unsure = local.get_layer(predict.UNCERTAINTY_LAYER).get_mag(wk.Mag(plan.out_mag)).read()
-        prob = local.get_layer(predict.PROB_LAYER).get_mag(wk.Mag(plan.out_mag)).read()
-        assert np.allclose(unsure, 1 - np.abs(2 * prob - 1))
+                assert theirs.dtype == ours[name].dtype, name
+                assert np.array_equal(theirs, ours[name]), name
     nml = wk.Annotation.load(Path(report["nml"]))
     assert (nml.dataset_name, nml.dataset_id) == (published["name"], published["dataset_id"])
 
