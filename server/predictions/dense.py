@@ -70,6 +70,7 @@ __all__ = [
     "ground_truth",
     "make_plan",
     "predict_block",
+    "predict_in_process",
     "save_summary",
     "validate_params",
     "write_block",
@@ -279,6 +280,25 @@ def block_summary(
         "clusters": clusters,
         "truth_scores": scores,
     }
+
+
+def predict_in_process(
+    plan: Plan, source: Any, classifier: Any, *, norm: tuple[float, float], temperature: float
+) -> int:
+    """Every chunk of ``plan`` in this process, one after the other (what the chunk jobs do
+    on workers, for tests and benchmarks): layers written, summaries saved, blank cells
+    counted. Returns the number of chunks, for :func:`finish_prediction`."""
+    blocks = chunks(plan)
+    for i, block in enumerate(blocks):
+        x0, y0, z0, x1, y1, z1 = block
+        blank = np.zeros((x1 - x0, y1 - y0, z1 - z0), dtype=bool)
+        prob = predict_block(
+            source, classifier, plan=plan, block=block, norm=norm, temperature=temperature,
+            blank=blank,
+        )  # fmt: skip
+        write_block(plan, block, prob)
+        save_summary(chunk_file(plan, i), block_summary(plan, block, prob, None, blank))
+    return len(blocks)
 
 
 def ground_truth(dataset_path: str) -> tuple[np.ndarray, np.ndarray] | None:

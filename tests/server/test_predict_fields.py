@@ -97,20 +97,12 @@ def test_a_missing_field_and_a_charging_third_are_flagged_a_clean_section_not(
     )
     assert plan.field_grid == (4, 4) and plan.field_size is None
     predict.create_output(plan, voxel_size=dataset.voxel_size)
-    blocks = predict.chunks(plan)
     with PatchSource.open(tmp_path / "ds") as source:
-        for i, block in enumerate(blocks):
-            x0, y0, z0, x1, y1, z1 = block
-            blank = np.zeros((x1 - x0, y1 - y0, z1 - z0), dtype=bool)
-            prob = predict.predict_block(
-                source, classifier, plan=plan, block=block, norm=(128.0, 40.0),
-                temperature=1.0, blank=blank,
-            )  # fmt: skip
-            predict.write_block(plan, block, prob)
-            summary = predict.block_summary(plan, block, prob, None, blank)
-            predict.save_summary(predict.chunk_file(plan, i), summary)
+        n_chunks = predict.predict_in_process(
+            plan, source, classifier, norm=(128.0, 40.0), temperature=1.0
+        )
     report = finish_prediction(
-        plan, n_chunks=len(blocks), dataset=dataset, settings=Settings(data_dir=tmp_path / "d")
+        plan, n_chunks=n_chunks, dataset=dataset, settings=Settings(data_dir=tmp_path / "d")
     )
 
     by_z = {s["z"]: s for s in report["sections"]}
