@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from server.errors import InvalidInput
 from server.settings import Settings
 from server.webknossos.client import WebknossosError
@@ -110,7 +112,9 @@ def publish_dataset(
                     layers_to_link=[wk.LayerToLink(dataset_id=em_dataset_id, layer_name=em_layer)],
                 )
             except Exception as exc:  # the library raises a bare Exception for some refusals
-                if type(exc).__module__.startswith("webknossos.client.api_client"):
+                if isinstance(exc, httpx.TransportError) or type(exc).__module__.startswith(
+                    "webknossos.client.api_client"
+                ):
                     raise  # the server context turns these into the server's words
                 raise WebknossosError(f"uploading {name!r} to webKnossos failed: {exc}") from None
         return Published(
