@@ -783,3 +783,32 @@ def serve(
         httpd.shutdown()
         httpd.server_close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    """The stand-in as a process of its own (``python -m tests.wkserver --token T --dataset
+    ID=PATH:NAME --api-version 16``): prints its URL and its data folder, one per line, and
+    serves until it is terminated. The service under test then shares no memory and no folder
+    with the server it publishes to."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--token", default="wk-secret-token")
+    ap.add_argument("--api-version", type=int, default=API_VERSION)
+    ap.add_argument("--dataset", action="append", default=[], help="ID=PATH:NAME")
+    args = ap.parse_args()
+    with serve(args.token, api_version=args.api_version) as fake:
+        for spec in args.dataset:
+            dataset_id, _, rest = spec.partition("=")
+            path, _, name = rest.partition(":")
+            fake.add_dataset(dataset_id, Path(path), name=name or None)
+        print(fake.url, flush=True)
+        print(fake.root, flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,8 @@ and at API 16; a name with spaces and dots publishes under the server's rule for
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -117,3 +119,32 @@ def test_names_follow_the_server_rule_and_a_refused_one_says_why(tmp_path: Path)
             _check_name("brain1_run_3.v2_artifact_pred")
             with pytest.raises(WebknossosError, match="use at least three characters"):
                 _check_name("ab")
+
+
+def test_a_server_in_another_process_holds_the_voxels(tmp_path: Path) -> None:
+    """The stand-in as its own process with its own data folder: after the upload the
+    service's layers are deleted, and the server still serves the same values."""
+    dataset, plan = _predicted(tmp_path)
+    command = [sys.executable, "-m", "tests.wkserver", "--token", TOKEN, "--api-version", "16",
+               "--dataset", f"{EM_ID}={dataset.path}:{dataset.name}"]  # fmt: skip
+    root = Path(__file__).resolve().parents[2]
+    with subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True) as other:
+        try:
+            assert other.stdout is not None
+            url, data_folder = other.stdout.readline().strip(), other.stdout.readline().strip()
+            settings = Settings(data_dir=tmp_path / "data", wk_url=url, wk_token=TOKEN)
+            report = finish_prediction(
+                plan, n_chunks=len(predict.chunks(plan)), dataset=dataset, settings=settings
+            )
+            mag = wk.Mag(plan.out_mag)
+            local = wk.Dataset.open(plan.out_path)
+            ours = {name: local.get_layer(name).get_mag(mag).read() for name in predict.LAYERS}
+            shutil.rmtree(plan.out_path)
+            assert not Path(plan.out_path).is_relative_to(data_folder)
+            with wk.webknossos_context(url=url, token=TOKEN):
+                remote = wk.RemoteDataset.open(dataset_id=report["webknossos"]["dataset_id"])
+                for name in predict.LAYERS:
+                    theirs = remote.get_layer(name).get_mag(mag).read()
+                    assert np.array_equal(theirs, ours[name]), name
+        finally:
+            other.terminate()
