@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     wk_task_type: str = "artifact-loop patch"
     wk_project_prefix: str = "artifact-loop"
     wk_context_px: int = 70  # context around a pushed patch, each side, at the dataset's mag
+    # QC of a prediction: fields per section (columns x rows) when the dataset has no tile_size
+    qc_field_grid: str = Field(default="4x4", pattern=r"^[1-9][0-9]?x[1-9][0-9]?$")
 
     # Faults, load and hostile input
     # dataset folders the API may register, separated by ":" or ","; empty = any folder

@@ -9,9 +9,18 @@ library's client models and the server's message catalogue (``conf/messages`` of
 webknossos repository), named in the comment.
 
 The recorded servers spoke API version 12, which the installed library no longer accepts
-(it speaks 13 to 16); this one announces 13, the version whose routes are the recorded ones
-(uploads through ``/data/v13/datasets/reserveUpload``, ``/data/datasets`` and
-``/data/v13/datasets/finishUpload``).
+(it speaks 13 to 16); by default this one announces 13, the version whose routes are the
+recorded ones (uploads through ``/data/v13/datasets/reserveUpload``, ``/data/datasets`` and
+``/data/v13/datasets/finishUpload``). ``serve(api_version=16)`` announces 16, as a current
+server does, and takes uploads by the current datastore's routes
+(webknossos-datastore/conf/datastore.latest.routes of scalableminds/webknossos at 05522d43:
+``POST /datasets/upload/dataset/reserveUpload``, ``POST /datasets/upload/:uploadDomain`` for
+the chunks, ``POST /datasets/upload/:uploadDomain/finishUpload?uploadId=``).
+
+Its datastore keeps what is uploaded in a data folder of its own and, like a current
+datastore at finishUpload, refuses a datasource whose paths leave the uploaded dataset
+(UploadService.checkPathsInUploadedDatasourcePropertiesJson): what it serves afterwards comes
+from that folder only.
 
 Tests play the annotators and the admin: :meth:`FakeWebknossos.start` and
 :meth:`FakeWebknossos.finish` work on a task instance, :meth:`FakeWebknossos.grant_experience`
@@ -38,7 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-API_VERSION = 13
+API_VERSION = 13  # announced by default; serve(api_version=16) for a current server
 ORG = "Organization_X"
 TEAM = {  # test_task/test_get_task.yml GET /api/v12/teams
     "id": "570b9f4b2a7c0e3b008da6ec",
@@ -60,6 +69,25 @@ DATASET_NOT_FOUND = "Dataset {0} does not exist or could not be accessed"  # dat
 ANNOTATION_NOT_FOUND = "Annotation couldn\u2019t be found"  # conf/messages annotation.notFound
 NOT_AUTHORISED = (
     "You are not authorized to view this resource. Please log in."  # user.notAuthorised
+)
+# DatasetService.assertValidDatasetName (app/models/dataset/DatasetService.scala) with the
+# texts of util/src/main/scala/com/scalableminds/util/Msg.scala (as stored at f7787bc7)
+DATASET_NAME_RULES = (
+    (
+        lambda n: re.fullmatch(r"[A-Za-z0-9_\-\.]*", n) is not None,
+        "Dataset name is invalid. Please use only letters, digits, dots, underscores, hyphens.",
+    ),
+    (
+        lambda n: not n.startswith("."),
+        "Dataset name is invalid. Please use a name that does not start with a dot.",
+    ),
+    (lambda n: len(n) >= 3, "Dataset name is invalid. Please use at least three characters."),
+)
+# Msg.Dataset.Upload.disallowedPaths, raised at finishUpload by UploadService
+# .checkPathsInUploadedDatasourcePropertiesJson (webknossos-datastore)
+DISALLOWED_PATHS = (
+    "Cannot upload a datasource with local paths that leave the dataset, "
+    "or with paths that match the WEBKNOSSOS reserved paths."
 )
 
 
@@ -151,8 +179,9 @@ class State:
 class FakeWebknossos:
     """Run with :func:`serve`; ``url`` is what ``webknossos_context`` gets."""
 
-    def __init__(self, token: str, *, root: Path) -> None:
+    def __init__(self, token: str, *, root: Path, api_version: int = API_VERSION) -> None:
         self.state = State(token=token)
+        self.api_version = api_version
         self.state.users = {
             ADMIN_ID: _user(ADMIN_ID, "admin@lab.example", "Ada", admin=True),
             ANNOTATOR_ID: _user(ANNOTATOR_ID, "anna@lab.example", "Anna", admin=False),
@@ -352,17 +381,21 @@ class FakeWebknossos:
             out.write(form["file"])
         return 200, b"", {}
 
-    def _finish_upload(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
-        upload = self.state.uploads.pop(body["uploadId"], None)
+    def _finish_upload(self, upload_id: str) -> tuple[int, Any, dict[str, str]]:
+        """The new dataset's id (the caller wraps it in the version's JSON), or the refusal."""
+        upload = self.state.uploads.pop(upload_id, None)
         if upload is None:
             return 400, _messages("error", "Cannot find the uploaded DataSet."), {}
+        if not _paths_stay_inside(upload.folder):
+            shutil.rmtree(upload.folder, ignore_errors=True)
+            return 400, _messages("error", DISALLOWED_PATHS), {}
         dataset_id = self.state.new_id()
         ds = ServerDataset(id=dataset_id, name=upload.name, path=upload.folder)
         for link in upload.layers_to_link:
             new_name = link.get("newLayerName") or link["layerName"]
             ds.linked[new_name] = (link["datasetId"], link["layerName"])
         self.state.datasets[dataset_id] = ds
-        return 200, {"newDatasetId": dataset_id}, {}
+        return 200, dataset_id, {}
 
     # -- the API -------------------------------------------------------------------------------
     def handle(
@@ -381,7 +414,7 @@ class FakeWebknossos:
                     "webknossos": {"name": "webknossos", "version": "stand-in"},
                     "schemaVersion": 145,
                     "httpApiVersioning": {
-                        "currentApiVersion": API_VERSION,
+                        "currentApiVersion": self.api_version,
                         "oldestSupportedApiVersion": 5,
                     },
                     "localDataStoreEnabled": True,
@@ -394,7 +427,7 @@ class FakeWebknossos:
         with self.lock:
             if path.startswith("/data/"):
                 self.state.requests.append(f"{method} {path}")
-                return self._datastore_route(method, path, body, range_header)
+                return self._datastore_route(method, path, query, body, range_header)
             match = re.fullmatch(r"/api(?:/v\d+)?(/.*)", path)
             if match is None:
                 return 404, b"", {}
@@ -403,14 +436,32 @@ class FakeWebknossos:
             return self._route(method, route, query, body)
 
     def _datastore_route(
-        self, method: str, path: str, body: Any, range_header: str | None
+        self, method: str, path: str, query: dict[str, str], body: Any, range_header: str | None
     ) -> tuple[int, Any, dict[str, str]]:
         if method == "POST" and re.fullmatch(r"/data/v\d+/datasets/reserveUpload", path):
             return self._reserve_upload(body)
         if method == "POST" and path == "/data/datasets":
             return self._upload_chunk(body)
         if method == "POST" and re.fullmatch(r"/data/v\d+/datasets/finishUpload", path):
-            return self._finish_upload(body)
+            status, answer, headers = self._finish_upload(body["uploadId"])
+            return status, ({"newDatasetId": answer} if status == 200 else answer), headers
+        # API 14+ (datastore.latest.routes, see the module's docstring)
+        if method == "POST" and re.fullmatch(
+            r"/data/v\d+/datasets/upload/dataset/reserveUpload", path
+        ):
+            info = body["resumableUploadInfo"]
+            return self._reserve_upload(
+                {"uploadId": info["uploadId"], "name": body["datasetName"],
+                 "layersToLink": body.get("layersToLink") or []}
+            )  # fmt: skip
+        if method == "POST" and re.fullmatch(r"/data/v\d+/datasets/upload/dataset", path):
+            return self._upload_chunk(body)
+        if method == "POST" and re.fullmatch(
+            r"/data/v\d+/datasets/upload/dataset/finishUpload", path
+        ):
+            status, answer, headers = self._finish_upload(query.get("uploadId", ""))
+            # the library's ApiDatasetUploadSuccess: {"datasetId": ...}
+            return status, ({"datasetId": answer} if status == 200 else answer), headers
         if method in ("GET", "HEAD"):
             return self._zarr_file(path, range_header)
         return 404, b"", {}
@@ -436,7 +487,13 @@ class FakeWebknossos:
             ]
             return 200, found, {}
         if m := re.fullmatch(r"/datasets/(.+)/isValidNewName", route):
-            return 200, {"isValid": True}, {}  # test_upload_download_roundtrip.yml
+            # valid: test_upload_download_roundtrip.yml; invalid: DatasetController
+            # .isValidNewName answers 200 {"isValid": false, "errors": <the rule's message>}
+            name = unquote(m.group(1))
+            broken = next((msg for ok, msg in DATASET_NAME_RULES if not ok(name)), None)
+            if broken is None:
+                return 200, {"isValid": True}, {}
+            return 200, {"isValid": False, "errors": broken}, {}
         if m := re.fullmatch(r"/datasets/([^/]+)", route):
             ds = s.datasets.get(m.group(1))
             if ds is None:
@@ -489,6 +546,12 @@ class FakeWebknossos:
             # test_task/test_get_task.yml: one result per requested task
             return 200, {"tasks": [self._create_task(p) for p in body], "warnings": []}, {}
         if m := re.fullmatch(r"/tasks/([^/]+)/annotations", route):
+            # not recorded: app/controllers/AnnotationController.scala annotationsForTask
+            # (scalableminds/webknossos) answers Ok(JsArray) of each annotation's publicWrites,
+            # the shape of the recorded GET /annotations/<id>/info (test_annotation_info.yml);
+            # an unknown task: task.notFound ~> NOT_FOUND
+            if m.group(1) not in s.tasks:
+                return 404, _messages("error", TASK_NOT_FOUND), {}
             return (
                 200,
                 [
@@ -612,6 +675,30 @@ class FakeWebknossos:
         }
 
 
+def _paths_stay_inside(folder: Path) -> bool:
+    """Every explicit mag and attachment path of the uploaded datasource stays inside the
+    uploaded dataset: relative and not climbing out (``..``), or a remote URL (s3, https,
+    gs), as the datastore's pathIsAllowedToAddDirectly allows."""
+    props_file = folder / "datasource-properties.json"
+    if not props_file.is_file():
+        return True
+    props = json.loads(props_file.read_text())
+    paths: list[str] = []
+    for layer in props.get("dataLayers", []):
+        paths += [m["path"] for m in layer.get("mags", []) if m.get("path")]
+        for kind in (layer.get("attachments") or {}).values():
+            items = kind if isinstance(kind, list) else [kind]
+            paths += [a["path"] for a in items if isinstance(a, dict) and a.get("path")]
+    for text in paths:
+        scheme = urlparse(text).scheme
+        if scheme in ("s3", "https", "http", "gs"):
+            continue
+        local = text[len("file://") :] if text.startswith("file://") else text
+        if Path(local).is_absolute() or ".." in Path(local).parts:
+            return False
+    return True
+
+
 def _form(content_type: str, raw: bytes) -> dict[str, bytes]:
     """The fields of a ``multipart/form-data`` body (the resumable upload's chunks)."""
     parser = email.parser.BytesParser(policy=email.policy.HTTP)
@@ -681,9 +768,11 @@ def _handler(fake: FakeWebknossos) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serve(token: str = "wk-secret-token") -> Iterator[FakeWebknossos]:
+def serve(
+    token: str = "wk-secret-token", *, api_version: int = API_VERSION
+) -> Iterator[FakeWebknossos]:
     root = Path(tempfile.mkdtemp(prefix="wk-stand-in-"))
-    fake = FakeWebknossos(token, root=root)
+    fake = FakeWebknossos(token, root=root, api_version=api_version)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
     fake.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True, name="fake-webknossos")
@@ -694,3 +783,32 @@ def serve(token: str = "wk-secret-token") -> Iterator[FakeWebknossos]:
         httpd.shutdown()
         httpd.server_close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    """The stand-in as a process of its own (``python -m tests.wkserver --token T --dataset
+    ID=PATH:NAME --api-version 16``): prints its URL and its data folder, one per line, and
+    serves until it is terminated. The service under test then shares no memory and no folder
+    with the server it publishes to."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--token", default="wk-secret-token")
+    ap.add_argument("--api-version", type=int, default=API_VERSION)
+    ap.add_argument("--dataset", action="append", default=[], help="ID=PATH:NAME")
+    args = ap.parse_args()
+    with serve(args.token, api_version=args.api_version) as fake:
+        for spec in args.dataset:
+            dataset_id, _, rest = spec.partition("=")
+            path, _, name = rest.partition(":")
+            fake.add_dataset(dataset_id, Path(path), name=name or None)
+        print(fake.url, flush=True)
+        print(fake.root, flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,7 @@ from server.jobs.kinds import JobKind
 from server.jobs.params import PredictChunkParams, PredictParams
 from server.pipeline.context import Chunked, StepContext
 from server.pixels.reading import use_all_cores
+from server.predictions.qc import parse_grid
 from server.settings import Settings
 from server.versions.service import active_model
 
@@ -60,6 +62,7 @@ def run(ctx: StepContext, job: Job) -> Chunked:
         job.params,
         out_root=ctx.settings.data_dir / "predictions" / f"job-{job.id}",
         threshold=threshold,
+        field_grid=parse_grid(ctx.settings.qc_field_grid),
     )
     dense.create_output(plan, voxel_size=tuple(dataset.voxel_size))  # type: ignore[arg-type]
     blocks = dense.chunks(plan)
@@ -124,6 +127,8 @@ def run_chunk(ctx: StepContext, job: Job) -> dict[str, Any]:
     classifier, temperature = load_classifier(str(weights))
     block = tuple(params.block)
     truth = dense.ground_truth(dataset.path)
+    x0, y0, z0, x1, y1, z1 = block
+    blank = np.zeros((x1 - x0, y1 - y0, z1 - z0), dtype=bool)
     with open_source(dataset) as source:
         prob = dense.predict_block(
             source,
@@ -132,9 +137,10 @@ def run_chunk(ctx: StepContext, job: Job) -> dict[str, Any]:
             block=block,  # type: ignore[arg-type]
             norm=(dataset.norm_mean, dataset.norm_std),
             temperature=temperature,
+            blank=blank,
         )
     dense.write_block(plan, block, prob)  # type: ignore[arg-type]
-    summary = dense.block_summary(plan, block, prob, truth)  # type: ignore[arg-type]
+    summary = dense.block_summary(plan, block, prob, truth, blank)  # type: ignore[arg-type]
     dense.save_summary(dense.chunk_file(plan, params.chunk), summary)
     return {"cells": summary["cells"], "artifact_cells": summary["artifact_cells"]}
 

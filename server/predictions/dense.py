@@ -4,8 +4,10 @@ A ``predict`` job plans the work and leaves it to chunk jobs that any gpu worker
 
 * the output is a webKnossos dataset ``<name>_artifact_pred`` (same voxel size and
   coordinates as the source) with a float32 ``artifact_prob`` color layer, shown as a red
-  overlay, and a uint8 ``artifact_mask`` segmentation layer (1 = artifact), both at the
-  coarse mag ``stride x dataset mag`` (one value per ``stride``-pixel cell);
+  overlay, a uint8 ``artifact_mask`` segmentation layer (1 = artifact) and a float32
+  ``artifact_uncertainty`` color layer (1 - |2p - 1|, the acquisition's margin uncertainty:
+  1 where the classifier cannot tell, the map of where labels help most), shown in blue, all
+  at the coarse mag ``stride x dataset mag`` (one value per ``stride``-pixel cell);
 * the cell ``c`` holds p(artifact) of the patch centred on the cell's centre, computed with
   the fully convolutional path (:meth:`models.networks.Classifier.dense`): one encoder pass
   per tile instead of one per overlapping patch;
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from models.acquisition import margin_uncertainty
 from server.pixels.source import Vec3
 from server.predictions.plan import (
     BLOCK_CELLS,
@@ -36,14 +39,17 @@ from server.predictions.plan import (
     DEFAULT_REIMAGE_RATE,
     DEFAULT_STRIDE,
     ENCODER_SCALE,
+    LAYERS,
     MASK_LAYER,
     PROB_LAYER,
     STRIDES,
+    UNCERTAINTY_LAYER,
     Plan,
     chunks,
     make_plan,
     validate_params,
 )
+from server.predictions.qc import blank_cells, block_fields
 from server.webknossos.lib import wk
 
 __all__ = [
@@ -51,9 +57,11 @@ __all__ = [
     "BLOCK_SECTIONS",
     "DEFAULT_REIMAGE_RATE",
     "DEFAULT_STRIDE",
+    "LAYERS",
     "MASK_LAYER",
     "PROB_LAYER",
     "STRIDES",
+    "UNCERTAINTY_LAYER",
     "Plan",
     "block_summary",
     "chunk_file",
@@ -62,6 +70,7 @@ __all__ = [
     "ground_truth",
     "make_plan",
     "predict_block",
+    "predict_in_process",
     "save_summary",
     "validate_params",
     "write_block",
@@ -80,14 +89,20 @@ def create_output(plan: Plan, *, voxel_size: tuple[float, float, float]) -> None
     mag = wk.Mag(plan.out_mag)
     chunk = (32, 32, plan.block_sections)  # 2-D maps: a chunk spans the shard's sections
     shard = (BLOCK_CELLS, BLOCK_CELLS, plan.block_sections)
-    if PROB_LAYER not in ds.layers:
-        prob = ds.add_layer(
-            PROB_LAYER, wk.COLOR_CATEGORY, dtype="float32", data_format="zarr3", bounding_box=bbox
-        )
-        prob.default_view_configuration = wk.LayerViewConfiguration(
-            color=(255, 0, 0), alpha=50.0, intensity_range=(0.0, 1.0)
-        )
-        _add_mag(prob, mag, chunk, shard)
+    # p(artifact) in red; where the classifier is unsure in blue, off until switched on
+    maps = (
+        (PROB_LAYER, wk.LayerViewConfiguration(color=(255, 0, 0), alpha=50.0)),
+        (UNCERTAINTY_LAYER, wk.LayerViewConfiguration(color=(0, 128, 255), alpha=40.0,
+                                                      is_disabled=True)),
+    )  # fmt: skip
+    for name, view in maps:
+        if name not in ds.layers:
+            layer = ds.add_layer(
+                name, wk.COLOR_CATEGORY, dtype="float32", data_format="zarr3", bounding_box=bbox
+            )
+            view.intensity_range = (0.0, 1.0)
+            layer.default_view_configuration = view
+            _add_mag(layer, mag, chunk, shard)
     if MASK_LAYER not in ds.layers:
         mask = ds.add_layer(
             MASK_LAYER,
@@ -108,12 +123,9 @@ def _add_mag(layer: Any, mag: Any, chunk: Vec3, shard: Vec3) -> None:
 
 
 @lru_cache(maxsize=4)
-def _open_mag_views(out_path: str, mag: tuple[int, int, int]) -> tuple[Any, Any]:
+def _open_mag_views(out_path: str, mag: tuple[int, int, int]) -> tuple[Any, ...]:
     ds = wk.Dataset.open(out_path)
-    return (
-        ds.get_layer(PROB_LAYER).get_mag(wk.Mag(mag)),
-        ds.get_layer(MASK_LAYER).get_mag(wk.Mag(mag)),
-    )
+    return tuple(ds.get_layer(name).get_mag(wk.Mag(mag)) for name in LAYERS)
 
 
 # -- one chunk -----------------------------------------------------------------------------------
@@ -125,8 +137,10 @@ def predict_block(
     block: tuple[int, int, int, int, int, int],
     norm: tuple[float, float],
     temperature: float,
+    blank: np.ndarray | None = None,
 ) -> np.ndarray:
-    """p(artifact) of the block's cells as ``(x, y, z)`` float32."""
+    """p(artifact) of the block's cells as ``(x, y, z)`` float32; ``blank``, when given (bool,
+    the same shape), receives which cells have no structure at all (for the QC's fields)."""
     import torch
 
     x0, y0, z0, x1, y1, z1 = block
@@ -146,6 +160,8 @@ def predict_block(
     mean, std = norm
     for z in range(z0, z1):
         tile = _read_clamped(source, left, top, width, height, z, lo=lo, hi=hi, mag=(mx, my))
+        if blank is not None:
+            blank[:, :, z - z0] = blank_cells(tile, nx=nx, ny=ny, stride=s, offset=p // 2 - s // 2)
         x = torch.from_numpy((tile.astype(np.float32) - mean) / std)[None, None]
         dense = classifier.dense(x, patch=p, stride=s, temperature=temperature)[0, 0]
         out[:, :, z - z0] = dense[:ny, :nx].numpy().T
@@ -183,12 +199,15 @@ def _read_clamped(
 
 
 def write_block(plan: Plan, block: tuple[int, int, int, int, int, int], prob: np.ndarray) -> None:
-    prob_view, mask_view = _open_mag_views(plan.out_path, plan.out_mag)
+    prob_view, mask_view, unsure_view = _open_mag_views(plan.out_path, plan.out_mag)
     cw, ch = plan.cell_px
     offset = (block[0] * cw, block[1] * ch, block[2])
     prob_view.write(prob, absolute_offset=offset, allow_unaligned=True)
     mask_view.write(
         (prob >= plan.threshold).astype(np.uint8), absolute_offset=offset, allow_unaligned=True
+    )
+    unsure_view.write(
+        margin_uncertainty(prob).astype(np.float32), absolute_offset=offset, allow_unaligned=True
     )
 
 
@@ -197,10 +216,12 @@ def block_summary(
     block: tuple[int, int, int, int, int, int],
     prob: np.ndarray,
     truth: tuple[np.ndarray, np.ndarray] | None,
+    blank: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Clusters of above-threshold cells (8-connected within a section: artifacts of mSEM
-    are per section, and boxes one section deep are what a reviewer steps through) and
-    ground-truth patch scores."""
+    are per section, and boxes one section deep are what a reviewer steps through), counts
+    per section and per QC field (:mod:`server.predictions.qc`) and ground-truth patch
+    scores."""
     from scipy import ndimage
 
     cw, ch = plan.cell_px
@@ -254,9 +275,30 @@ def block_summary(
             str(block[2] + k): [int(prob.shape[0] * prob.shape[1]), int(n)]
             for k, n in enumerate(per_section)
         },
+        # z -> [[fx, fy, cells, above threshold, blank], ...]: the per-field QC
+        "fields": block_fields(plan, block, mask, blank),
         "clusters": clusters,
         "truth_scores": scores,
     }
+
+
+def predict_in_process(
+    plan: Plan, source: Any, classifier: Any, *, norm: tuple[float, float], temperature: float
+) -> int:
+    """Every chunk of ``plan`` in this process, one after the other (what the chunk jobs do
+    on workers, for tests and benchmarks): layers written, summaries saved, blank cells
+    counted. Returns the number of chunks, for :func:`finish_prediction`."""
+    blocks = chunks(plan)
+    for i, block in enumerate(blocks):
+        x0, y0, z0, x1, y1, z1 = block
+        blank = np.zeros((x1 - x0, y1 - y0, z1 - z0), dtype=bool)
+        prob = predict_block(
+            source, classifier, plan=plan, block=block, norm=norm, temperature=temperature,
+            blank=blank,
+        )  # fmt: skip
+        write_block(plan, block, prob)
+        save_summary(chunk_file(plan, i), block_summary(plan, block, prob, None, blank))
+    return len(blocks)
 
 
 def ground_truth(dataset_path: str) -> tuple[np.ndarray, np.ndarray] | None:

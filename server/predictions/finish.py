@@ -6,15 +6,16 @@ QC report and an NML, and publish the layers to the webKnossos server next to th
 * ``artifacts.nml``: one user bounding box per artifact cluster, against the webKnossos
   dataset the layers were published as (its name and id), or the project's dataset name
   when nothing was published;
-* ``sections.csv``: per z-section the cells, the cells above threshold, their fraction and
-  whether to re-image the section (fraction at or above the plan's ``reimage_rate``);
-* ``report.json``: everything the job's result holds, the per-section QC included
-  (``sections`` and ``reimage_sections``).
+* ``sections.csv``: per z-section the cells, the cells above threshold, their fraction, the
+  fields flagged and whether to re-image the section;
+* ``fields.csv``: the same per field (beam tile) of every section, with its box and the
+  reason a flagged one is flagged (:mod:`server.predictions.qc`);
+* ``report.json``: everything the job's result holds, the QC included (``sections``,
+  ``reimage_sections`` and ``reimage``: the re-image list of sections and fields).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -24,7 +25,16 @@ import numpy as np
 
 from server.errors import InvalidInput
 from server.predictions.dense import chunk_file
-from server.predictions.plan import MASK_LAYER, PROB_LAYER, Plan
+from server.predictions.plan import LAYERS, Plan
+from server.predictions.qc import (
+    FIELDS_CSV,
+    field_qc,
+    merge_fields,
+    reimage_list,
+    section_qc,
+    write_fields_csv,
+    write_sections_csv,
+)
 from server.settings import Settings
 from server.webknossos.lib import wk
 
@@ -61,43 +71,6 @@ def merge_boxes(boxes: list[list[int]], *, gap: tuple[int, int, int]) -> list[li
     return merged
 
 
-def section_qc(sections: dict[int, list[int]], *, rate: float) -> list[dict[str, Any]]:
-    """Per z-section (ascending): cells, cells above threshold, their fraction, re-image?"""
-    out = []
-    for z in sorted(sections):
-        cells, above = sections[z]
-        fraction = above / cells if cells else 0.0
-        out.append(
-            {
-                "z": z,
-                "cells": cells,
-                "artifact_cells": above,
-                "fraction": round(fraction, 6),
-                "reimage": cells > 0 and fraction >= rate,
-            }
-        )
-    return out
-
-
-def write_sections_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """The QC table for an imaging team: one row per section."""
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(
-            ["z", "cells", "cells_above_threshold", "fraction_above_threshold", "reimage"]
-        )
-        for row in rows:
-            writer.writerow(
-                [
-                    row["z"],
-                    row["cells"],
-                    row["artifact_cells"],
-                    f"{row['fraction']:.6f}",
-                    int(row["reimage"]),
-                ]
-            )
-
-
 def write_nml(
     path: Path,
     clusters: list[list[int]],
@@ -126,6 +99,7 @@ def _merge_chunks(plan: Plan, n_chunks: int) -> dict[str, Any]:
     cells = artifact_cells = 0
     scores: list[list[float]] = []
     sections: dict[int, list[int]] = {}
+    fields: dict[tuple[int, int, int], list[int]] = {}
     for i in range(n_chunks):
         summary = json.loads(chunk_file(plan, i).read_text())
         boxes += [c["box"] for c in summary["clusters"]]
@@ -136,6 +110,7 @@ def _merge_chunks(plan: Plan, n_chunks: int) -> dict[str, Any]:
             total = sections.setdefault(int(z), [0, 0])
             total[0] += n
             total[1] += above
+        merge_fields(fields, summary.get("fields", {}))
     cw, ch = plan.cell_px
     clusters = merge_boxes(boxes, gap=(cw, ch, 0)) if boxes else []
     clusters.sort(key=lambda b: (b[2], b[1], b[0]))
@@ -145,6 +120,7 @@ def _merge_chunks(plan: Plan, n_chunks: int) -> dict[str, Any]:
         "artifact_cells": artifact_cells,
         "scores": scores,
         "sections": sections,
+        "fields": fields,
     }
 
 
@@ -168,7 +144,7 @@ def _publish(
         Path(plan.out_path),
         settings=settings,
         name=f"{dataset.name}_artifact_pred",
-        layers=[PROB_LAYER, MASK_LAYER],
+        layers=list(LAYERS),
         em_dataset_id=em_id,
         em_layer=str(getattr(dataset, "layer", None) or "color"),
     )
@@ -191,8 +167,10 @@ def finish_prediction(
     previous_path = out / REPORT
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
     merged = _merge_chunks(plan, n_chunks)
-    sections = section_qc(merged["sections"], rate=plan.reimage_rate)
+    fields = field_qc(merged["fields"], plan=plan)
+    sections = section_qc(merged["sections"], fields, rate=plan.reimage_rate)
     write_sections_csv(out / SECTIONS_CSV, sections)
+    write_fields_csv(out / FIELDS_CSV, fields)
     voxel_size = tuple(dataset.voxel_size)
     published = _publish(plan, dataset=dataset, settings=settings, previous=previous)
     write_nml(
@@ -204,7 +182,7 @@ def finish_prediction(
     )
     report: dict[str, Any] = {
         "output": plan.out_path,
-        "layers": [PROB_LAYER, MASK_LAYER],
+        "layers": list(LAYERS),
         "mag": "-".join(map(str, plan.out_mag)),
         "threshold": plan.threshold,
         "cells": merged["cells"],
@@ -213,7 +191,12 @@ def finish_prediction(
         "nml": str(out / NML),
         "reimage_rate": plan.reimage_rate,
         "reimage_sections": [s["z"] for s in sections if s["reimage"]],
+        "field_rate": plan.field_rate,
+        "field_grid": list(plan.field_size or plan.field_grid),
+        "field_grid_from": "dataset tile_size" if plan.field_size else "grid",
+        "reimage": reimage_list(sections, fields, rate=plan.reimage_rate),
         "sections_csv": str(out / SECTIONS_CSV),
+        "fields_csv": str(out / FIELDS_CSV),
         "sections": sections,
         "webknossos": published,
     }

@@ -9,9 +9,12 @@ from typing import Any
 
 from server.errors import InvalidInput
 from server.pixels.source import Vec3, parse_mag
+from server.predictions.qc import DEFAULT_FIELD_GRID, DEFAULT_FIELD_RATE, parse_grid
 
 PROB_LAYER = "artifact_prob"
 MASK_LAYER = "artifact_mask"
+UNCERTAINTY_LAYER = "artifact_uncertainty"  # where the classifier is unsure: label there next
+LAYERS = (PROB_LAYER, MASK_LAYER, UNCERTAINTY_LAYER)
 DEFAULT_STRIDE = 32
 STRIDES = (16, 32, 64)  # multiples of the encoder's total stride and powers of two (mags)
 BLOCK_CELLS = 64  # shard width and height in cells; a chunk job writes one shard column
@@ -37,6 +40,9 @@ class Plan:
     block_sections: int = BLOCK_SECTIONS  # sections per chunk job (and per shard)
     reimage_rate: float = DEFAULT_REIMAGE_RATE  # fraction of a section's cells above threshold
     publish: bool = True  # to the webKnossos server, when one is configured and linked
+    field_grid: tuple[int, int] = DEFAULT_FIELD_GRID  # QC fields per section: columns, rows
+    field_size: tuple[int, int] | None = None  # the dataset's tile size (mag-1), if it has one
+    field_rate: float = DEFAULT_FIELD_RATE  # fraction of a field's cells above threshold
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +92,23 @@ def validate_params(dataset: Any, params: dict[str, Any]) -> None:
         isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 < float(rate) <= 1.0
     ):
         raise InvalidInput("reimage_rate must be a number above 0 and at most 1")
+    field_rate = params.get("field_rate")
+    if field_rate is not None and (
+        isinstance(field_rate, bool)
+        or not isinstance(field_rate, int | float)
+        or not 0.0 < float(field_rate) <= 1.0
+    ):
+        raise InvalidInput("field_rate must be a number above 0 and at most 1")
+    grid = params.get("field_grid")
+    if grid is not None:
+        _grid(grid)
+    tile = (getattr(dataset, "settings", None) or {}).get("tile_size")
+    if tile is not None and not (
+        isinstance(tile, list | tuple)
+        and len(tile) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in tile)
+    ):
+        raise InvalidInput("the dataset's tile_size must be two positive integers (mag-1 voxels)")
     if not isinstance(params.get("publish", True), bool):
         raise InvalidInput("publish must be true or false")
     sections = params.get("sections_per_chunk", BLOCK_SECTIONS)
@@ -94,6 +117,22 @@ def validate_params(dataset: Any, params: dict[str, Any]) -> None:
     bbox = params.get("bbox")
     if bbox is not None:
         _region(dataset, bbox)
+
+
+def _grid(value: Any) -> tuple[int, int]:
+    """A field grid from ``"4x4"`` or ``[4, 4]``."""
+    try:
+        if isinstance(value, str):
+            return parse_grid(value)
+        if (
+            isinstance(value, list | tuple)
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            return parse_grid(f"{value[0]}x{value[1]}")
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    raise InvalidInput('field_grid must be <columns>x<rows>, e.g. "4x4", or [columns, rows]')
 
 
 def _region(dataset: Any, bbox: Any) -> tuple[Vec3, Vec3]:
@@ -123,8 +162,18 @@ def _region(dataset: Any, bbox: Any) -> tuple[Vec3, Vec3]:
     return (x, y, z), (w, h, d)
 
 
-def make_plan(dataset: Any, params: dict[str, Any], *, out_root: Path, threshold: float) -> Plan:
+def make_plan(
+    dataset: Any,
+    params: dict[str, Any],
+    *,
+    out_root: Path,
+    threshold: float,
+    field_grid: tuple[int, int] = DEFAULT_FIELD_GRID,
+) -> Plan:
+    """The plan of a prediction; ``field_grid`` is the service's default QC grid (a job's
+    ``field_grid`` overrides it; the dataset's ``tile_size`` setting replaces both)."""
     validate_params(dataset, params)
+    tile = (getattr(dataset, "settings", None) or {}).get("tile_size")
     stride = int(params.get("stride", DEFAULT_STRIDE))
     mag = parse_mag(dataset.mag)
     offset, size = _region(dataset, params.get("bbox"))
@@ -142,6 +191,9 @@ def make_plan(dataset: Any, params: dict[str, Any], *, out_root: Path, threshold
         block_sections=int(params.get("sections_per_chunk", BLOCK_SECTIONS)),
         reimage_rate=float(params.get("reimage_rate", DEFAULT_REIMAGE_RATE)),
         publish=bool(params.get("publish", True)),
+        field_grid=_grid(params["field_grid"]) if "field_grid" in params else field_grid,
+        field_size=(int(tile[0]), int(tile[1])) if tile else None,
+        field_rate=float(params.get("field_rate", DEFAULT_FIELD_RATE)),
     )
 
 

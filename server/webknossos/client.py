@@ -58,6 +58,22 @@ def server_reason(text: str) -> str:
     return body[:500]
 
 
+def refusal(exc: Exception) -> str:
+    """A library error as ``<METHOD> <route> answered <status>: <the server's words>``."""
+    text = str(exc)
+    status = re.search(r"response status (\d+)", text)
+    request = re.search(r"performing a (\w+) request for URL (\S+)", text)
+    where = f"{request.group(1)} {request.group(2).split('?')[0].rstrip('.')} " if request else ""
+    code = f"answered {status.group(1)}: " if status else ""
+    return f"{where}{code}{server_reason(text)}"
+
+
+def status_of(exc: Exception) -> int | None:
+    """The HTTP status of a library error, when it carries one."""
+    found = re.search(r"response status (\d+)", str(exc))
+    return int(found.group(1)) if found else None
+
+
 @contextmanager
 def server(settings: Settings) -> Iterator[None]:
     """The library's context for the configured server, with its failures as clear errors."""
@@ -84,12 +100,4 @@ def server(settings: Settings) -> Iterator[None]:
                 f"webKnossos server {url} refused the token (401/403): check ARTIFACT_LOOP_WK_TOKEN"
                 f" ({server_reason(text)})"
             ) from None
-        status = re.search(r"response status (\d+)", text)
-        request = re.search(r"performing a (\w+) request for URL (\S+)", text)
-        where = (
-            f"{request.group(1)} {request.group(2).split('?')[0].rstrip('.')} " if request else ""
-        )
-        code = f"answered {status.group(1)}: " if status else ""
-        raise WebknossosError(
-            f"webKnossos server {url}: {where}{code}{server_reason(text)}"
-        ) from None
+        raise WebknossosError(f"webKnossos server {url}: {refusal(exc)}") from None

@@ -50,10 +50,12 @@ from server.webknossos.client import (
     WebknossosError,
     link_of,
     project_name,
+    refusal,
     server,
     server_reason,
 )
 from server.webknossos.lib import wk
+from server.webknossos.strays import remove_stray_clicks
 from server.webknossos.tasks import (
     EXPERIENCE_DOMAIN,
     _find_project,
@@ -94,6 +96,8 @@ class SyncReport:
     errors: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    strays: list[str] = field(default_factory=list)  # one-node trees left out of task imports
+    delete_refused: list[str] = field(default_factory=list)  # tasks the server kept
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +107,8 @@ class SyncReport:
             "cancelled": self.cancelled,
             "kept_in_progress": self.kept_in_progress,
             "warnings": self.warnings,
+            "delete_refused": self.delete_refused,
+            "strays": self.strays,
             "annotations_seen": self.annotations_seen,
             "annotations_imported": self.annotations_imported,
             "annotations_unchanged": self.annotations_unchanged,
@@ -135,11 +141,27 @@ def _finished_annotations(settings: Settings, dataset: Dataset) -> list[_Finishe
     return out
 
 
+# webKnossos' own page routes for an annotation (frontend/javascripts/router/router.tsx of
+# scalableminds/webknossos at 62cece84): /annotations/:id and /annotations/:type/:id[/readOnly],
+# with or without the host, a hash (#x,y,z,...) or a query; the compound types name a task,
+# project or task type, not one annotation
+_ANNOTATION_TYPES = ("Task", "Explorational")
+_COMPOUND_TYPES = ("CompoundTask", "CompoundProject", "CompoundTaskType")
+
+
 def _annotation_ref(value: str) -> str:
-    """An annotation id from an id or a webKnossos annotation URL."""
-    text = value.strip()
-    if "/annotations/" in text:
-        text = text.split("/annotations/", 1)[1].split("/")[0].split("#")[0].split("?")[0]
+    """An annotation id from an id or a webKnossos annotation URL of any form."""
+    text = value.strip().split("#", 1)[0].split("?", 1)[0]
+    if "/annotations/" in text or text.startswith("annotations/"):
+        parts = [p for p in text.split("annotations/", 1)[1].split("/") if p]
+        if parts and parts[0] in _COMPOUND_TYPES:
+            raise InvalidInput(
+                f"{value!r} is a {parts[0]} view (all annotations of a task, project or task "
+                "type), not one annotation: give the annotations' own ids or URLs"
+            )
+        if parts and parts[0] in _ANNOTATION_TYPES:
+            parts = parts[1:]
+        text = parts[0] if parts else ""
     if not text or not text.replace("-", "").replace("_", "").isalnum() or len(text) > 100:
         raise InvalidInput(f"{value!r} is not a webKnossos annotation id or URL")
     return text
@@ -169,12 +191,15 @@ def _fetch(annotation_id: str) -> Any:
         return f"not a readable webKnossos annotation ({type(exc).__name__}: {exc})"
 
 
-def _download(annotation_id: str) -> tuple[str, bytes] | str:
+def _download(annotation_id: str, *, strays: list[str] | None = None) -> tuple[str, bytes] | str:
     """The annotation as a file the label importer reads (``.nml``, or ``.zip`` when it has
-    volume layers; their data left out), or why it cannot be read."""
+    volume layers; their data left out), or why it cannot be read. With ``strays`` (a task's
+    annotation), stray skeleton clicks are taken out first and described there."""
     annotation = _fetch(annotation_id)
     if isinstance(annotation, str):
         return annotation
+    if strays is not None:
+        strays += remove_stray_clicks(annotation)
     suffix = ".zip" if annotation.get_volume_layer_names() else ".nml"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{annotation_id}{suffix}"
@@ -201,10 +226,19 @@ def pull_annotations(
             if seen is not None and seen.modified == item.modified:
                 report.annotations_unchanged += 1
                 continue
-        downloaded = item.problem or _download(item.annotation_id)
+        strays: list[str] = []
+        downloaded = item.problem or _download(
+            item.annotation_id, strays=strays if item.wk_task_id is not None else None
+        )
         if isinstance(downloaded, str):
             report.errors.append(f"annotation {item.annotation_id}: {downloaded}")
             continue
+        if strays:
+            report.strays.append(
+                f"annotation {item.annotation_id} (task {item.wk_task_id}): "
+                f"{len(strays)} stray skeleton click(s) not imported ({'; '.join(strays)}); "
+                "the task asks for a bounding box named 'artifact:<type>' or 'clean'"
+            )
         filename, data = downloaded
         try:
             with write_transaction(sessions) as session:
@@ -283,8 +317,13 @@ def sync(
 ) -> SyncReport:
     ids = check_sync(settings, dataset, params)
     report = SyncReport()
+    from webknossos.client.api_client.errors import ApiClientError
+
     with server(settings):
-        push_proposals(sessions, settings, dataset, report=report)
+        try:
+            push_proposals(sessions, settings, dataset, report=report)
+        except ApiClientError as exc:  # what could be pulled and cleaned up still is
+            report.refused.append(f"pushing tasks: {refusal(exc)}")
         pull_annotations(sessions, settings, dataset, ids=ids, report=report)
         if link_of(dataset) is not None:
             cancel_labelled_elsewhere(sessions, dataset, report=report)

@@ -23,7 +23,14 @@ from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, WkTask
 from server.errors import InvalidInput
 from server.settings import Settings
-from server.webknossos.client import WebknossosError, link_of, project_name, server_reason
+from server.webknossos.client import (
+    WebknossosError,
+    link_of,
+    project_name,
+    refusal,
+    server_reason,
+    status_of,
+)
 from server.webknossos.lib import wk
 
 if TYPE_CHECKING:
@@ -80,28 +87,40 @@ def _find_project(name: str) -> Any:
 
 
 class _TaskErrors(logging.Handler):
-    """What the library logs for tasks the server refused: ``Task.create`` returns only the
-    created ones and logs each refusal's reason."""
+    """What the library logs about task creation: ``Task.create`` returns only the created
+    tasks, logs each refusal's reason at ERROR and each of the server's warnings (e.g. a team
+    that cannot read the dataset) at WARNING, each after a header line."""
 
     def __init__(self) -> None:
-        super().__init__(level=logging.ERROR)
+        super().__init__(level=logging.WARNING)
         self.reasons: list[str] = []
+        self.warnings: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
-        if not re.fullmatch(r"\d+ tasks could not be created:", text):
+        if re.fullmatch(r"\d+ tasks could not be created:", text) or re.fullmatch(
+            r"There were \d+ warnings during task creation:", text
+        ):
+            return
+        if record.levelno >= logging.ERROR:
             self.reasons.append(text)
+        else:
+            self.warnings.append(text)
 
 
 @contextmanager
 def _task_errors() -> Iterator[_TaskErrors]:
     handler = _TaskErrors()
     library = logging.getLogger("webknossos.administration.task")
+    level = library.level
     library.addHandler(handler)
+    if library.getEffectiveLevel() > logging.WARNING:
+        library.setLevel(logging.WARNING)
     try:
         yield handler
     finally:
         library.removeHandler(handler)
+        library.setLevel(level)
 
 
 def push_proposals(
@@ -163,6 +182,9 @@ def _push(
         if not created:
             reason = "; ".join(refused.reasons) or "no task created and no reason given"
             report.refused.append(f"patch at ({x}, {y}, {z}): {reason}")
+        report.warnings += [
+            f"creating the task for the patch at ({x}, {y}, {z}): {w}" for w in refused.warnings
+        ]
         with write_transaction(sessions) as session:  # recorded one by one: a crash loses none
             for remote in created:
                 session.add(
@@ -243,8 +265,11 @@ def cancel_labelled_elsewhere(
                 report.kept_in_progress += 1  # deleting it would delete the work in progress
                 continue
             remote.delete()
-        except UnexpectedStatusError:
-            pass  # already gone on the server
+        except UnexpectedStatusError as exc:
+            if status_of(exc) != 404:  # refused (400, 403) or failed (5xx): still on the server
+                report.delete_refused.append(f"task {wk_task_id} kept as pushed: {refusal(exc)}")
+                continue
+            # 404: already gone on the server (test_task/test_delete_task.yml)
         with write_transaction(sessions) as session:
             row = session.get(WkTask, row_id)
             if row is not None:

@@ -205,7 +205,12 @@ def test_push_finish_sync_retrain(pg_url: str, redis_url: str, tmp_path: Path) -
             assert fake.dataset(published["dataset_id"]).linked == {"color": (DATASET_ID, "color")}
             with wk.webknossos_context(url=fake.url, token=TOKEN):
                 remote = wk.RemoteDataset.open(dataset_id=published["dataset_id"])
-                assert set(remote.layers) == {"color", "artifact_prob", "artifact_mask"}
+                assert set(remote.layers) == {
+                    "color",
+                    "artifact_prob",
+                    "artifact_mask",
+                    "artifact_uncertainty",
+                }
             nml = wk.Annotation.load(Path(predicted["result"]["nml"]))
             assert (nml.dataset_name, nml.dataset_id) == (remote.name, remote.dataset_id)
             assert [s["z"] for s in predicted["result"]["sections"]] == list(range(6))

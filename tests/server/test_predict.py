@@ -119,7 +119,7 @@ def test_prediction_layers_nml_and_report(tmp_path: Path) -> None:
     )
 
     out = wk.Dataset.open(plan.out_path)
-    assert set(out.layers) == {predict.PROB_LAYER, predict.MASK_LAYER}
+    assert set(out.layers) == set(predict.LAYERS)
     prob_layer = out.get_layer(predict.PROB_LAYER)
     assert prob_layer.category == "color" and prob_layer.dtype_per_channel == np.float32
     assert prob_layer.default_view_configuration.color == (255, 0, 0)
@@ -179,8 +179,8 @@ def test_prediction_is_published_next_to_the_em_on_the_server(tmp_path: Path) ->
 
         with wk.webknossos_context(url=fake.url, token="wk-token"):
             remote = wk.RemoteDataset.open(dataset_id=published["dataset_id"])
-            assert set(remote.layers) == {"color", predict.PROB_LAYER, predict.MASK_LAYER}
-            assert remote.name == "mSEM run 3.v2_artifact_pred"
+            assert set(remote.layers) == {"color", *predict.LAYERS}
+            assert remote.name == "mSEM_run_3.v2_artifact_pred"  # the server allows no spaces
             # the EM is the server dataset's own layer, linked, not a copy
             assert fake.dataset(remote.dataset_id).linked == {"color": (EM_ID, "color")}
             em = (

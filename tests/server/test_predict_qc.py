@@ -4,7 +4,6 @@ of it is flagged for re-imaging, in the report and in the CSV for the imaging te
 from __future__ import annotations
 
 import csv
-import types
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from server.predictions.finish import finish_prediction
 from server.settings import Settings
 from server.sim.synth import make_synthetic_dataset
 from server.webknossos.lib import wk
+from tests.server.test_predict_fields import clean_patches, synthetic_dataset
 
 SIDE, SECTIONS, BAD = 840, 6, 3
 
@@ -35,13 +35,8 @@ def _missing_tiles(rng: np.random.Generator, patch: np.ndarray) -> np.ndarray:
 def _classifier(tmp_path: Path) -> torch.nn.Module:
     """A classifier trained on clean patches and patches with missing tiles from another
     synthetic dataset (the two are easy to tell apart: a few epochs do)."""
-    make_synthetic_dataset(tmp_path / "train", seed=11, shape=(SIDE, 2), artifact_rate=0.0)
+    clean = clean_patches(tmp_path)
     rng = np.random.default_rng(0)
-    with PatchSource.open(tmp_path / "train") as source:
-        origins = np.asarray(
-            [(x, y, z) for z in range(2) for y in range(0, SIDE, 140) for x in range(0, SIDE, 140)]
-        )
-        clean = source.read_patches(origins).astype(np.float32)
     missing = np.stack([_missing_tiles(rng, p) for p in clean])
     patches = (np.concatenate([clean, missing]) - 128.0) / 40.0
     labels = np.concatenate([np.zeros(len(clean)), np.ones(len(missing))])
@@ -62,21 +57,7 @@ def test_a_section_with_missing_tiles_is_flagged_for_reimaging(tmp_path: Path) -
         allow_unaligned=True,
     )
     classifier = _classifier(tmp_path)
-    dataset = types.SimpleNamespace(
-        name="qc run 1.0",
-        path=str(tmp_path / "ds"),
-        mag="1-1-1",
-        layer="color",
-        voxel_size=(32.0, 32.0, 35.0),
-        settings={},
-        bbox_x=0,
-        bbox_y=0,
-        bbox_z=0,
-        bbox_w=SIDE,
-        bbox_h=SIDE,
-        bbox_d=SECTIONS,
-        patch_size=140,
-    )
+    dataset = synthetic_dataset(tmp_path, name="qc run 1.0", sections=SECTIONS)
     plan = predict.make_plan(
         dataset, {"sections_per_chunk": 2}, out_root=tmp_path / "out", threshold=0.5
     )
