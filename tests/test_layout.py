@@ -83,3 +83,80 @@ def test_every_job_kind_has_its_steps_in_the_registry() -> None:
         for ref in (spec.run, spec.follows, spec.chunks_done, spec.check):
             if ref is not None:
                 assert callable(resolve(ref)), ref
+
+
+STATUS_OWNERS = {
+    "server.annotation.task_state": "AnnotationTask",
+    "server.versions.state": "ModelVersion",
+}
+
+
+def _status_writes(path: Path) -> list[str]:
+    """Where a module writes a ``status`` column: ``x.status = ...``, ``status=`` given to
+    a row or to ``.values(...)``, a ``"status"`` key in a module that uses the task or
+    version table, ``setattr``-like calls naming ``"status"``, SQL text that sets it."""
+    source = path.read_text()
+    tree = ast.parse(source, filename=str(path))
+    uses_tables = any(table in source for table in STATUS_OWNERS.values())
+    where = _name(path) if path.is_relative_to(ROOT) else path.name
+    found: list[str] = []
+    for node in ast.walk(tree):
+        line = f"{where}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                elements = target.elts if isinstance(target, ast.Tuple) else [target]
+                if any(isinstance(e, ast.Attribute) and e.attr == "status" for e in elements):
+                    found.append(line)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called in ("values", "insert", "update", *STATUS_OWNERS.values()) and any(
+                k.arg == "status" for k in node.keywords
+            ):
+                found.append(line)
+            if called in ("setattr", "set_committed_value", "set_attribute") and any(
+                isinstance(a, ast.Constant) and a.value == "status" for a in node.args
+            ):
+                found.append(line)
+            if called == "text" and any(
+                isinstance(a, ast.Constant) and "set status" in str(a.value).lower()
+                for a in node.args
+            ):
+                found.append(line)
+        elif isinstance(node, ast.Dict) and uses_tables and "status" in _constants(node.keys):
+            found.append(line)
+    return found
+
+
+def _constants(nodes: list[ast.expr | None]) -> set[object]:
+    return {n.value for n in nodes if isinstance(n, ast.Constant)}
+
+
+def test_task_and_version_status_have_one_writer_each() -> None:
+    """Task status is written only by server.annotation.task_state, model-version status
+    only by server.versions.state; everyone else calls them."""
+    writes = [
+        line
+        for package in ("server", "worker")
+        for p in _modules(package)
+        if _name(p) not in STATUS_OWNERS
+        for line in _status_writes(p)
+    ]
+    assert writes == []
+    for owner in STATUS_OWNERS:
+        assert _status_writes(ROOT / Path(*owner.split(".")).with_suffix(".py")), owner
+
+
+def test_the_status_finder_sees_each_way_of_writing(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "task.status = 'open'\n"
+        "task.status, task.updated_at = 'labelled', now\n"
+        "update(AnnotationTask).values(status='retired')\n"
+        "ModelVersion(kind='ae', status='training')\n"
+        "rows = [{'status': 'open'}]\n"
+        "set_committed_value(task, 'status', 'labelled')\n"
+        "session.execute(text('UPDATE annotation_tasks SET status = 1'))\n"
+    )
+    assert len(_status_writes(sample)) == 7

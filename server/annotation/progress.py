@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from server.annotation.leasing import open_task_count
 from server.db.base import utcnow
 from server.db.tables import AnnotationTask, Annotator, Label
+from server.db.vocabulary import TaskStatus
 from server.labels.service import last_training_snapshot
 
 
@@ -27,11 +28,11 @@ def task_counts(session: Session, *, dataset_id: int) -> dict[str, int]:
     expired = session.scalar(
         select(func.count(AnnotationTask.id)).where(
             AnnotationTask.dataset_id == dataset_id,
-            AnnotationTask.status == "leased",
+            AnnotationTask.status == TaskStatus.LEASED,
             AnnotationTask.lease_expires_at < now,
         )
     )
-    counts["available"] = counts.get("open", 0) + int(expired or 0)
+    counts["available"] = counts.get(TaskStatus.OPEN, 0) + int(expired or 0)
     return counts
 
 

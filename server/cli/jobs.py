@@ -9,6 +9,7 @@ import typer
 
 from server.cli.common import console, err_console, friendly_errors
 from server.cli.common import runtime as _runtime
+from server.db.vocabulary import VersionStatus
 from server.errors import ArtifactLoopError
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ def _require_autoencoder(session: Session, *, dataset_id: int, name: str, kind: 
         select(ModelVersion.id).where(
             ModelVersion.dataset_id == dataset_id,
             ModelVersion.kind == "ae",
-            ModelVersion.status == "ready",
+            ModelVersion.status == VersionStatus.READY,
         )
     )
     if ready is not None:
@@ -357,7 +358,7 @@ def start_pending(rt: Runtime) -> list[str]:
                 select(ModelVersion.id).where(
                     ModelVersion.dataset_id == dataset_id,
                     ModelVersion.kind == "ae",
-                    ModelVersion.status.in_(("ready", "training")),
+                    ModelVersion.status.in_((VersionStatus.READY, VersionStatus.TRAINING)),
                 )
             )
             if has_ae is None:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from server.db.base import write_transaction
 from server.db.tables import Annotator, Dataset, Job, Label
+from server.db.vocabulary import VersionStatus
 from server.errors import Conflict
 from server.jobs.queue import JobSender
 from server.labels.rows import NewLabel, label_row
@@ -314,7 +315,7 @@ def training_state_query() -> Select[Any]:
         .where(
             ModelVersion.dataset_id == dataset_id,
             ModelVersion.kind == "ae",
-            ModelVersion.status == "ready",
+            ModelVersion.status == VersionStatus.READY,
         )
         .exists()
     )
@@ -331,7 +332,7 @@ def last_training_snapshot(session: Session, *, dataset_id: int) -> int:
         select(func.max(ModelVersion.label_snapshot_id)).where(
             ModelVersion.dataset_id == dataset_id,
             ModelVersion.kind == "classifier",
-            ModelVersion.status.in_(("ready", "training")),
+            ModelVersion.status.in_((VersionStatus.READY, VersionStatus.TRAINING)),
         )
     )
     skipped = session.scalar(

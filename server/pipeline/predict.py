@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from server.datasets.service import open_source
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, ModelVersion
+from server.db.vocabulary import VersionStatus
 from server.errors import InvalidInput, NotFound
 from server.jobs import state
 from server.jobs.kinds import JobKind
@@ -101,7 +102,11 @@ def _classifier_for(
     version = session.get(ModelVersion, version_id)
     if version is None or version.dataset_id != dataset_id:
         raise NotFound(f"no model version {version_id} for this dataset")
-    if version.kind != "classifier" or version.status != "ready" or not version.weights_path:
+    if (
+        version.kind != "classifier"
+        or version.status != VersionStatus.READY
+        or not version.weights_path
+    ):
         raise InvalidInput(f"model version {version_id} is not a ready classifier")
     return version
 

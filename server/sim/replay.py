@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from server.db.vocabulary import TaskStatus, VersionStatus
+
 METRICS = ("f1", "pr_auc", "precision_at_recall_0.9", "precision", "recall")
 
 
@@ -57,7 +59,7 @@ def replay(
                         .where(
                             AnnotationTask.dataset_id == dataset_id,
                             AnnotationTask.kind == "proposal",
-                            AnnotationTask.status == "open",
+                            AnnotationTask.status == TaskStatus.OPEN,
                         )
                         .order_by(AnnotationTask.rank, AnnotationTask.id)
                         .limit(min(settings.batch_size, budget - labelled))
@@ -79,7 +81,10 @@ def replay(
             with write_transaction(rt.sessions) as session:
                 version = session.scalar(
                     select(ModelVersion)
-                    .where(ModelVersion.kind == "classifier", ModelVersion.status == "ready")
+                    .where(
+                        ModelVersion.kind == "classifier",
+                        ModelVersion.status == VersionStatus.READY,
+                    )
                     .order_by(ModelVersion.id.desc())
                     .limit(1)
                 )

@@ -41,8 +41,10 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.annotation import task_state
 from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, WkAnnotation, WkTask
+from server.db.vocabulary import TaskStatus
 from server.errors import InvalidInput, ServiceUnavailable
 from server.settings import Settings
 from server.webknossos.client import (
@@ -256,8 +258,9 @@ def _task_finished(session: Session, *, dataset_id: int, wk_task_id: str) -> Non
     pushed.state, pushed.updated_at = "finished", utcnow()
     if pushed.task_id is not None:
         task = session.get(AnnotationTask, pushed.task_id)
-        if task is not None and task.status in ("open", "leased", "expired"):
-            task.status, task.updated_at = "labelled", utcnow()
+        if task is not None and task.status in (TaskStatus.LEASED, *task_state.WAITING):
+            task_state.set_state(task, task_state.finished_elsewhere())
+            task.updated_at = utcnow()
 
 
 def check_sync(settings: Settings, dataset: Dataset, params: dict[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, WkTask
+from server.db.vocabulary import TaskStatus
 from server.errors import InvalidInput
 from server.settings import Settings
 from server.webknossos.client import WebknossosError, link_of, project_name, server_reason
@@ -123,7 +124,7 @@ def push_proposals(
                 .where(
                     AnnotationTask.dataset_id == dataset.id,
                     AnnotationTask.kind == "proposal",
-                    AnnotationTask.status == "open",
+                    AnnotationTask.status == TaskStatus.OPEN,
                     AnnotationTask.id.not_in(pushed),
                 )
                 .order_by(AnnotationTask.rank, AnnotationTask.id)
@@ -230,7 +231,9 @@ def cancel_labelled_elsewhere(
                 .where(
                     WkTask.dataset_id == dataset.id,
                     WkTask.state == "open",
-                    AnnotationTask.status.in_(("labelled", "skipped", "retired")),
+                    AnnotationTask.status.in_(
+                        (TaskStatus.LABELLED, TaskStatus.SKIPPED, TaskStatus.RETIRED)
+                    ),
                 )
             )
         ]
