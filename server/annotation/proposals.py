@@ -9,12 +9,13 @@ import numpy as np
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from models.acquisition import draw_audit_set
 from server.annotation import task_state
-from server.datasets.service import patch_extent
 from server.db.base import utcnow
 from server.db.tables import AnnotationTask, Dataset, Label
 from server.db.vocabulary import TaskStatus
 from server.pixels.grid import Grid
+from server.pixels.source import patch_extent
 
 
 def excluded_indices(session: Session, *, dataset: Dataset, grid: Grid) -> np.ndarray:
@@ -63,7 +64,6 @@ def ensure_audit_set(
     )
     if existing:
         return int(existing)
-    from models.acquisition import draw_audit_set
 
     indices = draw_audit_set(len(grid), min(size, len(grid) // 4), seed=seed + dataset.id)
     return add_audit_patches(session, dataset=dataset, grid=grid, indices=indices)

@@ -27,13 +27,14 @@ from server.api.schemas import (
     LabelValue,
     PageOf,
 )
-from server.datasets.service import get_dataset, patch_extent
+from server.datasets.service import get_dataset
 from server.db.base import write_transaction
 from server.db.tables import LABEL_SOURCES
 from server.errors import InvalidInput, PayloadTooLarge
 from server.labels.export import export_labels_csv, export_labels_json
 from server.labels.files import ZipLimits
 from server.labels.importer import import_label_file
+from server.labels.rows import check_artifact_type
 from server.labels.service import (
     LabelFilter,
     NewLabel,
@@ -43,6 +44,7 @@ from server.labels.service import (
     list_labels,
     training_may_start,
 )
+from server.pixels.source import patch_extent
 
 router = APIRouter(tags=["labels"])
 
@@ -145,8 +147,7 @@ def undo(label_id: LabelId, state: StateDep, user: CurrentUser) -> Response:
     responses={409: {"description": "The label is someone else's"}},
 )
 def change(label_id: LabelId, body: LabelChange, state: StateDep, user: CurrentUser) -> LabelOut:
-    if body.artifact_type is not None and body.label != "artifact":
-        raise InvalidInput("only artifact labels carry an artifact type")
+    check_artifact_type(label=body.label, artifact_type=body.artifact_type)
     with write_transaction(state.runtime.sessions) as session:
         label = change_verdict(
             session,

@@ -20,7 +20,7 @@ from server.db.tables import Dataset, Job
 from server.errors import Conflict, InvalidInput, NotFound
 from server.jobs.kinds import ACTIVE_STATES, JobKind, JobState
 from server.jobs.queue import JobSender
-from server.jobs.registry import EXCLUSIVE_KINDS, STARTABLE_KINDS, spec_of
+from server.jobs.registry import EXCLUSIVE_KINDS, REGISTRY, STARTABLE_KINDS, spec_of
 from server.versions.state import fail_unfinished
 
 MAX_ATTEMPTS = 3
@@ -280,8 +280,6 @@ def resend_lost_jobs(
     """Jobs still ``queued`` after ``older_than`` while their broker queue is empty: the
     broker lost their message (a Redis restarted without persistence). Send them again; a
     duplicate delivery is harmless, claiming is conditional. Returns the ids sent."""
-    from server.jobs.registry import REGISTRY
-
     queue_size = getattr(sender, "queue_size", None)
     if queue_size is None:
         return []

@@ -21,9 +21,10 @@ from server.datasets.service import grid_of
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, ModelVersion
 from server.errors import NotFound
+from server.jobs.context import StepContext
 from server.jobs.params import ProposeParams, Strategy
-from server.pipeline.context import StepContext
 from server.pipeline.features import AEFeatures, features_dir, read_scores, scores_dir
+from server.pipeline.sync import push_new_proposals
 
 # bounds of what a proposal step holds in memory, whatever the size of the grid
 RESERVOIR = 50_000  # patches sampled uniformly for the cold start's typical patches
@@ -213,7 +214,5 @@ class _Kept:
 
 def after(ctx: StepContext, job: Job) -> None:
     """New proposals of a dataset that pushes tasks to webKnossos go there at once."""
-    from server.pipeline.sync import push_new_proposals
-
     if job.dataset_id is not None:
         push_new_proposals(ctx, dataset_id=job.dataset_id)

@@ -27,10 +27,10 @@ from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, ModelVersion
 from server.errors import InvalidInput, NotFound
 from server.jobs import state
+from server.jobs.context import Chunked, StepContext
 from server.jobs.kinds import JobKind
 from server.jobs.params import ScoreChunkParams, ScoreParams
 from server.labels.training_set import training_labels
-from server.pipeline.context import Chunked, StepContext
 from server.pipeline.features import (
     AEFeatures,
     features_dir,

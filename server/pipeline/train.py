@@ -15,13 +15,16 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from models.metrics import classification_report
+from models.vocab import ARTIFACT_TYPES
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, Label
 from server.errors import InvalidInput
+from server.jobs.context import Report, StepContext
 from server.jobs.kinds import JobKind
 from server.jobs.params import TrainParams
+from server.labels.service import labels_arrived
 from server.labels.training_set import audit_labels, training_labels
-from server.pipeline.context import Report, StepContext
 from server.pipeline.versions import Outcome, train_version
 from server.pixels.reading import label_origins, read_at, use_all_cores
 from server.pixels.source import PatchSource
@@ -118,9 +121,9 @@ def fit_classifier(
     params: TrainParams,
     progress: Report,
 ) -> Outcome:
+    # torch loads when a model runs, not where the API imports this step
     from models.checkpoint import load_checkpoint, save_checkpoint
     from models.training import train_classifier
-    from models.vocab import ARTIFACT_TYPES
 
     use_all_cores(settings)
     ae, _ = load_checkpoint(data.ae_weights)
@@ -201,8 +204,8 @@ def audit_report(
     source: PatchSource, dataset: Dataset, result: Any, audit: list[Label]
 ) -> dict[str, Any]:
     """The version on the audit set, scored as the pool is (same views, calibration)."""
+    # torch, as above
     from models.calibration import calibrated, predict_logits
-    from models.metrics import classification_report
     from models.networks import for_inference
 
     fast = for_inference(result.model)
@@ -250,8 +253,6 @@ def after(ctx: StepContext, job: Job) -> None:
     """A new classifier scores candidates (then proposes); a training that had labels of one
     class only proposes more from the autoencoder. Labels that arrived meanwhile may already
     justify the next training."""
-    from server.labels.service import labels_arrived
-
     with write_transaction(ctx.sessions) as session:
         version_id = job.result.get("model_version_id")
         if version_id is not None:

@@ -10,7 +10,7 @@ from typing import Any
 from server.datasets.service import open_source
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, ModelVersion
-from server.pipeline.context import StepContext
+from server.jobs.context import StepContext
 from server.versions import state
 from server.versions.service import model_dir, refresh_active_flags
 

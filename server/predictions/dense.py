@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from server.labels.truth import load_truth
 from server.pixels.source import Vec3
 from server.predictions.plan import (
     BLOCK_CELLS,
@@ -44,7 +45,7 @@ from server.predictions.plan import (
     make_plan,
     validate_params,
 )
-from server.webknossos.lib import wk
+from server.wklib import wk
 
 __all__ = [
     "BLOCK_CELLS",
@@ -127,6 +128,7 @@ def predict_block(
     temperature: float,
 ) -> np.ndarray:
     """p(artifact) of the block's cells as ``(x, y, z)`` float32."""
+    # torch only in the chunk jobs that run the model
     import torch
 
     x0, y0, z0, x1, y1, z1 = block
@@ -201,6 +203,7 @@ def block_summary(
     """Clusters of above-threshold cells (8-connected within a section: artifacts of mSEM
     are per section, and boxes one section deep are what a reviewer steps through) and
     ground-truth patch scores."""
+    # scipy costs a second at start-up; only clustering needs it
     from scipy import ndimage
 
     cw, ch = plan.cell_px
@@ -270,8 +273,6 @@ def ground_truth(dataset_path: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 @lru_cache(maxsize=2)
 def _ground_truth(folder: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
-    from server.labels.truth import load_truth
-
     return load_truth(Path(folder))
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from server.errors import InvalidInput
 from server.settings import Settings
-from server.webknossos.lib import wk
 from server.webknossos.sync import DATASET_ID, link_of, server
+from server.wklib import wk
 
 _URL_ID = re.compile(r"/datasets/(?:[^/]*-)?([0-9a-f]{24})(?:/|$)")
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, WkAnnotation, WkTask
 from server.db.vocabulary import TaskStatus
 from server.errors import InvalidInput, ServiceUnavailable
+from server.labels.importer import import_label_file
 from server.settings import Settings
 from server.webknossos.client import (
     DATASET_ID,
@@ -55,13 +56,14 @@ from server.webknossos.client import (
     server,
     server_reason,
 )
-from server.webknossos.lib import wk
+from server.webknossos.report import SyncReport
 from server.webknossos.tasks import (
     EXPERIENCE_DOMAIN,
     _find_project,
     cancel_labelled_elsewhere,
     push_proposals,
 )
+from server.wklib import ApiClientError, wk
 
 __all__ = [
     "DATASET_ID",
@@ -81,36 +83,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SyncReport:
-    pushed: int = 0
-    cancelled: int = 0
-    annotations_seen: int = 0
-    annotations_imported: int = 0
-    annotations_unchanged: int = 0
-    labels_added: int = 0
-    kept_in_progress: int = 0
-    unassignable: int = 0
-    errors: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "pushed": self.pushed,
-            "refused": self.refused,
-            "unassignable": self.unassignable,
-            "cancelled": self.cancelled,
-            "kept_in_progress": self.kept_in_progress,
-            "warnings": self.warnings,
-            "annotations_seen": self.annotations_seen,
-            "annotations_imported": self.annotations_imported,
-            "annotations_unchanged": self.annotations_unchanged,
-            "labels_added": self.labels_added,
-            "errors": self.errors,
-        }
 
 
 # -- pull ------------------------------------------------------------------------------------------
@@ -161,8 +133,6 @@ def _explicit_annotations(refs: list[str]) -> list[_Finished]:
 
 def _fetch(annotation_id: str) -> Any:
     """The annotation as the library reads it, or why it cannot be read."""
-    from webknossos.client.api_client.errors import ApiClientError
-
     try:
         return wk.Annotation.download(annotation_id, skip_volume_data=True)
     except (ApiClientError, httpx.TransportError):
@@ -192,8 +162,6 @@ def pull_annotations(
     ids: list[str],
     report: SyncReport,
 ) -> None:
-    from server.labels.importer import import_label_file
-
     candidates = _finished_annotations(settings, dataset) if link_of(dataset) else []
     candidates += _explicit_annotations(ids)
     report.annotations_seen = len(candidates)
