@@ -13,6 +13,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from server.api.state import AppState
+from server.db.base import committed
 from server.db.tables import Annotator
 from server.errors import Forbidden
 
@@ -46,14 +47,8 @@ def get_session(state: StateDep, request: Request) -> Iterator[Session]:
         )
     else:
         session = state.runtime.sessions()
-    try:
+    with committed(session):
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -94,9 +89,7 @@ class Page:
         self.limit = limit
         self.offset = offset
 
-    def rows(
-        self, session: Session, stmt: Select[tuple[Row]], *, order_by: Any
-    ) -> tuple[list[Row], int]:
+    def rows(self, session: Session, stmt: Select[Row], *, order_by: Any) -> tuple[list[Row], int]:
         """This page of ``stmt``'s rows in ``order_by`` order, and how many rows it has."""
         total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
         page = stmt.order_by(*order_by).limit(self.limit).offset(self.offset)

@@ -86,7 +86,7 @@ class _Placed:
         return (self.x, self.y, self.z, self.w, self.h)
 
 
-def _place(
+def _placed_at(
     record: LabelRecord, annotator: str, *, at: tuple[int, int, int], size: tuple[int, ...]
 ) -> _Placed:
     """``record``'s verdict on the patch at ``at`` of ``size`` (width, height)."""
@@ -250,7 +250,9 @@ def _place(
         x, y, z = record.position
         if record.kind == CENTRE:
             out.append(
-                _place(record, who, at=(x - width // 2, y - height // 2, z), size=(width, height))
+                _placed_at(
+                    record, who, at=(x - width // 2, y - height // 2, z), size=(width, height)
+                )
             )
         elif record.kind == BOX:
             _check_box_inside(dataset, record)
@@ -271,11 +273,11 @@ def _place(
                 _too_many(len(out) + int(indices.size))
             ex, ey, _ = grid.patch_extent
             out.extend(
-                _place(record, who, at=(px, py, pz), size=(ex, ey))
+                _placed_at(record, who, at=(px, py, pz), size=(ex, ey))
                 for px, py, pz in grid.origins(indices).tolist()
             )
         else:
-            out.append(_place(record, who, at=(x, y, z), size=record.size[:2]))
+            out.append(_placed_at(record, who, at=(x, y, z), size=record.size[:2]))
         if len(out) > MAX_LABELS_PER_IMPORT:
             _too_many(len(out))
     if empty_boxes:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from models.checkpoint import save_checkpoint
+from models.training import pretrain_autoencoder
 from server.datasets.service import grid_of
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job
@@ -45,10 +47,6 @@ def fit_autoencoder(
     params: PretrainParams,
     progress: Report,
 ) -> Outcome:
-    # torch loads when a model runs, not where the API imports this step
-    from models.checkpoint import save_checkpoint
-    from models.training import pretrain_autoencoder
-
     use_all_cores(settings)
     grid = grid_of(dataset)
     n = min(params.patches or settings.pretrain_patches, len(grid))

@@ -15,7 +15,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from models.calibration import calibrated, predict_logits
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.metrics import classification_report
+from models.networks import for_inference
+from models.training import train_classifier
 from models.vocab import ARTIFACT_TYPES
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, Label
@@ -121,10 +125,6 @@ def fit_classifier(
     params: TrainParams,
     progress: Report,
 ) -> Outcome:
-    # torch loads when a model runs, not where the API imports this step
-    from models.checkpoint import load_checkpoint, save_checkpoint
-    from models.training import train_classifier
-
     use_all_cores(settings)
     ae, _ = load_checkpoint(data.ae_weights)
     origins = label_origins(dataset, data.train)
@@ -204,10 +204,6 @@ def audit_report(
     source: PatchSource, dataset: Dataset, result: Any, audit: list[Label]
 ) -> dict[str, Any]:
     """The version on the audit set, scored as the pool is (same views, calibration)."""
-    # torch, as above
-    from models.calibration import calibrated, predict_logits
-    from models.networks import for_inference
-
     fast = for_inference(result.model)
     truth = np.asarray([lab.label == "artifact" for lab in audit], dtype=bool)
     origins = label_origins(dataset, audit)
