@@ -1,5 +1,6 @@
-"""The package boundaries of the design, checked on the source: who may import whom, and
-modules small enough to read."""
+"""The package boundaries of the design, checked on the source: who may import whom (and no
+package cycle, counting imports inside functions), modules small enough to read, and one
+writer for each status."""
 
 from __future__ import annotations
 

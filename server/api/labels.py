@@ -32,8 +32,8 @@ from server.db.base import write_transaction
 from server.db.tables import LABEL_SOURCES
 from server.errors import InvalidInput, PayloadTooLarge
 from server.labels.export import export_labels_csv, export_labels_json
-from server.labels.files import ZipLimits
 from server.labels.importer import import_label_file
+from server.labels.records import ZipLimits
 from server.labels.rows import check_artifact_type
 from server.labels.service import (
     LabelFilter,

@@ -6,9 +6,9 @@ data-source lists (``.json``). Coordinates are mag-1 voxels, as everywhere in we
 Conventions in NML files:
 
 a. User bounding boxes named by class: ``artifact``, ``artifact:<type>`` (or a bare type
-   name) and ``clean``. They become :data:`BOX` records; the importer turns them into grid
-   patches (overlapping an artifact box -> artifact, inside a clean box -> clean). Boxes with
-   other names (``Bounding box 1``) are ignored with a warning.
+   name) and ``clean``. They become :data:`~server.labels.records.BOX` records; the importer
+   turns them into grid patches (overlapping an artifact box -> artifact, inside a clean box
+   -> clean). Boxes with other names (``Bounding box 1``) are ignored with a warning.
 b. One-node trees mark artifact centres. The artifact type is the first known type name
    among the node's comment, the tree's name and its groups (innermost first). A comment or
    tree name that is neither a known type nor a plain number (``001``, ``Tree007``) is an
@@ -23,9 +23,9 @@ c. Trees of several nodes in one z plane are patch outlines; the patch is the no
    skipped with a warning. One-node trees may carry verdict pairs or a suffix too.
 
 Type names are matched case-insensitively, ignoring spaces, ``_``, ``-`` and ``.``, through
-:data:`DEFAULT_TYPE_ALIASES` plus the caller's mapping. ``solidShape`` maps to ``debris``: in
-the genEM3 training data the solid-shape examples are opaque particles lying on the section,
-and genEM3 trained all of that file's examples as its "debris" class.
+:data:`~server.labels.records.DEFAULT_TYPE_ALIASES` plus the caller's mapping. ``solidShape``
+maps to ``debris``: in the genEM3 training data the solid-shape examples are opaque particles
+lying on the section, and genEM3 trained all of that file's examples as its "debris" class.
 
 genEM3 data-source JSON (``{"datasource_0": {"input_bbox": [x, y, z, dx, dy, dz],
 "target_class": 0 | 1, ...}, ...}``): each entry is a patch, one label per z slice;
@@ -44,30 +44,14 @@ from models.vocab import LABEL_ARTIFACT, LABEL_CLEAN
 from server.errors import InvalidInput
 from server.labels import nml
 from server.labels.records import (
-    BOX,
-    CENTRE,
-    DEFAULT_TYPE_ALIASES,
     PATCH,
     LabelRecord,
     ParsedLabelFile,
     ZipLimits,
     build_type_mapping,
     finish,
-    format_voxel_size,
     some,
 )
-
-__all__ = [
-    "BOX",
-    "CENTRE",
-    "DEFAULT_TYPE_ALIASES",
-    "PATCH",
-    "LabelRecord",
-    "ParsedLabelFile",
-    "ZipLimits",
-    "format_voxel_size",
-    "parse_label_file",
-]
 
 
 def parse_label_file(

@@ -29,14 +29,8 @@ from server.labels.export import (  # noqa: F401 - they were here before
     export_labels_csv,
     export_labels_json,
 )
-from server.labels.files import (
-    BOX,
-    CENTRE,
-    LabelRecord,
-    ZipLimits,
-    format_voxel_size,
-    parse_label_file,
-)
+from server.labels.files import parse_label_file
+from server.labels.records import BOX, CENTRE, LabelRecord, ZipLimits, format_voxel_size
 from server.pixels.source import patch_extent
 
 MAX_LABELS_PER_IMPORT: Final = 250_000
