@@ -38,7 +38,7 @@ def drop_database(admin_url: str, url: str) -> None:
 
 
 def write_dataset(path: Path) -> None:
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
     data = np.random.default_rng(0).integers(0, 256, size=(1400, 1400, 4), dtype=np.uint8)
     ds = wk.Dataset(path, voxel_size=(32, 32, 35))

@@ -32,7 +32,7 @@ import numpy as np
 from server.pixels.grid import Grid
 from server.pixels.source import PatchSource
 from server.pixels.tensorstore import open_tensorstore
-from server.webknossos.lib import wk
+from server.wklib import wk
 
 PATCH = 140
 

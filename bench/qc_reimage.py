@@ -39,7 +39,7 @@ from server.predictions import dense as predict
 from server.predictions.finish import finish_prediction
 from server.settings import Settings
 from server.sim.montage import field_box, paint_charging, paint_missing_field
-from server.webknossos.lib import wk
+from server.wklib import wk
 
 GRID = (4, 4)
 PATCH = 140

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 from models.calibration import best_f1_threshold, calibrated, fit_temperature, predict_logits
 from models.metrics import classification_report
@@ -210,8 +211,6 @@ def train_classifier(
     temperature and a threshold are fitted on the validation split, on logits averaged over
     ``tta`` flips/rotations (:func:`predict_logits`), the way the model is then used.
     """
-    from torch.optim.swa_utils import AveragedModel
-
     seed_everything(seed)
     dev = pick_device(device)
     y = np.asarray(labels, dtype=np.float32)

@@ -32,6 +32,7 @@ from server.api.state import AppState
 from server.db.base import API_THREADS
 from server.errors import ArtifactLoopError
 from server.settings import Settings, get_settings
+from server.web.pages import mount_pages
 
 log = logging.getLogger("artifact_loop.api")
 
@@ -147,7 +148,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     declare_error_responses(api_router)
     app.include_router(api_router, prefix="/api/v1")
     app.add_middleware(RequestGuard)
-    from server.web.pages import mount_pages
 
     mount_pages(app)
     return app

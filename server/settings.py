@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from server.acquisition.registry import DEFAULT as DEFAULT_STRATEGY
 from server.acquisition.registry import StrategyName
@@ -113,7 +115,6 @@ class Settings(BaseSettings):
         """A URL that cannot be used fails here, once, with what is wrong (password hidden)."""
         if not value:
             return value  # the embedded SQLite file, filled in below
-        from sqlalchemy.engine import make_url
 
         try:
             url = make_url(value)
@@ -148,8 +149,6 @@ class Settings(BaseSettings):
     @property
     def webknossos_hosts(self) -> list[str]:
         """``scheme://host[:port]`` of every webKnossos server a dataset URL may name."""
-        from urllib.parse import urlsplit
-
         hosts = [self.wk_url or "", *self.wk_hosts.split(",")]
         out = []
         for value in hosts:

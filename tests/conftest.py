@@ -140,7 +140,7 @@ def write_test_dataset(
     mags: tuple[int, ...] = (1,),
 ) -> np.ndarray:
     """A small random uint8 dataset (layer ``color``); returns the mag-1 array (x, y, z)."""
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, size=shape, dtype=np.uint8)

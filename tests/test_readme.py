@@ -85,7 +85,7 @@ def _synthetic_labels(dataset: Path, out: Path) -> int:
     """A webKnossos annotation with boxes named artifact/clean on some ground-truth patches,
     standing in for the user's label file."""
     from server.labels.truth import read_truth
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
     rows = read_truth(dataset)
     picked = [r for r in rows if r.artifact][:8] + [r for r in rows if not r.artifact][:16]

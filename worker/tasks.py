@@ -18,6 +18,7 @@ from server.errors import Conflict
 from server.jobs import state
 from server.jobs.queue import TASK_RUN_JOB, TASK_RUN_JOB_IO, CeleryJobSender
 from server.jobs.runner import run_job as run_claimed_job
+from server.pipeline.sync import periodic_sync
 from server.runtime import Runtime
 from worker.app import celery_app
 
@@ -70,8 +71,6 @@ def reap_jobs(*, own_worker: str | None = None) -> list[int]:
 
 
 def _reaper_loop(worker: str) -> None:
-    from server.pipeline.sync import periodic_sync
-
     first = True
     next_sync = time.monotonic() + 10
     while True:

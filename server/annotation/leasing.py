@@ -26,8 +26,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
+from server.annotation import task_state
 from server.db.base import utcnow
 from server.db.tables import AnnotationTask, Annotator, Dataset, TaskSkip
+from server.db.vocabulary import TaskStatus
 
 # An annotator may hold this many leases (the page prefetches the next patch); beyond it the
 # oldest goes back to the queue, so a reloaded page never strands tasks until they expire.
@@ -42,10 +44,10 @@ def reclaim_expired(session: Session, *, dataset_id: int) -> int:
         update(AnnotationTask)
         .where(
             AnnotationTask.dataset_id == dataset_id,
-            AnnotationTask.status == "leased",
+            AnnotationTask.status == TaskStatus.LEASED,
             AnnotationTask.lease_expires_at < utcnow(),
         )
-        .values(status="open", lease_holder_id=None, lease_expires_at=None)
+        .values(task_state.reopened())
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
@@ -72,7 +74,7 @@ def lease_next(
         select(AnnotationTask)
         .where(
             AnnotationTask.dataset_id == dataset_id,
-            AnnotationTask.status == "open",
+            AnnotationTask.status == TaskStatus.OPEN,
             ~passed.exists(),  # a task someone skipped goes to the others, not back to them
         )
         .order_by(AnnotationTask.rank, AnnotationTask.id)
@@ -94,9 +96,7 @@ def lease_next(
             task = session.scalar(stmt)
     if task is None:
         return None
-    task.status = "leased"
-    task.lease_holder_id = annotator.id
-    task.lease_expires_at = expires
+    task_state.set_state(task, task_state.leased(holder_id=annotator.id, expires=expires))
     session.flush()
     dataset = session.get(Dataset, dataset_id)
     assert dataset is not None  # the task's foreign key
@@ -145,7 +145,7 @@ def _one_statement_lease() -> Executable:
         select(table.c.id)
         .where(
             table.c.dataset_id == dataset_id,
-            table.c.status == "leased",
+            table.c.status == TaskStatus.LEASED,
             table.c.lease_holder_id == annotator_id,
             table.c.lease_expires_at >= now,
         )
@@ -156,7 +156,8 @@ def _one_statement_lease() -> Executable:
     surplus = (
         update(table)
         .where(table.c.id.in_(held), table.c.lease_holder_id == annotator_id)
-        .values(status="open", lease_holder_id=None, lease_expires_at=None, updated_at=now)
+        .values(task_state.reopened())
+        .values(updated_at=now)
         .returning(table.c.id)
         .cte("surplus")
     )
@@ -165,7 +166,8 @@ def _one_statement_lease() -> Executable:
     )
     pick = (
         select(table.c.id)
-        .where(table.c.dataset_id == dataset_id, table.c.status == "open", ~passed.exists())
+        .where(table.c.dataset_id == dataset_id, table.c.status == TaskStatus.OPEN)
+        .where(~passed.exists())
         .order_by(table.c.rank, table.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -174,7 +176,7 @@ def _one_statement_lease() -> Executable:
     leased = (
         update(table)
         .where(table.c.id == pick.scalar_subquery())
-        .values(status="leased", lease_holder_id=annotator_id, lease_expires_at=expires)
+        .values(task_state.leased(holder_id=annotator_id, expires=expires))
         .values(updated_at=now)
         .returning(*table.c)
         .cte("leased")
@@ -221,7 +223,9 @@ def _lease_candidate_postgres(
             return task
         visible = session.scalar(
             select(AnnotationTask.id)
-            .where(AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == "open")
+            .where(
+                AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == TaskStatus.OPEN
+            )
             .limit(1)
         )
         left_ms = int((deadline - time.monotonic()) * 1000)
@@ -250,7 +254,7 @@ def open_task_count(session: Session, *, dataset_id: int, cap: int = 1000) -> in
         return cap
     waiting = (
         select(AnnotationTask.id)
-        .where(AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == "open")
+        .where(AnnotationTask.dataset_id == dataset_id, AnnotationTask.status == TaskStatus.OPEN)
         .limit(cap)
     )
     count = int(session.scalar(select(func.count()).select_from(waiting.subquery())) or 0)
@@ -275,7 +279,7 @@ def _release_surplus(
             select(AnnotationTask.id)
             .where(
                 AnnotationTask.dataset_id == dataset_id,
-                AnnotationTask.status == "leased",
+                AnnotationTask.status == TaskStatus.LEASED,
                 AnnotationTask.lease_holder_id == annotator.id,
                 AnnotationTask.lease_expires_at >= now,
             )
@@ -287,5 +291,5 @@ def _release_surplus(
         session.execute(
             update(AnnotationTask)
             .where(AnnotationTask.id.in_(surplus), AnnotationTask.lease_holder_id == annotator.id)
-            .values(status="open", lease_holder_id=None, lease_expires_at=None)
+            .values(task_state.reopened())
         )

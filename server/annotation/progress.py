@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session
 
 from server.annotation.leasing import open_task_count
 from server.db.base import utcnow
-from server.db.tables import AnnotationTask, Annotator, Label
+from server.db.tables import AnnotationTask, Annotator, Job, Label
+from server.db.vocabulary import TaskStatus
+from server.jobs.kinds import ACTIVE_STATES
 from server.labels.service import last_training_snapshot
 
 
@@ -27,11 +29,11 @@ def task_counts(session: Session, *, dataset_id: int) -> dict[str, int]:
     expired = session.scalar(
         select(func.count(AnnotationTask.id)).where(
             AnnotationTask.dataset_id == dataset_id,
-            AnnotationTask.status == "leased",
+            AnnotationTask.status == TaskStatus.LEASED,
             AnnotationTask.lease_expires_at < now,
         )
     )
-    counts["available"] = counts.get("open", 0) + int(expired or 0)
+    counts["available"] = counts.get(TaskStatus.OPEN, 0) + int(expired or 0)
     return counts
 
 
@@ -40,9 +42,6 @@ def labelling_progress(
 ) -> dict[str, object]:
     """What the labeling page shows beside the patch: the caller's rate, how many labels
     until the next training starts, and the training waiting or running."""
-    from server.db.tables import Job
-    from server.jobs.kinds import ACTIVE_STATES
-
     now = utcnow()
     last = last_training_snapshot(session, dataset_id=dataset_id)
     total, since = session.execute(

@@ -9,10 +9,13 @@ import numpy as np
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from server.datasets.service import patch_extent
+from models.acquisition import draw_audit_set
+from server.annotation import task_state
 from server.db.base import utcnow
 from server.db.tables import AnnotationTask, Dataset, Label
+from server.db.vocabulary import TaskStatus
 from server.pixels.grid import Grid
+from server.pixels.source import patch_extent
 
 
 def excluded_indices(session: Session, *, dataset: Dataset, grid: Grid) -> np.ndarray:
@@ -22,7 +25,7 @@ def excluded_indices(session: Session, *, dataset: Dataset, grid: Grid) -> np.nd
     tasks = session.execute(
         select(AnnotationTask.grid_index).where(
             AnnotationTask.dataset_id == dataset.id,
-            (AnnotationTask.kind == "audit") | AnnotationTask.status.in_(("leased", "labelled")),
+            (AnnotationTask.kind == "audit") | AnnotationTask.status.in_(task_state.TAKEN),
             AnnotationTask.grid_index.is_not(None),
         )
     ).scalars()
@@ -61,7 +64,6 @@ def ensure_audit_set(
     )
     if existing:
         return int(existing)
-    from models.acquisition import draw_audit_set
 
     indices = draw_audit_set(len(grid), min(size, len(grid) // 4), seed=seed + dataset.id)
     return add_audit_patches(session, dataset=dataset, grid=grid, indices=indices)
@@ -88,7 +90,7 @@ def add_audit_patches(
                 # interleave audit patches with proposals: one in every few
                 rank=rank * 4 + 3,
                 reason="audit",
-                status="open",
+                **task_state.new_task(),
             )
         )
     session.flush()
@@ -153,7 +155,7 @@ def replace_proposals(
             "recon_error": _opt_float(pick.get("recon_error")),
             "score": _opt_float(pick.get("score")),
             "reason": str(pick.get("reason", "")),
-            "status": "open",
+            **task_state.new_task(),
             "created_at": now,
             "updated_at": now,
         }
@@ -165,15 +167,16 @@ def replace_proposals(
         .where(
             AnnotationTask.dataset_id == dataset.id,
             AnnotationTask.kind == "proposal",
-            AnnotationTask.status.in_(("open", "expired")),
+            AnnotationTask.status.in_(task_state.WAITING),
         )
-        .values(status="retired", updated_at=now)
+        .values(task_state.retired())
+        .values(updated_at=now)
     )
     taken_since = set(
         session.scalars(
             select(AnnotationTask.grid_index).where(
                 AnnotationTask.dataset_id == dataset.id,
-                AnnotationTask.status.in_(("leased", "labelled")),
+                AnnotationTask.status.in_(task_state.TAKEN),
                 AnnotationTask.grid_index.is_not(None),
             )
         )
@@ -206,7 +209,7 @@ def demote_superseded(session: Session, *, dataset_id: int, first_new_id: int) -
         .where(
             AnnotationTask.dataset_id == dataset_id,
             AnnotationTask.kind == "proposal",
-            AnnotationTask.status.in_(("leased", "open", "expired")),
+            AnnotationTask.status.in_((TaskStatus.LEASED, *task_state.WAITING)),
             AnnotationTask.id < first_new_id,
             AnnotationTask.rank < SUPERSEDED_RANK,
         )
@@ -224,7 +227,7 @@ def _interleave_audit(session: Session, *, dataset_id: int) -> None:
         .where(
             AnnotationTask.dataset_id == dataset_id,
             AnnotationTask.kind == "audit",
-            AnnotationTask.status == "open",
+            AnnotationTask.status == TaskStatus.OPEN,
         )
         .order_by(AnnotationTask.rank, AnnotationTask.id)
     ).scalars()

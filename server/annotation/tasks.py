@@ -10,11 +10,12 @@ from typing import NamedTuple, cast
 from sqlalchemy import Executable, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.orm import Session, aliased
-from sqlalchemy.orm.attributes import set_committed_value
 
-from server.db.base import utcnow
+from server.annotation import task_state
+from server.db.base import as_utc, utcnow
 from server.db.tables import AnnotationTask, Annotator, Dataset, Label, TaskSkip
-from server.errors import Conflict, NotFound
+from server.db.vocabulary import TaskStatus
+from server.errors import Conflict, Forbidden, NotFound
 from server.labels.rows import NewLabel, label_row
 from server.labels.service import (
     check_key_reuse,
@@ -36,10 +37,8 @@ def get_task(session: Session, task_id: int, *, lock: bool = False) -> Annotatio
 
 
 def _leased_by_other(task: AnnotationTask, annotator: Annotator) -> bool:
-    from server.db.base import as_utc
-
     return (
-        task.status == "leased"
+        task.status == TaskStatus.LEASED
         and task.lease_holder_id is not None
         and task.lease_holder_id != annotator.id
         and task.lease_expires_at is not None
@@ -83,7 +82,7 @@ def label_task(
         return Labelled(found, False, False)
     if _leased_by_other(task, annotator):
         raise Conflict(f"task {task_id} is leased by another annotator")
-    if task.status == "retired" and task.lease_holder_id != annotator.id:
+    if task.status == TaskStatus.RETIRED and task.lease_holder_id != annotator.id:
         raise Conflict(f"task {task_id} was retired: ask for the next task")
     new = _task_label(task, label=label, artifact_type=artifact_type)
     if session.get_bind().dialect.name == "postgresql":
@@ -111,9 +110,7 @@ def label_task(
         idempotency_key=idempotency_key,
         key_checked=True,
     )
-    task.status = "labelled"
-    task.lease_holder_id = annotator.id
-    task.lease_expires_at = None
+    task_state.set_state(task, task_state.labelled(holder_id=annotator.id))
     session.flush()
     may_start = ask_training and created and training_may_start(session, dataset_id=dataset.id)
     return Labelled(created_label, created, may_start)
@@ -152,10 +149,8 @@ def _label_and_close(
     if row is None:
         return None
     # what the statement wrote, without making the task dirty (no second UPDATE on commit)
-    set_committed_value(task, "status", "labelled")
-    set_committed_value(task, "lease_holder_id", annotator.id)
-    set_committed_value(task, "lease_expires_at", None)
-    set_committed_value(task, "updated_at", now)
+    task_state.record_written(task, task_state.labelled(holder_id=annotator.id))
+    task_state.record_written(task, {"updated_at": now})
     return Labelled(row[0], True, ask_training and training_state_allows(*row[1:]))
 
 
@@ -181,12 +176,8 @@ def _label_and_close_statement(columns: tuple[str, ...], *, with_training: bool)
     closed = (
         update(tasks)
         .where(tasks.c.id == bindparam("lbl_task_id"), select(inserted.c.id).exists())
-        .values(
-            status="labelled",
-            lease_holder_id=bindparam("lbl_annotator_id"),
-            lease_expires_at=None,
-            updated_at=bindparam("lbl_created_at"),
-        )
+        .values(task_state.labelled(holder_id=bindparam("lbl_annotator_id")))
+        .values(updated_at=bindparam("lbl_created_at"))
         .returning(tasks.c.id)
         .cte("closed")
     )
@@ -238,9 +229,9 @@ def skip_task(
     task = get_task(session, task_id, lock=True)
     if _leased_by_other(task, annotator):
         raise Conflict(f"task {task_id} is leased by another annotator")
-    if task.status == "labelled":
+    if task.status == TaskStatus.LABELLED:
         raise Conflict(f"task {task_id} is already labelled")
-    if task.status == "retired":
+    if task.status == TaskStatus.RETIRED:
         raise Conflict(f"task {task_id} was retired: ask for the next task")
     skip = session.scalar(
         select(TaskSkip).where(TaskSkip.task_id == task.id, TaskSkip.annotator_id == annotator.id)
@@ -249,9 +240,7 @@ def skip_task(
         session.add(TaskSkip(task_id=task.id, annotator_id=annotator.id, unsure=unsure))
     else:
         skip.unsure = skip.unsure or unsure
-    task.status = "open"
-    task.lease_holder_id = None
-    task.lease_expires_at = None
+    task_state.set_state(task, task_state.reopened())
     session.flush()
     return task
 
@@ -266,12 +255,11 @@ def undo_skip(
     )
     if skip is None:
         raise Conflict(f"you did not skip task {task_id}")
-    if task.status != "open":
+    if task.status != TaskStatus.OPEN:
         raise Conflict(f"task {task_id} is {task.status} now: someone else took it")
     session.delete(skip)
-    task.status = "leased"
-    task.lease_holder_id = annotator.id
-    task.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+    expires = utcnow() + timedelta(seconds=lease_seconds)
+    task_state.set_state(task, task_state.leased(holder_id=annotator.id, expires=expires))
     session.flush()
     return task
 
@@ -338,10 +326,30 @@ def change_verdict(
 def release_task(session: Session, *, task_id: int, annotator: Annotator) -> AnnotationTask:
     """Give a leased task back to the queue."""
     task = get_task(session, task_id, lock=True)
-    if task.status != "leased" or task.lease_holder_id != annotator.id:
+    if task.status != TaskStatus.LEASED or task.lease_holder_id != annotator.id:
         raise Conflict(f"task {task_id} is not leased by you")
-    task.status = "open"
-    task.lease_holder_id = None
-    task.lease_expires_at = None
+    task_state.set_state(task, task_state.reopened())
     session.flush()
     return task
+
+
+def undo_label(
+    session: Session, *, label_id: int, annotator: Annotator, lease_seconds: int
+) -> None:
+    """Delete a label (the annotator's own; an admin's any). A task it was the only label of
+    goes back under the annotator's lease, so it can be labelled again."""
+    label = session.get(Label, label_id)
+    if label is None:
+        raise NotFound(f"no label {label_id}")
+    if label.annotator_id != annotator.id and annotator.role != "admin":
+        raise Forbidden("you can only undo your own labels")
+    task_id = label.task_id
+    session.delete(label)
+    session.flush()
+    if task_id is None:
+        return
+    task = session.get(AnnotationTask, task_id)
+    others = session.scalar(select(func.count(Label.id)).where(Label.task_id == task_id))
+    if task is not None and not others and task.status == TaskStatus.LABELLED:
+        expires = utcnow() + timedelta(seconds=lease_seconds)
+        task_state.set_state(task, task_state.leased(holder_id=annotator.id, expires=expires))

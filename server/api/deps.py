@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from anyio import to_thread
 from fastapi import Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from server.api.state import AppState
+from server.db.base import committed
 from server.db.tables import Annotator
 from server.errors import Forbidden
+
+Row = TypeVar("Row")
 
 bearer = HTTPBearer(auto_error=False, description="An API token from `artifact-loop token create`")
 
@@ -43,14 +47,8 @@ def get_session(state: StateDep, request: Request) -> Iterator[Session]:
         )
     else:
         session = state.runtime.sessions()
-    try:
+    with committed(session):
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -90,6 +88,12 @@ class Page:
     ) -> None:
         self.limit = limit
         self.offset = offset
+
+    def rows(self, session: Session, stmt: Select[Row], *, order_by: Any) -> tuple[list[Row], int]:
+        """This page of ``stmt``'s rows in ``order_by`` order, and how many rows it has."""
+        total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+        page = stmt.order_by(*order_by).limit(self.limit).offset(self.offset)
+        return list(session.scalars(page)), int(total)
 
 
 PageDep = Annotated[Page, Depends(Page)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from server.api.deps import AdminUser, CurrentUser, DatasetId, JobId, PageDep, SessionDep, StateDep
 from server.api.schemas import JobCreate, JobOut, PageOf, StartedJobOut
@@ -69,8 +69,7 @@ def list_jobs(
         stmt = stmt.where(Job.kind == kind)
     if top_level:
         stmt = stmt.where(Job.parent_id.is_(None))
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    rows = session.scalars(stmt.order_by(Job.id.desc()).limit(page.limit).offset(page.offset))
+    rows, total = page.rows(session, stmt, order_by=(Job.id.desc(),))
     return PageOf(
         items=[JobOut.model_validate(r) for r in rows],
         total=total,

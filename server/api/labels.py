@@ -6,8 +6,9 @@ import io
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response, UploadFile, status
-from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
 
+from server.annotation.tasks import change_verdict, undo_label
 from server.api.deps import (
     AdminUser,
     CurrentUser,
@@ -26,10 +27,14 @@ from server.api.schemas import (
     LabelValue,
     PageOf,
 )
-from server.datasets.service import get_dataset, patch_extent
+from server.datasets.service import get_dataset
 from server.db.base import write_transaction
-from server.db.tables import LABEL_SOURCES, AnnotationTask, Label
-from server.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge
+from server.db.tables import LABEL_SOURCES
+from server.errors import InvalidInput, PayloadTooLarge
+from server.labels.export import export_labels_csv, export_labels_json
+from server.labels.importer import import_label_file
+from server.labels.records import ZipLimits
+from server.labels.rows import check_artifact_type
 from server.labels.service import (
     LabelFilter,
     NewLabel,
@@ -39,6 +44,7 @@ from server.labels.service import (
     list_labels,
     training_may_start,
 )
+from server.pixels.source import patch_extent
 
 router = APIRouter(tags=["labels"])
 
@@ -126,25 +132,9 @@ def list_all(
 )
 def undo(label_id: LabelId, state: StateDep, user: CurrentUser) -> Response:
     with write_transaction(state.runtime.sessions) as session:
-        label = session.get(Label, label_id)
-        if label is None:
-            raise NotFound(f"no label {label_id}")
-        if label.annotator_id != user.id and user.role != "admin":
-            raise Forbidden("you can only undo your own labels")
-        task_id = label.task_id
-        session.delete(label)
-        session.flush()
-        if task_id is not None:
-            task = session.get(AnnotationTask, task_id)
-            others = session.scalar(select(func.count(Label.id)).where(Label.task_id == task_id))
-            if task is not None and not others and task.status == "labelled":
-                from datetime import timedelta
-
-                from server.db.base import utcnow
-
-                task.status = "leased"
-                task.lease_holder_id = user.id
-                task.lease_expires_at = utcnow() + timedelta(seconds=state.settings.lease_seconds)
+        undo_label(
+            session, label_id=label_id, annotator=user, lease_seconds=state.settings.lease_seconds
+        )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -157,10 +147,7 @@ def undo(label_id: LabelId, state: StateDep, user: CurrentUser) -> Response:
     responses={409: {"description": "The label is someone else's"}},
 )
 def change(label_id: LabelId, body: LabelChange, state: StateDep, user: CurrentUser) -> LabelOut:
-    from server.annotation.tasks import change_verdict
-
-    if body.artifact_type is not None and body.label != "artifact":
-        raise InvalidInput("only artifact labels carry an artifact type")
+    check_artifact_type(label=body.label, artifact_type=body.artifact_type)
     with write_transaction(state.runtime.sessions) as session:
         label = change_verdict(
             session,
@@ -201,8 +188,6 @@ def export(
     _user: CurrentUser,
     format: Literal["csv", "json"] = "csv",
 ) -> Response:
-    from server.labels.export import export_labels_csv, export_labels_json
-
     dataset = get_dataset(session, dataset_id)
     buffer = io.StringIO()
     if format == "csv":
@@ -237,8 +222,6 @@ async def import_file(
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(f"upload larger than the limit of {limit:,} bytes")
-    from starlette.concurrency import run_in_threadpool
-
     return await run_in_threadpool(
         _import,
         state,
@@ -252,9 +235,6 @@ async def import_file(
 def _import(
     state: StateDep, *, dataset_id: int, filename: str, data: bytes, user: Any
 ) -> ImportReportOut:
-    from server.labels.files import ZipLimits
-    from server.labels.importer import import_label_file
-
     limits = ZipLimits(
         members=state.settings.max_zip_members,
         inflated_bytes=state.settings.max_zip_inflated_bytes,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from server.api.deps import (
     AdminUser,
@@ -42,10 +42,7 @@ def list_versions(
     stmt = select(ModelVersion).where(ModelVersion.dataset_id == dataset_id)
     if kind:
         stmt = stmt.where(ModelVersion.kind == kind)
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    rows = session.scalars(
-        stmt.order_by(ModelVersion.id.desc()).limit(page.limit).offset(page.offset)
-    )
+    rows, total = page.rows(session, stmt, order_by=(ModelVersion.id.desc(),))
     held = held_back_versions(
         session, dataset_id=dataset_id, kind="classifier",
         hold_back=state.settings.hold_back_worse,

@@ -41,6 +41,7 @@ from server.datasets.service import get_dataset
 from server.db.base import write_transaction
 from server.db.tables import TASK_KINDS, TASK_STATUSES, AnnotationTask, Dataset
 from server.errors import InvalidInput
+from server.labels.rows import check_artifact_type
 from server.labels.service import labels_arrived
 from server.webknossos.links import position_url
 
@@ -106,8 +107,6 @@ def list_tasks(
     status: Annotated[str | None, Query(description="open, leased, labelled, ...")] = None,
     kind: Annotated[str | None, Query(description="proposal or audit")] = None,
 ) -> PageOf[TaskOut]:
-    from sqlalchemy import func
-
     dataset = get_dataset(session, dataset_id)
     if status is not None and status not in TASK_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(TASK_STATUSES)}")
@@ -118,10 +117,7 @@ def list_tasks(
         stmt = stmt.where(AnnotationTask.status == status)
     if kind:
         stmt = stmt.where(AnnotationTask.kind == kind)
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    rows = session.scalars(
-        stmt.order_by(AnnotationTask.rank, AnnotationTask.id).limit(page.limit).offset(page.offset)
-    )
+    rows, total = page.rows(session, stmt, order_by=(AnnotationTask.rank, AnnotationTask.id))
     return PageOf(
         items=[task_out(t, dataset=dataset, server=state.settings.wk_url) for t in rows],
         total=total,
@@ -183,8 +179,7 @@ def get_one(task_id: TaskId, session: SessionDep, state: StateDep, _user: Curren
     responses={409: {"description": "The task is leased by someone else"}},
 )
 def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) -> Response:
-    if body.artifact_type is not None and body.label != "artifact":
-        raise InvalidInput("only artifact labels carry an artifact type")
+    check_artifact_type(label=body.label, artifact_type=body.artifact_type)
     with write_transaction(state.runtime.sessions) as session:
         labelled = label_task(
             session,

@@ -15,6 +15,10 @@ from server.errors import ArtifactLoopError
 if TYPE_CHECKING:
     from server.runtime import Runtime
 
+# Service modules are imported inside the commands that use them: the database layer and
+# the webknossos library take seconds to load, which `--help` and every other command
+# would pay.
+
 console = Console()
 err_console = Console(stderr=True)
 

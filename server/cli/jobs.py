@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import getpass
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from server.cli.common import console, err_console, friendly_errors
 from server.cli.common import runtime as _runtime
+from server.db.vocabulary import VersionStatus
 from server.errors import ArtifactLoopError
 
 if TYPE_CHECKING:
@@ -17,6 +20,10 @@ if TYPE_CHECKING:
     from server.jobs.queue import JobSender
     from server.runtime import Runtime
     from server.settings import Settings
+
+# Service modules are imported inside the commands that use them: the database layer and
+# the webknossos library take seconds to load, which `--help` and every other command
+# would pay.
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 WORKER_HINT = "it runs when a worker is up (`artifact-loop up` or `artifact-loop worker`)"
@@ -47,8 +54,6 @@ def start_dataset_job(
     params: dict[str, Any] | None = None,
 ) -> tuple[int, bool]:
     """Start (or join, when one is already queued) a job; its id and whether it coalesced."""
-    import getpass
-
     from server.jobs.state import start_job
 
     try:
@@ -68,8 +73,6 @@ def start_dataset_job(
 
 def follow_job(rt: Runtime, *, job_id: int, label: str) -> dict[str, Any]:
     """Show a job's progress until it ends; its final row as a dict. Raises when it failed."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from server.db.base import session_scope
     from server.db.tables import Job
 
@@ -164,7 +167,7 @@ def _require_autoencoder(session: Session, *, dataset_id: int, name: str, kind: 
         select(ModelVersion.id).where(
             ModelVersion.dataset_id == dataset_id,
             ModelVersion.kind == "ae",
-            ModelVersion.status == "ready",
+            ModelVersion.status == VersionStatus.READY,
         )
     )
     if ready is not None:
@@ -357,7 +360,7 @@ def start_pending(rt: Runtime) -> list[str]:
                 select(ModelVersion.id).where(
                     ModelVersion.dataset_id == dataset_id,
                     ModelVersion.kind == "ae",
-                    ModelVersion.status.in_(("ready", "training")),
+                    ModelVersion.status.in_((VersionStatus.READY, VersionStatus.TRAINING)),
                 )
             )
             if has_ae is None:

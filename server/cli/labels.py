@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,10 @@ from rich.table import Table
 from server.cli.common import console, err_console, friendly_errors
 from server.cli.common import runtime as _runtime
 from server.errors import InvalidInput
+
+# Service modules are imported inside the commands that use them: the database layer and
+# the webknossos library take seconds to load, which `--help` and every other command
+# would pay.
 
 labels_app = typer.Typer(
     help="Import labels from webKnossos annotations and genEM3 files; export them.",
@@ -30,8 +35,6 @@ def _parse_type_map(entries: list[str]) -> dict[str, str]:
 
 def _default_annotator(*, filename: str, data: bytes, type_map: dict[str, str]) -> str:
     """The annotation's owner when the file names one, else the person at the keyboard."""
-    import getpass
-
     from server.labels.files import parse_label_file
 
     owner = parse_label_file(filename=filename, data=data, type_map=type_map).owner

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from server.cli.common import console, err_console, friendly_errors
 from server.cli.common import runtime as _runtime
+from server.cli.jobs import WORKER_HINT, start_dataset_job, start_pending
 from server.cli.jobs import register as _register_job_commands
 from server.cli.labels import labels_app
 from server.cli.sim import register as _register_sim_commands
 from server.cli.tokens import token_app
 from server.errors import ArtifactLoopError
+
+# Service modules are imported inside the commands that use them: the database layer and
+# the webknossos library take seconds to load, which `--help` and every other command
+# would pay.
 
 app = typer.Typer(
     name="artifact-loop",
@@ -54,8 +63,6 @@ def synth(
     ] = "small",
 ) -> None:
     """Write a synthetic mSEM dataset with injected artifacts and its ground truth."""
-    from rich.progress import Progress, TaskID
-
     from server.sim.synth import make_synthetic_dataset
 
     # the bar starts with the first section, so bad input (checked before) prints one line
@@ -154,7 +161,6 @@ def dataset_add(
 ) -> None:
     """Register a webKnossos dataset, compute its normalisation statistics and start
     pretraining (it runs when a worker is up: `artifact-loop up`)."""
-    from server.cli.jobs import WORKER_HINT, start_dataset_job
     from server.datasets.service import BBox, grid_of, register_dataset
     from server.db.base import session_scope
 
@@ -283,9 +289,6 @@ def up(
 
     Ctrl-C stops both.
     """
-    import signal
-    import subprocess
-    import time
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -295,7 +298,6 @@ def up(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, stop)  # the terminal went away
-    from server.cli.jobs import start_pending
 
     runtime = _runtime()  # creates/migrates the embedded database
     settings = runtime.settings

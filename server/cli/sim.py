@@ -3,14 +3,20 @@ laptop)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import Progress
 from rich.table import Table
 
 from server.acquisition import registry
 from server.cli.common import console, err_console, friendly_errors
+
+# Service modules are imported inside the commands that use them: the database layer and
+# the webknossos library take seconds to load, which `--help` and every other command
+# would pay.
 
 
 def register(app: typer.Typer) -> None:
@@ -50,10 +56,6 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Offline benchmark: acquisition strategies vs. random sampling, ground truth as oracle."""
-        from dataclasses import replace
-
-        from rich.progress import Progress
-
         from server.labels.truth import read_truth
         from server.sim.simulate import SimulationConfig, quick_config, run_simulation
 

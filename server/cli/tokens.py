@@ -9,6 +9,10 @@ from rich.table import Table
 
 from server.cli.common import console, friendly_errors, runtime
 
+# Service modules are imported inside the commands that use them: the database layer and
+# the webknossos library take seconds to load, which `--help` and every other command
+# would pay.
+
 token_app = typer.Typer(help="API tokens for annotators and admins.", no_args_is_help=True)
 
 

@@ -62,12 +62,6 @@ def open_source(dataset: Dataset) -> PatchSource:
     return PatchSource.open(dataset.path, layer=dataset.layer, mag=dataset.mag)
 
 
-def patch_extent(dataset: Dataset) -> tuple[int, int]:
-    """Width and height of one grid patch in mag-1 voxels."""
-    mag = parse_mag(dataset.mag)
-    return dataset.patch_size * mag[0], dataset.patch_size * mag[1]
-
-
 def sample_statistics(
     source: PatchSource, grid: Grid, *, n_patches: int, seed: int = 0
 ) -> tuple[float, float]:

@@ -128,9 +128,8 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    session = factory()
+def committed(session: Session) -> Iterator[Session]:
+    """``session``, committed when the block succeeds, rolled back when it fails, closed."""
     try:
         yield session
         session.commit()
@@ -139,6 +138,13 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with committed(factory()) as session:
+        yield session
 
 
 @contextmanager
@@ -156,13 +162,9 @@ def write_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.connection(execution_options={"sqlite_immediate": True})
     started = time.monotonic()
     try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
+        with committed(session):
+            yield session
     finally:
-        session.close()
         held = time.monotonic() - started
         if sqlite and held > SLOW_WRITE_S:
             caller = traceback.extract_stack(limit=3)[0]

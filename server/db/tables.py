@@ -25,15 +25,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from server.db.base import Base, utcnow
-from server.jobs.kinds import JobKind, JobState
+from server.db.vocabulary import JobKind, JobState, TaskStatus, VersionStatus
 
 LABEL_VALUES = ("clean", "artifact")
 LABEL_SOURCES = ("ui", "api", "webknossos", "file", "simulation")
 ROLES = ("annotator", "admin")
 TASK_KINDS = ("proposal", "audit")
-TASK_STATUSES = ("open", "leased", "labelled", "skipped", "expired", "retired")
+TASK_STATUSES = tuple(status.value for status in TaskStatus)
 MODEL_KINDS = ("ae", "classifier")
-MODEL_STATUSES = ("training", "ready", "failed")
+MODEL_STATUSES = tuple(status.value for status in VersionStatus)
 # the schema also admits "import", a kind no release has used
 JOB_KINDS = (*(kind.value for kind in JobKind), "import")
 JOB_STATES = tuple(state.value for state in JobState)
@@ -141,7 +141,7 @@ class ModelVersion(Timestamped, Base):
     kind: Mapped[str] = mapped_column(String(20))
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
-    status: Mapped[str] = mapped_column(String(20), default="training")
+    status: Mapped[str] = mapped_column(String(20), default=VersionStatus.TRAINING)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Labels the version was trained on: count and the highest label id at snapshot time.
@@ -180,7 +180,7 @@ class AnnotationTask(Timestamped, Base):
     score: Mapped[float | None] = mapped_column(Float)
     rank: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str] = mapped_column(String(40), default="")
-    status: Mapped[str] = mapped_column(String(20), default="open")
+    status: Mapped[str] = mapped_column(String(20), default=TaskStatus.OPEN)
     lease_holder_id: Mapped[int | None] = mapped_column(
         ForeignKey("annotators.id", ondelete="SET NULL")
     )

@@ -1,27 +1,13 @@
-"""The vocabulary of jobs: kinds, states and queues, each named once."""
+"""The vocabulary of jobs: kinds, states and queues, each named once (kinds and states in
+:mod:`server.db.vocabulary`, since the schema is held to them)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
+from server.db.vocabulary import JobKind, JobState
 
-class JobKind(StrEnum):
-    PRETRAIN = "pretrain"
-    TRAIN = "train"
-    SCORE = "score"
-    SCORE_CHUNK = "score_chunk"
-    PROPOSE = "propose"
-    PREDICT = "predict"
-    PREDICT_CHUNK = "predict_chunk"
-    SYNC = "sync"
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+__all__ = ["ACTIVE_STATES", "JobKind", "JobState", "Queue"]
 
 
 class Queue(StrEnum):

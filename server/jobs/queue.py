@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from server.jobs.kinds import Queue
+from server.jobs.registry import spec_of
 from server.settings import Settings
 
 QUEUE_GPU: Final = Queue.GPU.value
@@ -22,8 +23,6 @@ TASK_OF_QUEUE: Final = {Queue.GPU: TASK_RUN_JOB, Queue.IO: TASK_RUN_JOB_IO}
 
 def queue_of(kind: str) -> Queue:
     """The queue a job kind runs on (from the registry)."""
-    from server.jobs.registry import spec_of
-
     return spec_of(kind).queue
 
 
@@ -57,6 +56,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def make_celery(settings: Settings, *, include: Sequence[str] = ()) -> Any:
     """A Celery app for ``settings``; the worker passes ``include`` to register its tasks."""
+    # celery only where a sender or worker is made, not for the queue names
     from celery import Celery
 
     if settings.broker_url.startswith("filesystem"):
@@ -94,6 +94,7 @@ class CeleryJobSender:
         url = self._app.conf.broker_url or ""
         try:
             if url.startswith("redis"):
+                # the Redis client only on a Redis broker
                 import redis
 
                 client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)

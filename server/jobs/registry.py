@@ -13,6 +13,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from server.errors import InvalidInput
 from server.jobs.kinds import JobKind, Queue
 from server.jobs.params import (
     JobParams,
@@ -111,8 +112,6 @@ EXCLUSIVE_KINDS: tuple[JobKind, ...] = tuple(k for k, s in REGISTRY.items() if s
 
 
 def spec_of(kind: str) -> JobSpec:
-    from server.errors import InvalidInput
-
     try:
         return REGISTRY[JobKind(kind)]
     except ValueError:

@@ -17,6 +17,7 @@ from server.db.base import write_transaction
 from server.db.tables import Job
 from server.errors import ArtifactLoopError
 from server.jobs import state
+from server.jobs.context import Chunked, StepContext
 from server.jobs.kinds import JobKind, JobState
 from server.jobs.queue import JobSender
 from server.jobs.registry import REGISTRY, resolve
@@ -30,8 +31,6 @@ HEARTBEAT_S = 10.0
 def run_job(rt: Runtime, sender: JobSender, *, job_id: int, worker: str) -> bool:
     """Run job ``job_id`` if it can be claimed; ``False`` when it was not claimable. Raises
     :class:`server.errors.Conflict` when an exclusive job of its dataset is running."""
-    from server.pipeline.context import Chunked, StepContext
-
     job = state.claim_job(rt.sessions, job_id=job_id, worker=worker)
     if job is None:
         log.info("job %s is not claimable (done, cancelled or running elsewhere)", job_id)

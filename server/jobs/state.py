@@ -16,11 +16,12 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from server.db.base import utcnow, write_transaction
-from server.db.tables import Dataset, Job, ModelVersion
+from server.db.tables import Dataset, Job
 from server.errors import Conflict, InvalidInput, NotFound
 from server.jobs.kinds import ACTIVE_STATES, JobKind, JobState
 from server.jobs.queue import JobSender
-from server.jobs.registry import EXCLUSIVE_KINDS, STARTABLE_KINDS, spec_of
+from server.jobs.registry import EXCLUSIVE_KINDS, REGISTRY, STARTABLE_KINDS, spec_of
+from server.versions.state import fail_unfinished
 
 MAX_ATTEMPTS = 3
 
@@ -267,11 +268,7 @@ def reap_stale_jobs(
         kinds = {job.id: job.kind for job in stale}
         if stale:
             # a model the lost attempt was writing will never be finished
-            session.execute(
-                update(ModelVersion)
-                .where(ModelVersion.job_id.in_(list(kinds)), ModelVersion.status == "training")
-                .values(status="failed")
-            )
+            fail_unfinished(session, job_ids=kinds)
     for job_id in requeued:
         sender.send(job_id=job_id, kind=kinds[job_id])
     return requeued
@@ -283,8 +280,6 @@ def resend_lost_jobs(
     """Jobs still ``queued`` after ``older_than`` while their broker queue is empty: the
     broker lost their message (a Redis restarted without persistence). Send them again; a
     duplicate delivery is harmless, claiming is conditional. Returns the ids sent."""
-    from server.jobs.registry import REGISTRY
-
     queue_size = getattr(sender, "queue_size", None)
     if queue_size is None:
         return []

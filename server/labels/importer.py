@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.vocab import LABEL_ARTIFACT, LABEL_CLEAN
-from server.datasets.service import grid_of, patch_extent
+from server.datasets.service import grid_of
 from server.db.base import utcnow
 from server.db.tables import LABEL_SOURCES, Dataset, Label
 from server.errors import Conflict, InvalidInput
@@ -29,14 +29,9 @@ from server.labels.export import (  # noqa: F401 - they were here before
     export_labels_csv,
     export_labels_json,
 )
-from server.labels.files import (
-    BOX,
-    CENTRE,
-    LabelRecord,
-    ZipLimits,
-    format_voxel_size,
-    parse_label_file,
-)
+from server.labels.files import parse_label_file
+from server.labels.records import BOX, CENTRE, LabelRecord, ZipLimits, format_voxel_size
+from server.pixels.source import patch_extent
 
 MAX_LABELS_PER_IMPORT: Final = 250_000
 """A file that would add more (a clean box over a whole dataset) is refused."""
@@ -83,6 +78,24 @@ class _Placed:
     @property
     def patch(self) -> tuple[int, int, int, int, int]:
         return (self.x, self.y, self.z, self.w, self.h)
+
+
+def _placed_at(
+    record: LabelRecord, annotator: str, *, at: tuple[int, int, int], size: tuple[int, ...]
+) -> _Placed:
+    """``record``'s verdict on the patch at ``at`` of ``size`` (width, height)."""
+    (x, y, z), (w, h) = at, size
+    return _Placed(
+        x=x,
+        y=y,
+        z=z,
+        w=w,
+        h=h,
+        label=record.label,
+        artifact_type=record.artifact_type,
+        annotator=annotator,
+        ref=record.ref,
+    )
 
 
 def import_label_file(
@@ -231,16 +244,8 @@ def _place(
         x, y, z = record.position
         if record.kind == CENTRE:
             out.append(
-                _Placed(
-                    x=x - width // 2,
-                    y=y - height // 2,
-                    z=z,
-                    w=width,
-                    h=height,
-                    label=record.label,
-                    artifact_type=record.artifact_type,
-                    annotator=who,
-                    ref=record.ref,
+                _placed_at(
+                    record, who, at=(x - width // 2, y - height // 2, z), size=(width, height)
                 )
             )
         elif record.kind == BOX:
@@ -261,35 +266,12 @@ def _place(
             if len(out) + indices.size > MAX_LABELS_PER_IMPORT:
                 _too_many(len(out) + int(indices.size))
             ex, ey, _ = grid.patch_extent
-            for px, py, pz in grid.origins(indices).tolist():
-                out.append(
-                    _Placed(
-                        x=px,
-                        y=py,
-                        z=pz,
-                        w=ex,
-                        h=ey,
-                        label=record.label,
-                        artifact_type=record.artifact_type,
-                        annotator=who,
-                        ref=record.ref,
-                    )
-                )
-        else:
-            w, h, _d = record.size
-            out.append(
-                _Placed(
-                    x=x,
-                    y=y,
-                    z=z,
-                    w=w,
-                    h=h,
-                    label=record.label,
-                    artifact_type=record.artifact_type,
-                    annotator=who,
-                    ref=record.ref,
-                )
+            out.extend(
+                _placed_at(record, who, at=(px, py, pz), size=(ex, ey))
+                for px, py, pz in grid.origins(indices).tolist()
             )
+        else:
+            out.append(_placed_at(record, who, at=(x, y, z), size=record.size[:2]))
         if len(out) > MAX_LABELS_PER_IMPORT:
             _too_many(len(out))
     if empty_boxes:

@@ -17,31 +17,32 @@ from xml.etree.ElementTree import ParseError
 
 from models.vocab import LABEL_ARTIFACT, LABEL_CLEAN
 from server.errors import InvalidInput
-from server.labels.files import (
-    _ARTIFACT_WORDS,
-    _CLEAN_WORDS,
-    _DIGIT_VERDICT,
-    _PLAIN_NAME,
+from server.labels.records import (
+    ARTIFACT_WORDS,
     BOX,
     CENTRE,
+    CLEAN_WORDS,
+    DIGIT_VERDICT,
     MAX_NML_BYTES,
     PATCH,
+    PLAIN_NAME,
     LabelRecord,
     ParsedLabelFile,
     RecordKind,
     Vec3,
     Verdict,
     ZipLimits,
-    _finish,
-    _format_voxel,
-    _plural,
-    _some,
-    _vec3,
+    finish,
+    format_voxel,
     normalise_name,
+    plural,
+    some,
+    vec3,
 )
+from server.wklib import wk
 
 if TYPE_CHECKING:
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
 
 # -- webKnossos annotations ----------------------------------------------------------------------
@@ -109,9 +110,9 @@ def parse_zip(
         if len(voxel_sizes) > 1:
             raise InvalidInput(
                 f"{filename}: its NML files have different voxel sizes "
-                f"({'; '.join(_format_voxel(v) for v in sorted(voxel_sizes))})"
+                f"({'; '.join(format_voxel(v) for v in sorted(voxel_sizes))})"
             )
-    _finish(parsed)
+    finish(parsed)
     return parsed
 
 
@@ -127,8 +128,6 @@ def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, *, at_most: int) -
 
 
 def _load_annotation(data: bytes, *, where: str) -> wk.Annotation:
-    from server.webknossos.lib import wk
-
     # The library reads annotations from paths only.
     with tempfile.TemporaryDirectory(prefix="artifact-loop-nml-") as tmp:
         path = Path(tmp) / "annotation.nml"
@@ -191,12 +190,12 @@ class _NmlReader:
         key = normalise_name(text)
         if not key:
             return None
-        if key in _CLEAN_WORDS:
+        if key in CLEAN_WORDS:
             return Verdict(LABEL_CLEAN)
-        if key in _ARTIFACT_WORDS:
+        if key in ARTIFACT_WORDS:
             return Verdict(LABEL_ARTIFACT)
         head, sep, tail = text.partition(":")
-        if sep and normalise_name(head) in _ARTIFACT_WORDS:
+        if sep and normalise_name(head) in ARTIFACT_WORDS:
             tail_key = normalise_name(tail)
             if not tail_key:
                 return Verdict(LABEL_ARTIFACT)
@@ -218,7 +217,7 @@ class _NmlReader:
             if not sep or not key or not value or value.isdigit():
                 continue
             key_name = normalise_name(key)
-            if key.isdigit() or len(key) > 200 or key_name in _ARTIFACT_WORDS:
+            if key.isdigit() or len(key) > 200 or key_name in ARTIFACT_WORDS:
                 continue  # "artifact:fold" is a class name, not annotator "artifact"
             verdict = self.class_of(value)
             if verdict is None:
@@ -229,7 +228,7 @@ class _NmlReader:
             # Parts beside real verdicts that are no verdict are probably typos.
             self._ignored_pairs.update(not_verdicts)
             return found
-        match = _DIGIT_VERDICT.search(name)
+        match = DIGIT_VERDICT.search(name)
         if match:
             return [Verdict(LABEL_ARTIFACT if match.group(1) == "1" else LABEL_CLEAN)]
         return []
@@ -250,8 +249,8 @@ class _NmlReader:
             self.records.append(
                 LabelRecord(
                     kind=BOX,
-                    position=_vec3(box.topleft.to_tuple()),
-                    size=_vec3(size),
+                    position=vec3(box.topleft.to_tuple()),
+                    size=vec3(size),
                     label=verdict.label,
                     artifact_type=verdict.artifact_type,
                     annotator=None,
@@ -276,7 +275,7 @@ class _NmlReader:
             if not verdicts:
                 verdicts = [self._centre_verdict(node.comment, name, groups)]
             for verdict in verdicts:
-                self._add(CENTRE, _vec3(node.position.to_tuple()), (0, 0, 0), verdict, ref)
+                self._add(CENTRE, vec3(node.position.to_tuple()), (0, 0, 0), verdict, ref)
             return
         if not verdicts:
             whole = self.class_of(name)
@@ -284,7 +283,7 @@ class _NmlReader:
                 verdicts = [whole]
         if not verdicts:
             for group in groups:
-                match = _DIGIT_VERDICT.search(group)
+                match = DIGIT_VERDICT.search(group)
                 if match:
                     label = LABEL_ARTIFACT if match.group(1) == "1" else LABEL_CLEAN
                     verdicts = [Verdict(label)]
@@ -292,7 +291,7 @@ class _NmlReader:
         if not verdicts:
             self._unlabelled_outlines.append(name or str(tree.id))
             return
-        positions = [_vec3(n.position.to_tuple()) for n in nodes]
+        positions = [vec3(n.position.to_tuple()) for n in nodes]
         zs = {p[2] for p in positions}
         xs = [p[0] for p in positions]
         ys = [p[1] for p in positions]
@@ -315,7 +314,7 @@ class _NmlReader:
         if untyped is not None:
             return untyped
         for candidate in (comment, name):
-            if candidate and not _PLAIN_NAME.match(candidate):
+            if candidate and not PLAIN_NAME.match(candidate):
                 self._unknown_types[candidate.strip()] += 1
                 return Verdict(LABEL_ARTIFACT, "other")
         return Verdict(LABEL_ARTIFACT)
@@ -339,36 +338,36 @@ class _NmlReader:
         out: list[str] = []
         for name, count in sorted(self._unknown_types.items()):
             out.append(
-                f"{self.prefix}unknown artifact type {name!r} ({_plural(count, 'label')}): "
+                f"{self.prefix}unknown artifact type {name!r} ({plural(count, 'label')}): "
                 "imported as 'other'; map the name to a type to change that"
             )
         if self._ignored_boxes:
-            boxes = _plural(len(self._ignored_boxes), "bounding box", "bounding boxes")
+            boxes = plural(len(self._ignored_boxes), "bounding box", "bounding boxes")
             out.append(
                 f"{self.prefix}ignored {boxes} not named artifact, artifact:<type> or clean: "
-                f"{_some(self._ignored_boxes)}"
+                f"{some(self._ignored_boxes)}"
             )
         if self._empty_boxes:
-            boxes = _plural(len(self._empty_boxes), "empty bounding box", "empty bounding boxes")
-            out.append(f"{self.prefix}ignored {boxes}: {_some(self._empty_boxes)}")
+            boxes = plural(len(self._empty_boxes), "empty bounding box", "empty bounding boxes")
+            out.append(f"{self.prefix}ignored {boxes}: {some(self._empty_boxes)}")
         if self._unlabelled_outlines:
-            trees = _plural(len(self._unlabelled_outlines), "tree")
+            trees = plural(len(self._unlabelled_outlines), "tree")
             out.append(
                 f"{self.prefix}skipped {trees} of several nodes without a verdict in the name "
-                f"(e.g. 'patch:1', 'AK: clean'): {_some(self._unlabelled_outlines)}"
+                f"(e.g. 'patch:1', 'AK: clean'): {some(self._unlabelled_outlines)}"
             )
         if self._odd_trees:
-            trees = _plural(len(self._odd_trees), "tree")
+            trees = plural(len(self._odd_trees), "tree")
             out.append(
                 f"{self.prefix}skipped {trees} that outline no patch (nodes must span a "
-                f"rectangle in one z plane): {_some(self._odd_trees)}"
+                f"rectangle in one z plane): {some(self._odd_trees)}"
             )
         if self._ignored_pairs:
-            parts = _plural(len(self._ignored_pairs), "name part")
+            parts = plural(len(self._ignored_pairs), "name part")
             verb = "is" if len(self._ignored_pairs) == 1 else "are"
             out.append(
                 f"{self.prefix}ignored {parts} that {verb} not a verdict: "
-                f"{_some(list(self._ignored_pairs))}"
+                f"{some(list(self._ignored_pairs))}"
             )
         return out
 

@@ -21,19 +21,21 @@ class NewLabel:
     artifact_type: str | None = None
 
 
+def check_artifact_type(*, label: str, artifact_type: str | None) -> None:
+    if artifact_type is not None and label != "artifact":
+        raise InvalidInput("only artifact labels carry an artifact type")
+
+
 def validate_label(dataset: Dataset, new: NewLabel, *, source: str) -> None:
     if source not in LABEL_SOURCES:
         raise InvalidInput(f"unknown label source {source!r}")
     if new.label not in LABEL_VALUES:
         raise InvalidInput(f"label must be one of {', '.join(LABEL_VALUES)}, not {new.label!r}")
-    if new.artifact_type is not None:
-        if new.label != "artifact":
-            raise InvalidInput("only artifact labels carry an artifact type")
-        if new.artifact_type not in ARTIFACT_TYPES:
-            raise InvalidInput(
-                f"unknown artifact type {new.artifact_type!r}; use one of "
-                f"{', '.join(ARTIFACT_TYPES)}"
-            )
+    check_artifact_type(label=new.label, artifact_type=new.artifact_type)
+    if new.artifact_type is not None and new.artifact_type not in ARTIFACT_TYPES:
+        raise InvalidInput(
+            f"unknown artifact type {new.artifact_type!r}; use one of {', '.join(ARTIFACT_TYPES)}"
+        )
     if new.w <= 0 or new.h <= 0:
         raise InvalidInput("patch width and height must be positive")
     x0, y0, z0 = dataset.bbox_x, dataset.bbox_y, dataset.bbox_z

@@ -13,11 +13,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from server.db.base import write_transaction
-from server.db.tables import Annotator, Dataset, Job, Label
+from server.db.tables import Annotator, Dataset, Job, Label, ModelVersion
+from server.db.vocabulary import VersionStatus
 from server.errors import Conflict
+from server.jobs import state
+from server.jobs.kinds import JobKind, JobState
 from server.jobs.queue import JobSender
 from server.labels.rows import NewLabel, label_row
 from server.runtime import Runtime
+from server.versions.service import active_model
 
 
 def create_label(
@@ -234,10 +238,6 @@ def labels_arrived(
     import, webKnossos): starts a training once ``retrain_every`` labels arrived since the
     last one, coalesced with a training that is waiting. Returns that training, if any.
     ``may_start``: what :func:`training_may_start` answered in the labelling transaction."""
-    from server.jobs import state
-    from server.jobs.kinds import JobKind, JobState
-    from server.versions.service import active_model
-
     if may_start is None:
         may_start = _training_may_start(rt, dataset_id=dataset_id)
     if not may_start:
@@ -297,9 +297,6 @@ def training_state_query() -> Select[Any]:
     """Whether the dataset (parameter ``arrived_in``) has a ready autoencoder, a running
     and a queued training. Built once: building it cost more than running it. Its columns
     also ride along in the statement that labels a task on PostgreSQL."""
-    from server.db.tables import ModelVersion
-    from server.jobs.kinds import JobKind, JobState
-
     dataset_id: BindParameter[int] = bindparam("arrived_in")
 
     def train_in(state: str) -> Any:
@@ -314,7 +311,7 @@ def training_state_query() -> Select[Any]:
         .where(
             ModelVersion.dataset_id == dataset_id,
             ModelVersion.kind == "ae",
-            ModelVersion.status == "ready",
+            ModelVersion.status == VersionStatus.READY,
         )
         .exists()
     )
@@ -324,14 +321,11 @@ def training_state_query() -> Select[Any]:
 def last_training_snapshot(session: Session, *, dataset_id: int) -> int:
     """The newest label the last training saw (a version's snapshot, or that of a training
     skipped for lack of both classes)."""
-    from server.db.tables import ModelVersion
-    from server.jobs.kinds import JobKind, JobState
-
     versions = session.scalar(
         select(func.max(ModelVersion.label_snapshot_id)).where(
             ModelVersion.dataset_id == dataset_id,
             ModelVersion.kind == "classifier",
-            ModelVersion.status.in_(("ready", "training")),
+            ModelVersion.status.in_((VersionStatus.READY, VersionStatus.TRAINING)),
         )
     )
     skipped = session.scalar(

@@ -18,12 +18,16 @@ from sqlalchemy.orm import Session
 from server.datasets.service import open_source
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, ModelVersion
+from server.db.vocabulary import VersionStatus
 from server.errors import InvalidInput, NotFound
 from server.jobs import state
+from server.jobs.context import Chunked, StepContext
 from server.jobs.kinds import JobKind
 from server.jobs.params import PredictChunkParams, PredictParams
-from server.pipeline.context import Chunked, StepContext
 from server.pixels.reading import use_all_cores
+from server.predictions import dense
+from server.predictions.finish import finish_prediction
+from server.predictions.plan import validate_params
 from server.predictions.qc import parse_grid
 from server.settings import Settings
 from server.versions.service import active_model
@@ -32,16 +36,12 @@ log = logging.getLogger(__name__)
 
 
 def check(settings: Settings, dataset: Dataset, params: dict[str, Any]) -> None:
-    from server.predictions.plan import validate_params
-
     validate_params(dataset, params)
 
 
 def run(ctx: StepContext, job: Job) -> Chunked:
     """Plan the map and cut it into chunk jobs. A retried job re-sends the chunks that are
     not done instead of planning anew."""
-    from server.predictions import dense
-
     params = PredictParams.of(job.params)
     dataset = ctx.dataset_of(job)
     with write_transaction(ctx.sessions) as session:
@@ -104,14 +104,16 @@ def _classifier_for(
     version = session.get(ModelVersion, version_id)
     if version is None or version.dataset_id != dataset_id:
         raise NotFound(f"no model version {version_id} for this dataset")
-    if version.kind != "classifier" or version.status != "ready" or not version.weights_path:
+    if (
+        version.kind != "classifier"
+        or version.status != VersionStatus.READY
+        or not version.weights_path
+    ):
         raise InvalidInput(f"model version {version_id} is not a ready classifier")
     return version
 
 
 def run_chunk(ctx: StepContext, job: Job) -> dict[str, Any]:
-    from server.predictions import dense
-
     params = PredictChunkParams.of(job.params)
     dataset = ctx.dataset_of(job)
     with write_transaction(ctx.sessions) as session:
@@ -147,9 +149,6 @@ def run_chunk(ctx: StepContext, job: Job) -> dict[str, Any]:
 
 def chunks_done(ctx: StepContext, job: Job) -> dict[str, Any]:
     """Every chunk is written: merge their clusters into the NML and write the report."""
-    from server.predictions import dense
-    from server.predictions.finish import finish_prediction
-
     with write_transaction(ctx.sessions) as session:
         dataset = session.get(Dataset, job.dataset_id)
         if dataset is not None:
@@ -174,6 +173,7 @@ def load_classifier(path: str) -> tuple[Any, float]:
     """A classifier made ready for fast forward passes (BatchNorm folded, eval mode) and the
     temperature of one view's logits (a dense map runs one view per cell); cached per
     process, since the chunk jobs of a map use the same one."""
+    # torch loads when a model runs, not where the API imports this step
     from models.checkpoint import load_checkpoint
     from models.networks import for_inference
 

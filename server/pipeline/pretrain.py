@@ -11,12 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from models.checkpoint import save_checkpoint
+from models.training import pretrain_autoencoder
 from server.datasets.service import grid_of
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job
+from server.jobs.context import Report, StepContext
 from server.jobs.kinds import JobKind
 from server.jobs.params import PretrainParams
-from server.pipeline.context import Report, StepContext
 from server.pipeline.versions import Outcome, train_version
 from server.pixels.reading import read_at, use_all_cores
 from server.pixels.source import PatchSource
@@ -45,9 +47,6 @@ def fit_autoencoder(
     params: PretrainParams,
     progress: Report,
 ) -> Outcome:
-    from models.checkpoint import save_checkpoint
-    from models.training import pretrain_autoencoder
-
     use_all_cores(settings)
     grid = grid_of(dataset)
     n = min(params.patches or settings.pretrain_patches, len(grid))

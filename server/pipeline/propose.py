@@ -20,8 +20,9 @@ from server.datasets.service import grid_of
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, ModelVersion
 from server.errors import InvalidInput, NotFound
+from server.jobs.context import StepContext
 from server.jobs.params import ProposeParams
-from server.pipeline.context import StepContext
+from server.pipeline.sync import push_new_proposals
 from server.versions.features import AEFeatures, features_dir, read_scores, scores_dir
 
 
@@ -76,7 +77,5 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
 
 def after(ctx: StepContext, job: Job) -> None:
     """New proposals of a dataset that pushes tasks to webKnossos go there at once."""
-    from server.pipeline.sync import push_new_proposals
-
     if job.dataset_id is not None:
         push_new_proposals(ctx, dataset_id=job.dataset_id)

@@ -26,12 +26,13 @@ from server.annotation.proposals import excluded_indices
 from server.datasets.service import grid_of, open_source
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, ModelVersion
+from server.db.vocabulary import VersionStatus
 from server.errors import InvalidInput, NotFound
 from server.jobs import state
+from server.jobs.context import Chunked, StepContext
 from server.jobs.kinds import JobKind
 from server.jobs.params import ScoreChunkParams, ScoreParams
 from server.labels.training_set import training_labels
-from server.pipeline.context import Chunked, StepContext
 from server.pixels.reading import READ_BATCH, batches_of, use_all_cores
 from server.versions.features import (
     AEFeatures,
@@ -118,7 +119,7 @@ def _version(
     version = session.get(ModelVersion, int(version_id))
     if version is None or version.dataset_id != dataset_id:
         raise NotFound(f"no model version {version_id} for this dataset")
-    if version.status != "ready" or not version.weights_path:
+    if version.status != VersionStatus.READY or not version.weights_path:
         raise InvalidInput(f"model version {version_id} is {version.status}, not ready")
     return version
 
@@ -140,7 +141,7 @@ def scoring_inputs(
                 .where(
                     ModelVersion.dataset_id == dataset_id,
                     ModelVersion.kind == "classifier",
-                    ModelVersion.status == "ready",
+                    ModelVersion.status == VersionStatus.READY,
                     ModelVersion.id < version,
                 )
                 .order_by(ModelVersion.id.desc())

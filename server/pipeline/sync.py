@@ -14,24 +14,22 @@ from server.db.base import write_transaction
 from server.db.tables import Dataset, Job
 from server.errors import InvalidInput
 from server.jobs import state
+from server.jobs.context import StepContext
 from server.jobs.kinds import JobKind
 from server.jobs.queue import JobSender
-from server.pipeline.context import StepContext
+from server.labels.service import labels_arrived
 from server.runtime import Runtime
 from server.settings import Settings
+from server.webknossos import sync as wk_sync
+from server.webknossos.client import WebknossosError, link_of
+from server.webknossos.sync import check_sync
 
 
 def check(settings: Settings, dataset: Dataset, params: dict[str, Any]) -> None:
-    from server.webknossos.sync import check_sync
-
     check_sync(settings, dataset, params)
 
 
 def run(ctx: StepContext, job: Job) -> dict[str, Any]:
-    from server.labels.service import labels_arrived
-    from server.webknossos import sync as wk_sync
-    from server.webknossos.client import WebknossosError
-
     dataset = ctx.dataset_of(job)
     report = wk_sync.sync(ctx.sessions, ctx.settings, dataset, job.params)
     if report.labels_added:
@@ -53,8 +51,6 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
 
 def push_new_proposals(ctx: StepContext, *, dataset_id: int) -> None:
     """A dataset that pushes tasks to webKnossos: sync its new proposals there now."""
-    from server.webknossos.client import link_of
-
     with write_transaction(ctx.sessions) as session:
         dataset = session.get(Dataset, dataset_id)
         link = link_of(dataset) if dataset is not None else None
@@ -64,8 +60,6 @@ def push_new_proposals(ctx: StepContext, *, dataset_id: int) -> None:
 
 def periodic_sync(rt: Runtime, sender: JobSender) -> list[int]:
     """A sync job for every dataset linked to webKnossos that has none waiting or running."""
-    from server.webknossos.client import link_of
-
     if not rt.settings.wk_url or rt.settings.wk_token is None:
         return []
     with write_transaction(rt.sessions) as session:

@@ -15,14 +15,21 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from models.calibration import calibrated, predict_logits
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.metrics import classification_report
+from models.networks import for_inference
+from models.training import train_classifier
+from models.vocab import ARTIFACT_TYPES
 from server.acquisition import registry
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, Label
 from server.errors import InvalidInput
+from server.jobs.context import Report, StepContext
 from server.jobs.kinds import JobKind
 from server.jobs.params import TrainParams
+from server.labels.service import labels_arrived
 from server.labels.training_set import audit_labels, training_labels
-from server.pipeline.context import Report, StepContext
 from server.pipeline.versions import Outcome, train_version
 from server.pixels.reading import label_origins, read_at, use_all_cores
 from server.pixels.source import PatchSource
@@ -117,10 +124,6 @@ def fit_classifier(
     params: TrainParams,
     progress: Report,
 ) -> Outcome:
-    from models.checkpoint import load_checkpoint, save_checkpoint
-    from models.training import train_classifier
-    from models.vocab import ARTIFACT_TYPES
-
     use_all_cores(settings)
     ae, _ = load_checkpoint(data.ae_weights)
     origins = label_origins(dataset, data.train)
@@ -200,10 +203,6 @@ def audit_report(
     source: PatchSource, dataset: Dataset, result: Any, audit: list[Label]
 ) -> dict[str, Any]:
     """The version on the audit set, scored as the pool is (same views, calibration)."""
-    from models.calibration import calibrated, predict_logits
-    from models.metrics import classification_report
-    from models.networks import for_inference
-
     fast = for_inference(result.model)
     truth = np.asarray([lab.label == "artifact" for lab in audit], dtype=bool)
     origins = label_origins(dataset, audit)
@@ -249,8 +248,6 @@ def after(ctx: StepContext, job: Job) -> None:
     """A new classifier scores candidates (then proposes); a training that had labels of one
     class only proposes more from the autoencoder. Labels that arrived meanwhile may already
     justify the next training."""
-    from server.labels.service import labels_arrived
-
     with write_transaction(ctx.sessions) as session:
         version_id = job.result.get("model_version_id")
         if version_id is not None:

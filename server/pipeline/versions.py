@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
-
 from server.datasets.service import open_source
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, ModelVersion
-from server.pipeline.context import StepContext
+from server.jobs.context import StepContext
+from server.versions import state
 from server.versions.service import model_dir, refresh_active_flags
 
 
@@ -29,11 +28,9 @@ class Outcome:
 def new_version(ctx: StepContext, *, dataset_id: int, kind: str, job_id: int, **fields: Any) -> int:
     """A version in state ``training``: visible at once, ready only when recorded."""
     with write_transaction(ctx.sessions) as session:
-        version = ModelVersion(
-            dataset_id=dataset_id, kind=kind, status="training", job_id=job_id, config={}, **fields
+        version = state.new_version(
+            session, dataset_id=dataset_id, kind=kind, job_id=job_id, **fields
         )
-        session.add(version)
-        session.flush()
         return version.id
 
 
@@ -41,7 +38,7 @@ def record_version(ctx: StepContext, *, version_id: int, outcome: Outcome) -> No
     with write_transaction(ctx.sessions) as session:
         version = session.get(ModelVersion, version_id)
         assert version is not None
-        version.status = "ready"
+        state.mark_ready(version)
         version.config = outcome.config
         version.metrics = outcome.metrics
         version.weights_path = str(outcome.weights_path)
@@ -53,9 +50,7 @@ def record_version(ctx: StepContext, *, version_id: int, outcome: Outcome) -> No
 
 def abandon_version(ctx: StepContext, *, version_id: int) -> None:
     with write_transaction(ctx.sessions) as session:
-        session.execute(
-            update(ModelVersion).where(ModelVersion.id == version_id).values(status="failed")
-        )
+        state.mark_failed(session, version_id=version_id)
 
 
 def train_version(

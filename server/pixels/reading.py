@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from server.datasets.service import patch_extent
 from server.db.tables import Dataset
 from server.pixels.grid import Grid
-from server.pixels.source import PatchSource
+from server.pixels.source import PatchSource, patch_extent
 from server.settings import Settings
 
 Report = Callable[[float, str], None]
@@ -20,6 +19,7 @@ READ_BATCH = 256
 
 def use_all_cores(settings: Settings) -> None:
     """Torch on the CPU: one thread per core (a worker runs one model job at a time)."""
+    # torch only where a model reads patches (the API reads pixels too)
     import torch
 
     if settings.device in ("auto", "cpu") and not torch.cuda.is_available():

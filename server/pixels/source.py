@@ -17,14 +17,19 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from server.errors import DatasetError
 from server.pixels.grid import Vec3
 from server.pixels.tensorstore import TensorStoreRead, chunk_depth, open_tensorstore
-from server.webknossos.lib import wk
+from server.settings import Settings
+from server.wklib import wk
+
+if TYPE_CHECKING:
+    from server.db.tables import Dataset
 
 # A slice region is read in one go when its area is at most this many times the area of
 # the patches it serves; sparser groups are read patch by patch, all in flight at once.
@@ -74,6 +79,12 @@ def parse_mag(mag: str | int | Sequence[int]) -> Vec3:
 
 def mag_name(mag: Vec3) -> str:
     return "-".join(str(v) for v in mag)
+
+
+def patch_extent(dataset: Dataset) -> tuple[int, int]:
+    """Width and height of one grid patch of ``dataset`` in mag-1 voxels."""
+    mag = parse_mag(dataset.mag)
+    return dataset.patch_size * mag[0], dataset.patch_size * mag[1]
 
 
 class PatchSource:
@@ -320,8 +331,6 @@ def is_webknossos_url(path: str) -> bool:
 
 def _open_remote(url: str) -> Any:
     """A dataset on the configured webKnossos server, read through its Zarr streaming."""
-    from server.settings import Settings
-
     settings = Settings()  # read now: the server may be configured after start-up
     if not settings.wk_url or settings.wk_token is None:
         raise DatasetError(
@@ -355,8 +364,6 @@ def render_patch_png(
     scale: int = 1,
 ) -> bytes:
     """A PNG of one patch with ``margin_px`` of context around it and the patch outlined."""
-    from PIL import Image, ImageDraw
-
     mag = source.info.mag
     top_left = (origin[0] - margin_px * mag[0], origin[1] - margin_px * mag[1], origin[2])
     full = size_px + 2 * margin_px

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import tensorstore as ts
 
 from server.pixels.grid import Vec3
 
@@ -17,8 +18,6 @@ class TensorStoreRead:
     result is ``(depth, height, width)``."""
 
     def __init__(self, array: Any, cell: Vec3, size_px: tuple[int, int], depth: int) -> None:
-        import tensorstore as ts
-
         self._shape = (depth, size_px[1], size_px[0])
         self._dtype = array.dtype.numpy_dtype
         x, y, z = cell
@@ -44,8 +43,6 @@ class TensorStoreRead:
 
 def open_tensorstore(mag_view: Any) -> Any:
     """Re-open the mag's Zarr array with our own cache pool and read concurrency."""
-    import tensorstore as ts
-
     base = mag_view.get_zarr_array()
     context = ts.Context(
         {

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from models.acquisition import margin_uncertainty
+from server.labels.truth import load_truth
 from server.pixels.source import Vec3
 from server.predictions.plan import (
     BLOCK_CELLS,
@@ -50,7 +51,7 @@ from server.predictions.plan import (
     validate_params,
 )
 from server.predictions.qc import blank_cells, block_fields
-from server.webknossos.lib import wk
+from server.wklib import wk
 
 __all__ = [
     "BLOCK_CELLS",
@@ -141,6 +142,7 @@ def predict_block(
 ) -> np.ndarray:
     """p(artifact) of the block's cells as ``(x, y, z)`` float32; ``blank``, when given (bool,
     the same shape), receives which cells have no structure at all (for the QC's fields)."""
+    # torch only in the chunk jobs that run the model
     import torch
 
     x0, y0, z0, x1, y1, z1 = block
@@ -222,6 +224,7 @@ def block_summary(
     are per section, and boxes one section deep are what a reviewer steps through), counts
     per section and per QC field (:mod:`server.predictions.qc`) and ground-truth patch
     scores."""
+    # scipy costs a second at start-up; only clustering needs it
     from scipy import ndimage
 
     cw, ch = plan.cell_px
@@ -312,8 +315,6 @@ def ground_truth(dataset_path: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 @lru_cache(maxsize=2)
 def _ground_truth(folder: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
-    from server.labels.truth import load_truth
-
     return load_truth(Path(folder))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from models.metrics import average_precision
 from server.errors import InvalidInput
 from server.predictions.dense import chunk_file
 from server.predictions.plan import LAYERS, Plan
@@ -36,7 +37,8 @@ from server.predictions.qc import (
     write_sections_csv,
 )
 from server.settings import Settings
-from server.webknossos.lib import wk
+from server.webknossos.datasets import publish_dataset, server_dataset_id
+from server.wklib import wk
 
 REPORT = "report.json"
 SECTIONS_CSV = "sections.csv"
@@ -130,8 +132,6 @@ def _publish(
     """The prediction's layers on the webKnossos server beside the EM, when a server is
     configured and the dataset is one of its datasets; done once per prediction (a
     finished prediction run again keeps what it published)."""
-    from server.webknossos.datasets import publish_dataset, server_dataset_id
-
     if not plan.publish or not settings.wk_url or settings.wk_token is None:
         return None
     em_id = server_dataset_id(dataset)
@@ -159,8 +159,6 @@ def finish_prediction(
     configured and ``dataset`` (the dataset row: ``name``, ``voxel_size``, ``layer``,
     ``path``, ``settings``) is linked to one of its datasets or read from one. Returns the
     report (also ``report.json``)."""
-    from models.metrics import average_precision
-
     if dataset is None:
         raise InvalidInput("the prediction's dataset no longer exists")
     out = Path(plan.out_path)

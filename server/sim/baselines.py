@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, optimize, special
 
+from models.metrics import classification_report
+
 BASELINES = ("features-random", "features-uncertainty")
 FEATURE_NAMES = (
     "mean", "std", "skewness", "kurtosis", "p1", "p5", "p50", "p95", "p99",
@@ -127,8 +129,6 @@ def run_baseline_curve(
 ) -> list[dict[str, Any]]:
     """One curve: rounds of ``batch`` labels from ``pool`` (row indices into ``features``)
     until ``budget``, scored on ``test`` after each; the rows carry the product's metrics."""
-    from models.metrics import classification_report
-
     if strategy not in BASELINES:
         raise ValueError(f"unknown baseline {strategy!r}")
     rng = np.random.default_rng([seed, 11])

@@ -8,6 +8,7 @@ with a dense prediction, shows the model versions and writes a results file.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -24,8 +26,14 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from server.auth import create_token
+from server.db.base import session_scope
 from server.errors import ArtifactLoopError
+from server.labels.truth import read_truth
+from server.runtime import Runtime
+from server.settings import Settings
 from server.sim import demo_play, demo_results
+from server.sim.synth import make_synthetic_dataset
 
 # Small models so a laptop CPU runs a round in well under a minute.
 DEMO_SETTINGS = {
@@ -137,8 +145,6 @@ def _stop_on_signals() -> Iterator[None]:
 def _synthetic_dataset(console: Console, data_dir: Path) -> Path:
     dataset = data_dir / "demo-dataset"
     if not (dataset / "ground_truth.csv").exists():
-        from server.sim.synth import make_synthetic_dataset
-
         with console.status("making a small synthetic dataset ..."):
             summary = make_synthetic_dataset(dataset, seed=0, size="small", artifact_rate=2.0)
         console.print(
@@ -150,14 +156,10 @@ def _synthetic_dataset(console: Console, data_dir: Path) -> Path:
 
 
 def _truth(dataset: Path) -> demo_play.Truth:
-    from server.labels.truth import read_truth
-
     return {row.origin: row for row in read_truth(dataset)}
 
 
 def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("artifact-loop")
     except PackageNotFoundError:
@@ -165,11 +167,6 @@ def _package_version() -> str:
 
 
 def _tokens(data_dir: Path) -> tuple[str, str]:
-    from server.auth import create_token
-    from server.db.base import session_scope
-    from server.runtime import Runtime
-    from server.settings import Settings
-
     rt = Runtime.start(Settings(data_dir=data_dir, database_url="", broker_url=""))
     try:
         with session_scope(rt.sessions) as session:
@@ -183,8 +180,6 @@ def _tokens(data_dir: Path) -> tuple[str, str]:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: a child gets SIGTERM when the demo dies without cleaning up (SIGKILL)."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from server.errors import InvalidInput
 from server.sim.artifacts import PAINTERS, BeamFields, Canvas
@@ -35,6 +36,7 @@ from server.sim.synth import (
     ground_truth_rows,
     write_ground_truth,
 )
+from server.wklib import wk
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,6 @@ def fetch_volume(
     if volume.member.endswith(".npy"):
         raw = np.load(io.BytesIO(data), allow_pickle=False)
     else:  # an (uncompressed) TIFF image
-        from PIL import Image
-
         raw = np.asarray(Image.open(io.BytesIO(data)))
     array = as_sections(raw, tile=volume.tile, exclude=volume.exclude)
     # a blank section (nothing imaged) would be an artifact far easier than any painted one
@@ -201,8 +201,6 @@ def make_real_dataset(
     a test artifact may be of a kind found nowhere else. Each is subtle with probability
     :data:`server.sim.synth.SUBTLE_SHARE`. Sections are cropped to whole patches.
     ``painted.json`` beside the ground truth lists the kinds painted into each section."""
-    from server.webknossos.lib import wk
-
     start = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

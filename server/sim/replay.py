@@ -12,22 +12,23 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from server.annotation.tasks import label_task
+from server.db.base import write_transaction
+from server.db.tables import AnnotationTask, Annotator, Job, Label, ModelVersion
+from server.db.vocabulary import TaskStatus, VersionStatus
+from server.jobs import state
+from server.jobs.kinds import JobKind
+from server.jobs.runner import InlineSender
+from server.labels.service import labels_arrived
+from server.runtime import Runtime
+from server.sim.simulate import ORACLE
+
 METRICS = ("f1", "pr_auc", "precision_at_recall_0.9", "precision", "recall")
 
 
 def replay(
     settings: Any, *, template: Path, budget: int, name: str, say: Callable[[str], None]
 ) -> dict[str, Any]:
-    from server.annotation.tasks import label_task
-    from server.db.base import write_transaction
-    from server.db.tables import AnnotationTask, Annotator, Job, Label, ModelVersion
-    from server.jobs import state
-    from server.jobs.kinds import JobKind
-    from server.jobs.runner import InlineSender
-    from server.labels.service import labels_arrived
-    from server.runtime import Runtime
-    from server.sim.simulate import ORACLE
-
     verdicts = {int(i): bool(t) for i, t in np.load(template / "verdicts.npy")}
     types: dict[str, str] = json.loads((template / "types.json").read_text())
     rt = Runtime.start(settings)
@@ -57,7 +58,7 @@ def replay(
                         .where(
                             AnnotationTask.dataset_id == dataset_id,
                             AnnotationTask.kind == "proposal",
-                            AnnotationTask.status == "open",
+                            AnnotationTask.status == TaskStatus.OPEN,
                         )
                         .order_by(AnnotationTask.rank, AnnotationTask.id)
                         .limit(min(settings.batch_size, budget - labelled))
@@ -79,7 +80,10 @@ def replay(
             with write_transaction(rt.sessions) as session:
                 version = session.scalar(
                     select(ModelVersion)
-                    .where(ModelVersion.kind == "classifier", ModelVersion.status == "ready")
+                    .where(
+                        ModelVersion.kind == "classifier",
+                        ModelVersion.status == VersionStatus.READY,
+                    )
                     .order_by(ModelVersion.id.desc())
                     .limit(1)
                 )
@@ -120,8 +124,6 @@ def replay(
 
 
 def _audit_prevalence(session: Any, dataset_id: int) -> float:
-    from server.db.tables import AnnotationTask, Label
-
     audit = select(AnnotationTask.id).where(
         AnnotationTask.dataset_id == dataset_id, AnnotationTask.kind == "audit"
     )

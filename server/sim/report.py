@@ -97,6 +97,7 @@ def _median_interval(intervals: list[Any]) -> list[float] | None:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
+    # matplotlib costs seconds at start-up; only the plots need it
     import matplotlib
 
     matplotlib.use("Agg")

@@ -34,6 +34,7 @@ from scipy import ndimage
 from models.vocab import ARTIFACT_TYPES, artifact_type_id, artifact_type_name
 from server.errors import InvalidInput
 from server.sim.artifacts import NOISE_SIGMA, PAINTERS, BeamFields, Canvas, window_around
+from server.wklib import wk
 
 Size = Literal["small", "medium", "large"]
 PATCH = 140
@@ -88,8 +89,6 @@ def make_synthetic_dataset(
     in pixels, a multiple of 140; number of sections), for quick tests; ``artifact_rate`` scales
     how many artifacts are injected (1.0: about 5% of patches). ``progress(done, total)`` is
     called after each section."""
-    from server.webknossos.lib import wk
-
     start = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -200,8 +199,6 @@ def write_ground_truth(
 
 def add_mask_layer(ds: Any) -> Any:
     """The ``artifact_mask`` segmentation layer: artifact type id per voxel, 0 = clean."""
-    from server.webknossos.lib import wk
-
     return ds.add_layer(
         "artifact_mask",
         wk.SEGMENTATION_CATEGORY,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from server.errors import InvalidInput
 from server.sim.synth import PATCH, SynthSummary, make_synthetic_dataset, shard_depth
+from server.wklib import wk
 
 # (width = height in pixels, sections, sections written): 50 x 50 x 400 = 1,000,000 patches
 # on the disk of 8 sections (~20,000 patches, about what ``medium`` takes)
@@ -40,8 +41,6 @@ def make_repeated_dataset(
 ) -> SynthSummary:
     """Write ``written`` sections of a ``width`` x ``width`` dataset and repeat them to
     ``depth`` sections (``written`` must fill whole blocks of shards)."""
-    from server.webknossos.lib import wk
-
     start = time.perf_counter()
     if depth < written or written < 1:
         raise InvalidInput("depth must be at least the sections written, and written >= 1")

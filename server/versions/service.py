@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from server.db.tables import ModelVersion
+from server.db.vocabulary import VersionStatus
 from server.errors import Conflict, NotFound
 from server.settings import Settings
 
@@ -62,7 +63,7 @@ def _automatic_choice(
             .where(
                 ModelVersion.dataset_id == dataset_id,
                 ModelVersion.kind == kind,
-                ModelVersion.status == "ready",
+                ModelVersion.status == VersionStatus.READY,
             )
             .order_by(ModelVersion.id)
         )
@@ -97,7 +98,7 @@ def active_model(
         .where(
             ModelVersion.dataset_id == dataset_id,
             ModelVersion.kind == kind,
-            ModelVersion.status == "ready",
+            ModelVersion.status == VersionStatus.READY,
             ModelVersion.pinned.is_(True),
         )
         .order_by(ModelVersion.id.desc())
@@ -137,7 +138,7 @@ def get_version(session: Session, version_id: int) -> ModelVersion:
 def activate_version(session: Session, *, version_id: int) -> ModelVersion:
     """Make ``version_id`` the active version of its kind (roll back or forward)."""
     version = get_version(session, version_id)
-    if version.status != "ready":
+    if version.status != VersionStatus.READY:
         raise Conflict(f"model version {version_id} is {version.status}, not ready")
     session.execute(
         update(ModelVersion)

@@ -14,7 +14,7 @@ import httpx
 from server.db.tables import Dataset
 from server.errors import ArtifactLoopError, InvalidInput, ServiceUnavailable
 from server.settings import Settings
-from server.webknossos.lib import wk
+from server.wklib import ApiClientError, wk
 
 DATASET_ID = re.compile(r"^[0-9a-f]{24}$")  # the server's ids are MongoDB-style ObjectIds
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")  # all a project name may contain
@@ -77,8 +77,6 @@ def status_of(exc: Exception) -> int | None:
 @contextmanager
 def server(settings: Settings) -> Iterator[None]:
     """The library's context for the configured server, with its failures as clear errors."""
-    from webknossos.client.api_client.errors import ApiClientError
-
     if not settings.wk_url or settings.wk_token is None:
         raise InvalidInput(
             "no webKnossos server configured: set ARTIFACT_LOOP_WK_URL and ARTIFACT_LOOP_WK_TOKEN"

@@ -16,8 +16,8 @@ import httpx
 from server.errors import InvalidInput
 from server.settings import Settings
 from server.webknossos.client import WebknossosError
-from server.webknossos.lib import wk
 from server.webknossos.sync import DATASET_ID, link_of, server
+from server.wklib import wk
 
 _URL_ID = re.compile(r"/datasets/(?:[^/]*-)?([0-9a-f]{24})(?:/|$)")
 # the server's rule for dataset names (DatasetService.assertValidDatasetName of

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.labels.files import build_type_mapping, normalise_name
+from server.labels.records import build_type_mapping, normalise_name
 
 _VERDICT_WORDS = frozenset({"clean", "noartifact", "artifact", "artefact"})
 

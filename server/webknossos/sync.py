@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,12 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.annotation import task_state
 from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, WkAnnotation, WkTask
+from server.db.vocabulary import TaskStatus
 from server.errors import InvalidInput, ServiceUnavailable
+from server.labels.importer import import_label_file
 from server.settings import Settings
 from server.webknossos.client import (
     DATASET_ID,
@@ -54,7 +57,7 @@ from server.webknossos.client import (
     server,
     server_reason,
 )
-from server.webknossos.lib import wk
+from server.webknossos.report import SyncReport
 from server.webknossos.strays import remove_stray_clicks
 from server.webknossos.tasks import (
     EXPERIENCE_DOMAIN,
@@ -62,6 +65,7 @@ from server.webknossos.tasks import (
     cancel_labelled_elsewhere,
     push_proposals,
 )
+from server.wklib import ApiClientError, wk
 
 __all__ = [
     "DATASET_ID",
@@ -81,40 +85,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SyncReport:
-    pushed: int = 0
-    cancelled: int = 0
-    annotations_seen: int = 0
-    annotations_imported: int = 0
-    annotations_unchanged: int = 0
-    labels_added: int = 0
-    kept_in_progress: int = 0
-    unassignable: int = 0
-    errors: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    strays: list[str] = field(default_factory=list)  # one-node trees left out of task imports
-    delete_refused: list[str] = field(default_factory=list)  # tasks the server kept
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "pushed": self.pushed,
-            "refused": self.refused,
-            "unassignable": self.unassignable,
-            "cancelled": self.cancelled,
-            "kept_in_progress": self.kept_in_progress,
-            "warnings": self.warnings,
-            "delete_refused": self.delete_refused,
-            "strays": self.strays,
-            "annotations_seen": self.annotations_seen,
-            "annotations_imported": self.annotations_imported,
-            "annotations_unchanged": self.annotations_unchanged,
-            "labels_added": self.labels_added,
-            "errors": self.errors,
-        }
 
 
 # -- pull ------------------------------------------------------------------------------------------
@@ -181,8 +151,6 @@ def _explicit_annotations(refs: list[str]) -> list[_Finished]:
 
 def _fetch(annotation_id: str) -> Any:
     """The annotation as the library reads it, or why it cannot be read."""
-    from webknossos.client.api_client.errors import ApiClientError
-
     try:
         return wk.Annotation.download(annotation_id, skip_volume_data=True)
     except (ApiClientError, httpx.TransportError):
@@ -215,8 +183,6 @@ def pull_annotations(
     ids: list[str],
     report: SyncReport,
 ) -> None:
-    from server.labels.importer import import_label_file
-
     candidates = _finished_annotations(settings, dataset) if link_of(dataset) else []
     candidates += _explicit_annotations(ids)
     report.annotations_seen = len(candidates)
@@ -290,8 +256,9 @@ def _task_finished(session: Session, *, dataset_id: int, wk_task_id: str) -> Non
     pushed.state, pushed.updated_at = "finished", utcnow()
     if pushed.task_id is not None:
         task = session.get(AnnotationTask, pushed.task_id)
-        if task is not None and task.status in ("open", "leased", "expired"):
-            task.status, task.updated_at = "labelled", utcnow()
+        if task is not None and task.status in (TaskStatus.LEASED, *task_state.WAITING):
+            task_state.set_state(task, task_state.finished_elsewhere())
+            task.updated_at = utcnow()
 
 
 def check_sync(settings: Settings, dataset: Dataset, params: dict[str, Any]) -> list[str]:

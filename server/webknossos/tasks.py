@@ -14,14 +14,16 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.db.base import utcnow, write_transaction
 from server.db.tables import AnnotationTask, Dataset, WkTask
+from server.db.vocabulary import TaskStatus
 from server.errors import InvalidInput
+from server.pixels.source import parse_mag
 from server.settings import Settings
 from server.webknossos.client import (
     WebknossosError,
@@ -31,10 +33,8 @@ from server.webknossos.client import (
     server_reason,
     status_of,
 )
-from server.webknossos.lib import wk
-
-if TYPE_CHECKING:
-    from server.webknossos.sync import SyncReport
+from server.webknossos.report import SyncReport
+from server.wklib import ApiClientError, UnexpectedStatusError, wk
 
 EXPERIENCE_DOMAIN = "artifact-loop"
 
@@ -142,7 +142,7 @@ def push_proposals(
                 .where(
                     AnnotationTask.dataset_id == dataset.id,
                     AnnotationTask.kind == "proposal",
-                    AnnotationTask.status == "open",
+                    AnnotationTask.status == TaskStatus.OPEN,
                     AnnotationTask.id.not_in(pushed),
                 )
                 .order_by(AnnotationTask.rank, AnnotationTask.id)
@@ -162,8 +162,6 @@ def _push(
     link: dict[str, Any],
     report: SyncReport,
 ) -> None:
-    from server.pixels.source import parse_mag
-
     mag = parse_mag(dataset.mag)
     cx, cy = settings.wk_context_px * mag[0], settings.wk_context_px * mag[1]
     task_type_id, project = _ensure_project(settings, dataset)
@@ -199,8 +197,6 @@ def _check_assignable(
     """Open pushed tasks nobody can be given: no active member of the project's team holds
     the experience domain the tasks need (``report.unassignable``; a warning says why and
     which admin step fixes it)."""
-    from webknossos.client.api_client.errors import ApiClientError
-
     with write_transaction(sessions) as session:
         open_tasks = len(
             session.scalars(
@@ -241,8 +237,6 @@ def cancel_labelled_elsewhere(
 ) -> None:
     """Pushed tasks nobody started in webKnossos whose patch was answered elsewhere; a task
     someone is working on stays (its annotation is imported when finished)."""
-    from webknossos.client.api_client.errors import UnexpectedStatusError
-
     with write_transaction(sessions) as session:
         stale = [
             (p.id, p.wk_task_id)
@@ -252,7 +246,9 @@ def cancel_labelled_elsewhere(
                 .where(
                     WkTask.dataset_id == dataset.id,
                     WkTask.state == "open",
-                    AnnotationTask.status.in_(("labelled", "skipped", "retired")),
+                    AnnotationTask.status.in_(
+                        (TaskStatus.LABELLED, TaskStatus.SKIPPED, TaskStatus.RETIRED)
+                    ),
                 )
             )
         ]

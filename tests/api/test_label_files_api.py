@@ -12,7 +12,7 @@ V1 = "/api/v1"
 
 
 def _nml(tmp_path: Path, *, voxel_size: tuple[float, float, float] = (32, 32, 35)) -> bytes:
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
     annotation = wk.Annotation(name="labels", dataset_name="demo", voxel_size=voxel_size)
     group = annotation.skeleton.add_group("circular")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from server.sim.synth import make_synthetic_dataset
-from server.webknossos.lib import wk
+from server.wklib import wk
 from tests.processes import api_server, celery_worker, kill_process, pg_redis_env, wait_for
 
 

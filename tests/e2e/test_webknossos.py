@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from server.sim.synth import make_synthetic_dataset
-from server.webknossos.lib import wk
+from server.wklib import wk
 from tests.processes import api_server, celery_worker, pg_redis_env, wait_for
 from tests.wkserver import ANNOTATOR_ID, serve
 

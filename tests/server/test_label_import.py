@@ -37,7 +37,7 @@ from server.labels.service import disagreements
 from server.settings import get_settings
 
 if TYPE_CHECKING:
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "genem3"
 TRAINING_NML = FIXTURES / "artefact_trainingData.nml"
@@ -56,7 +56,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def sparse_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Zarr3 dataset with the fixtures' bounding box; one chunk written, the rest empty."""
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
     path = tmp_path_factory.mktemp("sparse") / "scMS109"
     dataset = wk.Dataset(path, voxel_size=VOXEL_SIZE)
@@ -129,7 +129,7 @@ def db(db_url: str, sparse_dataset: Path) -> Iterator[Db]:
 
 
 def _annotation(*, voxel_size: tuple[float, float, float] = VOXEL_SIZE) -> wk.Annotation:
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
     return wk.Annotation(name="labels", dataset_name=DATASET_NAME, voxel_size=voxel_size)
 
@@ -253,7 +253,7 @@ def test_conflicts_with_earlier_labels_are_reported(db: Db, tmp_path: Path) -> N
 
 # -- conventions on annotations written with the webknossos library ------------------------------
 def test_bounding_boxes_named_by_class_become_grid_patches(db: Db, tmp_path: Path) -> None:
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
     ox, oy, _ = BBOX.offset
     annotation = _annotation()
@@ -345,7 +345,7 @@ def _outside_nml(tmp_path: Path) -> bytes:
 
 
 def _whole_dataset_box(tmp_path: Path) -> bytes:
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
     annotation = _annotation()
     annotation.user_bounding_boxes = [wk.BoundingBox(BBOX.offset, BBOX.size).with_name("clean")]

@@ -17,7 +17,7 @@ from server.predictions import dense as predict
 from server.predictions.finish import finish_prediction, merge_boxes
 from server.settings import Settings
 from server.sim.synth import make_synthetic_dataset
-from server.webknossos.lib import wk
+from server.wklib import wk
 
 
 def _dataset(path: Path, size: tuple[int, int, int]) -> types.SimpleNamespace:

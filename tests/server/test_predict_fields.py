@@ -21,7 +21,7 @@ from server.predictions.qc import Fields, parse_grid
 from server.settings import Settings
 from server.sim.montage import paint_charging, paint_missing_field
 from server.sim.synth import make_synthetic_dataset
-from server.webknossos.lib import wk
+from server.wklib import wk
 
 SIDE, SECTIONS = 840, 4
 MISSING_Z, CHARGING_Z = 1, 2

@@ -15,7 +15,7 @@ from server.predictions import dense as predict
 from server.predictions.finish import finish_prediction
 from server.settings import Settings
 from server.sim.synth import make_synthetic_dataset
-from server.webknossos.lib import wk
+from server.wklib import wk
 from tests.server.test_predict_fields import clean_patches, synthetic_dataset
 
 SIDE, SECTIONS, BAD = 840, 6, 3

@@ -20,7 +20,7 @@ from server.settings import Settings
 from server.sim.synth import make_synthetic_dataset
 from server.webknossos.client import WebknossosError, server
 from server.webknossos.datasets import _check_name, server_dataset_name
-from server.webknossos.lib import wk
+from server.wklib import wk
 from tests.wkserver import DISALLOWED_PATHS, serve
 
 TOKEN = "wk-secret-token"

@@ -52,7 +52,7 @@ def test_painted_sections_have_exact_ground_truth(tmp_path: Path) -> None:
     with (tmp_path / "ds" / "ground_truth.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == summary.n_patches
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
     ds = wk.Dataset.open(tmp_path / "ds")
     mask = ds.get_layer("artifact_mask").get_mag("1").read()[0]

@@ -37,7 +37,7 @@ def _section(path: Path, layer: str, z: int, *, mag: int = 1) -> np.ndarray:
 
 
 def test_small_has_the_promised_layout(small: SynthSummary) -> None:
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
     assert small.n_patches == 14 * 14 * 20 <= 5000
     assert small.shape == (1960, 1960, 20)

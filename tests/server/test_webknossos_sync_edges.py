@@ -18,8 +18,8 @@ from server.db.base import session_scope
 from server.db.tables import AnnotationTask, Dataset, Label, WkTask
 from server.errors import InvalidInput
 from server.webknossos import sync as wk_sync
-from server.webknossos.lib import wk
 from server.webknossos.strays import remove_stray_clicks
+from server.wklib import wk
 from tests.server import test_webknossos_replay
 from tests.server.test_webknossos_replay import (
     RECORDED,

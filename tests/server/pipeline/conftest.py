@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server.db import migrate
 from server.db.base import make_engine
+from server.jobs.context import StepContext
 from server.jobs.runner import InlineSender
-from server.pipeline.context import StepContext
 from server.runtime import Runtime
 from server.settings import Settings
 

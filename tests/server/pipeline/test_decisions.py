@@ -15,11 +15,11 @@ from server.annotation.proposals import ensure_audit_set, excluded_indices
 from server.datasets.service import grid_of
 from server.db.tables import Job
 from server.jobs import state
+from server.jobs.context import StepContext
 from server.jobs.kinds import JobKind, JobState
 from server.labels.service import labels_arrived
 from server.labels.training_set import audit_labels, training_labels
 from server.pipeline import pretrain, score, train
-from server.pipeline.context import StepContext
 from tests import factories as make
 
 pytestmark = pytest.mark.postgres

@@ -14,5 +14,6 @@ os.environ.setdefault("WEBKNOSSOS_SKIP_VERSION_CHECK", "True")
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import webknossos as wk
+    from webknossos.client.api_client.errors import ApiClientError, UnexpectedStatusError
 
-__all__ = ["wk"]
+__all__ = ["ApiClientError", "UnexpectedStatusError", "wk"]

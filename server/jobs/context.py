@@ -1,4 +1,4 @@
-"""What every step gets: the process's runtime (database, settings) and a job sender."""
+"""What every job step gets: the process's runtime (database, settings) and a job sender."""
 
 from __future__ import annotations
 
