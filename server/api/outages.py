@@ -24,21 +24,6 @@ DATABASE_DOWN: tuple[type[Exception], ...] = (
 )
 
 
-def broker_errors() -> tuple[type[Exception], ...]:
-    """Errors of the Celery client when it cannot reach the broker."""
-    from kombu.exceptions import OperationalError as KombuOperationalError
-
-    found: list[type[Exception]] = [KombuOperationalError]
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        found += [RedisConnectionError, RedisTimeoutError]
-    except ImportError:  # pragma: no cover - the filesystem broker needs no redis client
-        pass
-    return tuple(found)
-
-
 @dataclass
 class _Incident:
     started: float
