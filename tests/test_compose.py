@@ -36,6 +36,14 @@ def test_design_services_are_all_there() -> None:
     assert any(m.endswith(":ro") for m in mounts), "datasets are mounted read-only"
 
 
+def test_datasets_are_read_only_from_their_mount() -> None:
+    """The API registers datasets (and reads mag paths) only under the mounted folder."""
+    for name in ("api", "worker-gpu", "worker-io"):
+        roots = SERVICES[name]["environment"].get("ARTIFACT_LOOP_DATASET_ROOTS")
+        mounted = [m.rsplit(":", 2)[1] for m in SERVICES[name]["volumes"] if m.endswith(":ro")]
+        assert roots and roots.split(":") == mounted, (name, roots, mounted)
+
+
 def test_api_command_resolves_to_the_app() -> None:
     command = SERVICES["api"]["command"]
     assert command[0] == "uvicorn"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import socket
 import threading
 import zipfile
@@ -182,22 +183,7 @@ def test_dataset_urls_only_to_the_configured_hosts(
     capped: tuple[TestClient, dict[str, str], Path],
 ) -> None:
     client, admin, _ = capped
-    # a local port the server must never be made to fetch from
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    port = listener.getsockname()[1]
-    contacted: list[object] = []
-
-    def watch() -> None:
-        for _ in range(15):
-            with contextlib.suppress(OSError):
-                contacted.append(listener.accept())
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with watched_port() as (port, contacted):
         for url in (
             f"http://127.0.0.1:{port}/datasets/org/ds/view",
             f"http://127.0.0.1:{port}/data/zarr3",
@@ -208,9 +194,83 @@ def test_dataset_urls_only_to_the_configured_hosts(
             r = client.post(f"{V1}/datasets", json={"name": "x", "path": url}, headers=admin)
             assert r.status_code == 422, (url, r.text)
             assert repr(url) in r.json()["detail"]
+    assert contacted == []
+
+
+@contextlib.contextmanager
+def watched_port() -> Iterator[tuple[int, list[object]]]:
+    """A local port the server must never be made to fetch from, and the connections it got
+    (known once the block is left)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    contacted: list[object] = []
+
+    def watch() -> None:
+        for _ in range(15):
+            with contextlib.suppress(OSError):
+                contacted.append(listener.accept())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield listener.getsockname()[1], contacted
     finally:
         watcher.join()
         listener.close()
+
+
+def _with_mag_path(folder: Path, mag_path: str) -> None:
+    """Point the dataset's mag 1 at ``mag_path`` in its datasource-properties.json."""
+    properties = folder / "datasource-properties.json"
+    parsed = json.loads(properties.read_text())
+    parsed["dataLayers"][0]["mags"][0]["path"] = mag_path
+    properties.write_text(json.dumps(parsed))
+
+
+def test_mag_paths_outside_the_roots_are_refused(
+    capped: tuple[TestClient, dict[str, str], Path],
+) -> None:
+    client, admin, tmp_path = capped
+    outside = tmp_path / "outside"
+    write_test_dataset(outside, shape=(280, 280, 2))
+    inside = tmp_path / "roots" / "em"
+    for name, mag_path in (
+        ("absolute", str(outside / "color" / "1")),
+        ("relative", "../../../outside/color/1"),
+    ):
+        write_test_dataset(inside / name, shape=(280, 280, 2))
+        _with_mag_path(inside / name, mag_path)
+        r = client.post(
+            f"{V1}/datasets", json={"name": name, "path": str(inside / name)}, headers=admin
+        )
+        assert r.status_code == 422, (mag_path, r.text)
+        detail = r.json()["detail"]
+        assert "layer 'color' mags[0] path" in detail and repr(mag_path) in detail, detail
+        assert "ARTIFACT_LOOP_DATASET_ROOTS" in detail
+    # a mag path inside the roots, in another dataset's folder, is fine
+    _with_mag_path(inside / "absolute", str(inside / "inside" / "color" / "1"))
+    r = client.post(
+        f"{V1}/datasets", json={"name": "shared", "path": str(inside / "absolute")}, headers=admin
+    )
+    assert r.status_code == 201, r.text
+
+
+def test_mag_urls_outside_the_allow_list_are_refused_unread(
+    capped: tuple[TestClient, dict[str, str], Path],
+) -> None:
+    client, admin, tmp_path = capped
+    folder = tmp_path / "roots" / "em" / "remote-mag"
+    write_test_dataset(folder, shape=(280, 280, 2))
+    with watched_port() as (port, contacted):
+        for url in (f"http://127.0.0.1:{port}/data/color/1", "s3://bucket/color/1"):
+            _with_mag_path(folder, url)
+            r = client.post(
+                f"{V1}/datasets", json={"name": "remote", "path": str(folder)}, headers=admin
+            )
+            assert r.status_code == 422, (url, r.text)
+            assert repr(url) in r.json()["detail"] and "webKnossos server" in r.json()["detail"]
     assert contacted == []
 
 
