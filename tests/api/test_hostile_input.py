@@ -8,6 +8,7 @@ import io
 import json
 import socket
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient
 from server.auth import create_token
 from server.db import migrate
 from server.db.base import session_scope
+from server.labels.bounded_xml import MAX_NML_NODES
 from server.main import create_app
 from tests.api.conftest import Api, add_tasks, make_settings
 from tests.conftest import write_test_dataset
@@ -152,6 +154,38 @@ def test_zip_over_the_total_or_member_cap_is_refused(
     many = _zip({f"part{i}.nml": b"<x/>" for i in range(4)})
     r = client.post(url, files={"file": ("many.zip", many, "application/zip")}, headers=admin)
     assert r.status_code == 422 and "4 NML files" in r.json()["detail"], r.text
+
+
+def _dense_nml(nodes: int) -> bytes:
+    """One tree of ``nodes`` nodes: a few hundred KB zipped, tens of MB of XML."""
+    node = b'<node id="%d" x="70" y="70" z="0" radius="1"/>'
+    return b"".join(
+        [
+            b'<things><parameters><experiment name="in"/><scale x="32" y="32" z="35"/>',
+            b'</parameters><thing id="1" name="clean"><nodes>',
+            *(node % i for i in range(1, nodes + 1)),
+            b"</nodes><edges/></thing></things>",
+        ]
+    )
+
+
+def test_dense_xml_is_refused_in_moments(api: Api, dataset_id: int) -> None:
+    url = f"{V1}/datasets/{dataset_id}/labels/import"
+    client, admin = api.client, api.admin
+    dense = _zip({"dense.nml": _dense_nml(MAX_NML_NODES + 1)})
+    assert len(dense) < 500_000
+    started = time.monotonic()
+    r = client.post(url, files={"file": ("dense.zip", dense, "application/zip")}, headers=admin)
+    took = time.monotonic() - started
+    assert r.status_code == 422 and "nodes" in r.json()["detail"], r.text
+    assert took < 5, f"{took:.1f} s"
+    bomb = b'<?xml version="1.0"?><!DOCTYPE t [<!ENTITY a "aaaaaaaaaa">]><things>&a;</things>'
+    r = client.post(url, files={"file": ("e.nml", bomb, "text/xml")}, headers=admin)
+    assert r.status_code == 422 and "DOCTYPE" in r.json()["detail"], r.text
+    # a file within the bounds is read as before
+    small = _zip({"small.nml": _dense_nml(3)})
+    r = client.post(url, files={"file": ("small.zip", small, "application/zip")}, headers=admin)
+    assert r.status_code in (200, 201), r.text
 
 
 def test_dataset_paths_only_under_the_roots(
