@@ -11,17 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import exc as sa_exc
-
 log = logging.getLogger("artifact_loop.api")
-
-# Driver errors that mean "the database cannot answer now", not "the request is wrong".
-DATABASE_DOWN: tuple[type[Exception], ...] = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.DisconnectionError,
-    sa_exc.TimeoutError,  # no pooled connection came free in time
-)
 
 
 @dataclass

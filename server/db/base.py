@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, MetaData, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -38,6 +39,14 @@ POOL_SIZE = 12
 # per request under load, and a connection that dies in use fails its request, which then
 # answers 503 while the pool replaces the connections made before the failure.
 PING_IF_IDLE_S = 2.0
+
+# Driver errors that mean "the database cannot answer now", not "the request is wrong".
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    DisconnectionError,
+    sa_exc.TimeoutError,  # no pooled connection came free in time
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
