@@ -26,11 +26,12 @@ from sqlalchemy import exc as sa_exc
 from server.api import router as api_router
 from server.api.deps import admin_user, current_user
 from server.api.guards import RequestGuard
-from server.api.outages import DATABASE_DOWN, Outages, broker_errors
+from server.api.outages import Outages
 from server.api.schemas import ErrorOut, ValidationErrorOut
 from server.api.state import AppState
-from server.db.base import API_THREADS
+from server.db.base import API_THREADS, DATABASE_DOWN
 from server.errors import ArtifactLoopError
+from server.jobs.queue import broker_errors
 from server.settings import Settings, get_settings
 from server.web.pages import mount_pages
 

@@ -33,7 +33,8 @@ class Runtime:
         settings = settings or get_settings()
         if settings.is_sqlite:
             settings.ensure_dirs()
-        engine = make_engine(settings.database_url)
+        budget = {} if settings.db_pool_size is None else {"pool_size": settings.db_pool_size}
+        engine = make_engine(settings.database_url, **budget)
         try:
             current = migrate.current_revision(engine)
         except OperationalError as exc:

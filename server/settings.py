@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     max_zip_inflated_bytes: int = 256 * 1024 * 1024  # all members of a zip together
     retry_after_s: int = 5  # told to clients when the database or the broker is down
 
+    # PostgreSQL connections this process may hold (None: server.db.base.POOL_SIZE, sized so
+    # two stacks fit the server's default max_connections; see README: connection budget)
+    db_pool_size: int | None = Field(default=None, ge=1)
+
     # Workers
     visibility_timeout_s: int = 6 * 3600
     # a job still queued this long while its broker queue is empty lost its message: resend

@@ -36,6 +36,27 @@ def test_design_services_are_all_there() -> None:
     assert any(m.endswith(":ro") for m in mounts), "datasets are mounted read-only"
 
 
+def test_datasets_are_read_only_from_their_mount() -> None:
+    """The API registers datasets (and reads mag paths) only under the mounted folder."""
+    for name in ("api", "worker-gpu", "worker-io"):
+        roots = SERVICES[name]["environment"].get("ARTIFACT_LOOP_DATASET_ROOTS")
+        mounted = [m.rsplit(":", 2)[1] for m in SERVICES[name]["volumes"] if m.endswith(":ro")]
+        assert roots and roots.split(":") == mounted, (name, roots, mounted)
+
+
+def test_two_stacks_fit_the_default_max_connections() -> None:
+    """The connection budget (README): every process's pool, summed over a stack, twice,
+    within PostgreSQL's default max_connections=100 less its 3 superuser slots."""
+    engine = make_engine("postgresql://budget@127.0.0.1:1/budget")  # connects to nothing yet
+    per_process = engine.pool.size() + engine.pool._max_overflow  # type: ignore[attr-defined]
+    engine.dispose()
+    api = int(_option(SERVICES["api"]["command"], "--workers") or 1) * per_process
+    # a Celery process: a running job and its heartbeat (the parent of the io pool, the reaper)
+    io = int(_option(SERVICES["worker-io"]["command"], "--concurrency") or 1) * 2 + 1
+    gpu = 2 + 1  # solo: the job and its heartbeat in the process that runs the reaper
+    assert per_process <= 12 and 2 * (api + io + gpu) <= 97, (per_process, api, io, gpu)
+
+
 def test_api_command_resolves_to_the_app() -> None:
     command = SERVICES["api"]["command"]
     assert command[0] == "uvicorn"

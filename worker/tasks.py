@@ -62,7 +62,10 @@ def reap_jobs(*, own_worker: str | None = None) -> list[int]:
     rt = runtime()
     requeued = []
     if own_worker:
-        requeued += state.requeue_jobs_of_worker(rt.sessions, worker=own_worker, sender=sender())
+        # what a previous process of this very worker left running is dead
+        requeued += state.reap_stale_jobs(
+            rt.sessions, sender=sender(), stale_after=timedelta(0), worker=own_worker
+        )
     requeued += state.reap_stale_jobs(rt.sessions, sender=sender(), stale_after=STALE_AFTER)
     requeued += state.resend_lost_jobs(
         rt.sessions, sender=sender(), older_than=timedelta(seconds=rt.settings.resend_after_s)

@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Insert, bindparam, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models.acquisition import draw_audit_set
 from server.annotation import task_state
 from server.db.base import utcnow
-from server.db.tables import AnnotationTask, Dataset, Label
+from server.db.tables import PROPOSAL_IN_PLAY, AnnotationTask, Dataset, Label
 from server.db.vocabulary import TaskStatus
 from server.pixels.grid import Grid
 from server.pixels.source import patch_extent
@@ -130,7 +131,13 @@ def replace_proposals(
     earlier) and dropped from the batch. Leasing waits for the commit instead of finding
     every open task locked (see :func:`server.annotation.leasing.lease_next`), so everything
     that can be done before the retirement is, and the rows go in as one bulk insert.
+
+    Replacements of one dataset run one after the other (:func:`_serialise_replacements`):
+    two at once both retired the batch before them and left both new batches open. A patch
+    in play in another batch all the same (a lease given back meanwhile) is left out of
+    this one: the database keeps a patch in play in at most one batch.
     """
+    _serialise_replacements(session, dataset_id=dataset.id)
     w, h = patch_extent(dataset)
     # before taking any lock: what was blocked when the picks were made, and the rows
     blocked = set(excluded_indices(session, dataset=dataset, grid=grid).tolist())
@@ -187,10 +194,34 @@ def replace_proposals(
     # every task of any dataset so far (the primary key's last entry, not a scan of the
     # dataset's tasks); the demotion filters by dataset itself
     last_old = session.scalar(select(func.max(AnnotationTask.id)))
-    if rows:
-        session.execute(insert(AnnotationTask), rows)
+    added = len(session.execute(_insert_in_play_once(session), rows).all()) if rows else 0
     _interleave_audit(session, dataset_id=dataset.id)
-    return Batch(added=len(rows), first_new_id=int(last_old or 0) + 1)
+    return Batch(added=added, first_new_id=int(last_old or 0) + 1)
+
+
+def _serialise_replacements(session: Session, *, dataset_id: int) -> None:
+    """Wait for any other replacement of the dataset to commit, and hold it off until this
+    transaction ends. PostgreSQL: a ``FOR NO KEY UPDATE`` lock on the dataset's row, which
+    does not block labels or tasks referring to it. SQLite: a write to the row takes the
+    database's write lock (already held in a :func:`write_transaction`)."""
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = select(Dataset.id).where(Dataset.id == dataset_id).with_for_update(key_share=True)
+        session.execute(stmt)
+    else:
+        session.execute(update(Dataset).where(Dataset.id == dataset_id).values(id=Dataset.id))
+
+
+def _insert_in_play_once(session: Session) -> Insert:
+    """A bulk insert of tasks that skips a patch already in play in another batch and
+    returns the ids of the tasks added."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return (
+        dialect.insert(AnnotationTask)
+        .on_conflict_do_nothing(
+            index_elements=["dataset_id", "grid_index"], index_where=text(PROPOSAL_IN_PLAY)
+        )
+        .returning(AnnotationTask.id)
+    )
 
 
 def demote_superseded(session: Session, *, dataset_id: int, first_new_id: int) -> int:

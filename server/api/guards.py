@@ -18,7 +18,7 @@ from anyio import to_thread
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.outages import DATABASE_DOWN
+from server.db.base import DATABASE_DOWN
 from server.errors import ArtifactLoopError
 
 API_PREFIX = "/api/v1/"

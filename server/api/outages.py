@@ -11,32 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import exc as sa_exc
-
 log = logging.getLogger("artifact_loop.api")
-
-# Driver errors that mean "the database cannot answer now", not "the request is wrong".
-DATABASE_DOWN: tuple[type[Exception], ...] = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.DisconnectionError,
-    sa_exc.TimeoutError,  # no pooled connection came free in time
-)
-
-
-def broker_errors() -> tuple[type[Exception], ...]:
-    """Errors of the Celery client when it cannot reach the broker."""
-    from kombu.exceptions import OperationalError as KombuOperationalError
-
-    found: list[type[Exception]] = [KombuOperationalError]
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        found += [RedisConnectionError, RedisTimeoutError]
-    except ImportError:  # pragma: no cover - the filesystem broker needs no redis client
-        pass
-    return tuple(found)
 
 
 @dataclass

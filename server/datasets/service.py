@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -75,11 +77,16 @@ def sample_statistics(
     return mean, std if std > 1e-6 else 1.0
 
 
+# Larger than any real datasource-properties.json (a few KB per layer), small enough to read.
+MAX_PROPERTIES_BYTES = 4 * 1024 * 1024
+PROPERTIES = "datasource-properties.json"
+
+
 @dataclass(frozen=True)
 class AllowedLocations:
-    """Where datasets registered through the API may live: folders under ``roots`` (any
-    folder when there are none) and URLs on the webKnossos servers ``hosts``
-    (``scheme://host[:port]``)."""
+    """Where datasets registered through the API may live, and every place they may make the
+    service read: folders under ``roots`` (any folder when there are none) and URLs on the
+    webKnossos servers ``hosts`` (``scheme://host[:port]``)."""
 
     roots: Sequence[Path] = ()
     hosts: Sequence[str] = ()
@@ -87,25 +94,81 @@ class AllowedLocations:
     def check(self, path: str) -> None:
         """Raise :class:`DatasetError` naming ``path`` (never the server's folders) when
         ``path`` is not allowed."""
-        if "://" in path or path.startswith(("http:", "https:")):
-            parts = urlsplit(path)
-            origin = f"{parts.scheme.lower()}://{parts.netloc.lower()}"
-            if parts.scheme.lower() not in ("http", "https") or origin not in self.hosts:
-                raise DatasetError(
-                    f"{path!r} is not on a webKnossos server this service is configured for"
-                )
-            return
-        if not self.roots:
+        if _is_url(path):
+            self._check_url(path, what=repr(path))
             return
         try:
             resolved = Path(path).expanduser().resolve()
         except (OSError, RuntimeError, ValueError):
             raise DatasetError(f"{path!r} is not a usable dataset path") from None
-        if not any(resolved.is_relative_to(root) for root in self.roots):
+        self._check_folder(resolved, what=repr(path))
+
+    def check_dataset(self, path: str) -> None:
+        """:meth:`check` the dataset ``path`` and, for a local one, every path and URL its
+        ``datasource-properties.json`` names (layers, mags, attachments), before anything
+        but that file is read."""
+        self.check(path)
+        if _is_url(path):
+            return  # a webKnossos server's dataset: its server says where the data lies
+        folder = Path(path).expanduser()
+        properties = folder / PROPERTIES
+        if not properties.is_file():
+            return  # opening it says what is missing
+        self._check_folder(properties.resolve(), what=f"{PROPERTIES} of {path!r}")
+        if properties.stat().st_size > MAX_PROPERTIES_BYTES:
+            raise DatasetError(f"{PROPERTIES} of {path!r} is larger than a dataset's can be")
+        try:
+            parsed = json.loads(properties.read_bytes())
+        except (OSError, ValueError):
+            raise DatasetError(f"{PROPERTIES} of {path!r} is not valid JSON") from None
+        for where, value in _named_paths(parsed):
+            what = f"{where} {value!r} in {PROPERTIES} of {path!r}"
+            if _is_url(value):
+                self._check_url(value, what=what)
+                continue
+            try:
+                resolved = (folder / Path(value).expanduser()).resolve()
+            except (OSError, RuntimeError, ValueError):
+                raise DatasetError(f"{what} is not a usable path") from None
+            self._check_folder(resolved, what=what)
+
+    def _check_url(self, url: str, *, what: str) -> None:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+        if parts.scheme.lower() not in ("http", "https") or origin not in self.hosts:
             raise DatasetError(
-                f"{path!r} is not inside a dataset folder this service may read "
+                f"{what} is not on a webKnossos server this service is configured for"
+            )
+
+    def _check_folder(self, resolved: Path, *, what: str) -> None:
+        if self.roots and not any(resolved.is_relative_to(root) for root in self.roots):
+            raise DatasetError(
+                f"{what} is not inside a dataset folder this service may read "
                 "(ARTIFACT_LOOP_DATASET_ROOTS)"
             )
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path or path.startswith(("http:", "https:"))
+
+
+def _named_paths(node: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """``(where, value)`` of every ``path`` or ``url`` string in a parsed
+    ``datasource-properties.json``; ``where`` names it by layer (``layer 'color' mags[0]
+    path``)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("path", "url") and isinstance(value, str):
+                yield f"{where} {key}".strip(), value
+            elif key == "dataLayers" and isinstance(value, list):
+                for layer in value:
+                    name = layer.get("name") if isinstance(layer, dict) else None
+                    yield from _named_paths(layer, f"layer {name!r}")
+            else:
+                yield from _named_paths(value, f"{where} {key}".strip())
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _named_paths(value, f"{where}[{i}]")
 
 
 def register_dataset(
@@ -135,7 +198,7 @@ def register_dataset(
         raise InvalidInput("stride must be positive")
     mag_vec = parse_mag(mag)
     if allowed is not None:
-        allowed.check(str(path))
+        allowed.check_dataset(str(path))
     try:
         opened = PatchSource.open(path, layer=layer, mag=mag_vec)
     except DatasetError as exc:
@@ -156,7 +219,12 @@ def register_dataset(
             raise DatasetError(str(exc)) from None
         if len(grid) == 0:
             raise DatasetError(f"bounding box {box} holds no whole patch of {patch} px")
-        mean, std = sample_statistics(source, grid, n_patches=stats_sample)
+        try:
+            mean, std = sample_statistics(source, grid, n_patches=stats_sample)
+        except Exception as exc:  # the storage libraries raise many kinds
+            # the library's message may name resolved folders or internal hosts
+            reason = "" if allowed is not None else f": {' '.join(str(exc).split())[:300]}"
+            raise DatasetError(f"cannot read the pixels of {str(path)!r}{reason}") from None
         dataset = Dataset(
             name=name,
             path=str(path),

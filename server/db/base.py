@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, MetaData, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -26,12 +27,26 @@ SLOW_WRITE_S = 2.0  # a write transaction longer than this is logged (SQLite)
 # Requests an API worker process runs at once in its thread pool (each holds at most one
 # database connection). More threads than this only wait on each other for the interpreter.
 API_THREADS = 24
+# The connection budget of a process (API worker, Celery worker, CLI): at most this many
+# PostgreSQL connections, kept open once made; a request or job beyond it waits for one.
+# Two stacks of docker-compose.yml fit PostgreSQL's default max_connections=100 (97 for
+# users): per stack 2 API processes x 12, and workers that use a few each (a job, its
+# heartbeat, the reaper), about 32 in all (README: connection budget).
+POOL_SIZE = 12
 # A pooled PostgreSQL connection that sat idle this long is tested with a round trip before
 # it is handed out (a restarted server leaves the pool holding dead connections). One in
 # steady use is not: testing every checkout cost a round trip and about 8% of the API's CPU
 # per request under load, and a connection that dies in use fails its request, which then
 # answers 503 while the pool replaces the connections made before the failure.
 PING_IF_IDLE_S = 2.0
+
+# Driver errors that mean "the database cannot answer now", not "the request is wrong".
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    DisconnectionError,
+    sa_exc.TimeoutError,  # no pooled connection came free in time
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -92,12 +107,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     # a stopped server refuses at once; an unreachable one must not hang a request for minutes
     kwargs.setdefault("connect_args", {"connect_timeout": 5})
-    # connections beyond pool_size are closed when returned: a pool smaller than the API
-    # worker's thread pool (API_THREADS requests at once, one connection each) reconnected
-    # many times a second under load, and a new PostgreSQL connection costs milliseconds of
-    # CPU on both sides
-    kwargs.setdefault("pool_size", API_THREADS)
-    kwargs.setdefault("max_overflow", 8)
+    # no overflow: connections beyond pool_size are closed when returned, and under load a
+    # pool smaller than the API's thread pool reconnected many times a second (a new
+    # PostgreSQL connection costs milliseconds of CPU on both sides); past the budget,
+    # requests wait for a pooled connection instead
+    kwargs.setdefault("pool_size", POOL_SIZE)
+    kwargs.setdefault("max_overflow", 0)
     engine = create_engine(url, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         _ping_idle_connections(engine)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -32,6 +33,10 @@ LABEL_SOURCES = ("ui", "api", "webknossos", "file", "simulation")
 ROLES = ("annotator", "admin")
 TASK_KINDS = ("proposal", "audit")
 TASK_STATUSES = tuple(status.value for status in TaskStatus)
+# A patch is in play (open or leased) in at most one batch of proposals: the predicate of the
+# partial unique index ``uq_tasks_patch_in_play``. Releasing a lease keeps a task in play, so
+# only a new batch can collide, and it skips those patches (``ON CONFLICT DO NOTHING``).
+PROPOSAL_IN_PLAY = "kind = 'proposal' AND status IN ('open', 'leased')"
 MODEL_KINDS = ("ae", "classifier")
 MODEL_STATUSES = tuple(status.value for status in VersionStatus)
 # the schema also admits "import", a kind no release has used
@@ -196,6 +201,14 @@ class AnnotationTask(Timestamped, Base):
         # next task: equality on dataset and status, then rank order (see annotation_tasks.py)
         Index("ix_tasks_queue", "dataset_id", "status", "rank", "id"),
         Index("ix_tasks_position", "dataset_id", "z", "y", "x"),
+        Index(
+            "uq_tasks_patch_in_play",
+            "dataset_id",
+            "grid_index",
+            unique=True,
+            postgresql_where=text(PROPOSAL_IN_PLAY),
+            sqlite_where=text(PROPOSAL_IN_PLAY),
+        ),
     )
 
 

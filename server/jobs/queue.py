@@ -5,6 +5,7 @@ Queue and task names are constants here so that the API never imports task code.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -12,6 +13,8 @@ from typing import Any, Final, Protocol
 from server.jobs.kinds import Queue
 from server.jobs.registry import spec_of
 from server.settings import Settings
+
+log = logging.getLogger("artifact_loop.jobs")
 
 QUEUE_GPU: Final = Queue.GPU.value
 QUEUE_IO: Final = Queue.IO.value
@@ -73,6 +76,44 @@ class JobSender(Protocol):
     pointed at a test broker."""
 
     def send(self, *, job_id: int, kind: str) -> str | None: ...
+
+
+def broker_errors() -> tuple[type[Exception], ...]:
+    """Errors of the Celery client when it cannot reach the broker."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    found: list[type[Exception]] = [KombuOperationalError]
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        found += [RedisConnectionError, RedisTimeoutError]
+    except ImportError:  # pragma: no cover - the filesystem broker needs no redis client
+        pass
+    return tuple(found)
+
+
+class SendLater:
+    """A sender for jobs that follow from what was just committed (a training that labels
+    started): the job's row is the truth, so an unreachable broker is logged, not raised.
+    The worker's reaper sends the job again once the broker answers
+    (:func:`server.jobs.state.resend_lost_jobs`)."""
+
+    def __init__(self, sender: JobSender) -> None:
+        self._sender = sender
+
+    def send(self, *, job_id: int, kind: str) -> str | None:
+        try:
+            return self._sender.send(job_id=job_id, kind=kind)
+        except broker_errors() as exc:
+            log.warning(
+                "job %d (%s) is queued, but the broker is unreachable (%s): it is sent again "
+                "once the broker is back",
+                job_id,
+                kind,
+                " ".join(str(exc).split())[:200],
+            )
+            return None
 
 
 class CeleryJobSender:

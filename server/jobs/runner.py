@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+from datetime import timedelta
 from typing import Any
 
-from server.db.base import write_transaction
+from server.db.base import DATABASE_DOWN, write_transaction
 from server.db.tables import Job
 from server.errors import ArtifactLoopError
 from server.jobs import state
@@ -49,6 +50,16 @@ def run_job(rt: Runtime, sender: JobSender, *, job_id: int, worker: str) -> bool
         return True
     except ArtifactLoopError as exc:
         state.fail_job(rt.sessions, job_id=job_id, error=str(exc))
+        return True
+    except DATABASE_DOWN as exc:
+        # the connection was killed or the server restarted: nothing is wrong with the job,
+        # so it is retried like one whose worker was lost (if the database is still down,
+        # this raises, and the reaper requeues the job once its heartbeat is stale)
+        error = " ".join(str(exc).split("\n")[0].split())
+        log.warning("job %s lost its database connection (%s): retrying it", job_id, error)
+        state.reap_stale_jobs(
+            rt.sessions, sender=sender, stale_after=timedelta(0), lost_database=(job_id, error)
+        )
         return True
     except Exception as exc:
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())

@@ -235,11 +235,14 @@ def reap_stale_jobs(
     sender: JobSender,
     stale_after: timedelta,
     worker: str | None = None,
+    lost_database: tuple[int, str] | None = None,
 ) -> list[int]:
-    """Jobs whose worker stopped sending heartbeats go back on the queue (or fail after
+    """Jobs whose worker stopped sending heartbeats, or whose attempt lost the database
+    (``lost_database``: job id, error), go back on the queue (or fail after
     :data:`MAX_ATTEMPTS`). Returns the ids put back on the queue."""
     requeued: list[int] = []
     cutoff = utcnow() - stale_after
+    why = f"database connection lost: {lost_database[1][:300]}" if lost_database else None
     with write_transaction(sessions) as session:
         # a job whose chunk jobs are still under way is waiting, not lost
         child = aliased(Job)
@@ -249,21 +252,22 @@ def reap_stale_jobs(
             .exists()
         )
         query = select(Job).where(Job.state == JobState.RUNNING, ~waiting)
-        if worker is not None:
+        if lost_database is not None:
+            query = query.where(Job.id == lost_database[0])
+        elif worker is not None:
             query = query.where(Job.worker == worker)
         else:
             query = query.where(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
         stale = list(session.scalars(query))
         for job in stale:
+            lost = why or f"worker lost ({job.worker}): no heartbeat since {job.heartbeat_at}"
             if job.attempts >= MAX_ATTEMPTS:
                 job.state = JobState.FAILED
-                job.error = f"worker lost: no heartbeat since {job.heartbeat_at}, gave up after {job.attempts} attempts"
+                job.error = f"{lost}; gave up after {job.attempts} attempts"
                 job.finished_at = utcnow()
             else:
                 job.state = JobState.QUEUED
-                job.message = (
-                    f"requeued: worker {job.worker} lost (attempt {job.attempts} of {MAX_ATTEMPTS})"
-                )
+                job.message = f"requeued: {lost} (attempt {job.attempts} of {MAX_ATTEMPTS})"
                 requeued.append(job.id)
         kinds = {job.id: job.kind for job in stale}
         if stale:
@@ -306,14 +310,6 @@ def resend_lost_jobs(
     for job_id, kind in sent:
         sender.send(job_id=job_id, kind=kind)
     return [job_id for job_id, _ in sent]
-
-
-def requeue_jobs_of_worker(
-    sessions: sessionmaker[Session], *, worker: str, sender: JobSender
-) -> list[int]:
-    """At a worker's start: whatever a previous process of the same worker left running is
-    dead. Put it back on the queue (or fail it after :data:`MAX_ATTEMPTS`)."""
-    return reap_stale_jobs(sessions, sender=sender, stale_after=timedelta(0), worker=worker)
 
 
 def active_jobs(session: Session, *, dataset_id: int, kinds: tuple[str, ...]) -> list[Job]:

@@ -17,6 +17,7 @@ from xml.etree.ElementTree import ParseError
 
 from models.vocab import LABEL_ARTIFACT, LABEL_CLEAN
 from server.errors import InvalidInput
+from server.labels.bounded_xml import check_nml_bounds
 from server.labels.records import (
     ARTIFACT_WORDS,
     BOX,
@@ -128,6 +129,7 @@ def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, *, at_most: int) -
 
 
 def _load_annotation(data: bytes, *, where: str) -> wk.Annotation:
+    check_nml_bounds(data, where=where)  # before the library builds it all in memory
     # The library reads annotations from paths only.
     with tempfile.TemporaryDirectory(prefix="artifact-loop-nml-") as tmp:
         path = Path(tmp) / "annotation.nml"

@@ -18,7 +18,7 @@ from server.db.vocabulary import VersionStatus
 from server.errors import Conflict
 from server.jobs import state
 from server.jobs.kinds import JobKind, JobState
-from server.jobs.queue import JobSender
+from server.jobs.queue import JobSender, SendLater
 from server.labels.rows import NewLabel, label_row
 from server.runtime import Runtime
 from server.versions.service import active_model
@@ -237,7 +237,9 @@ def labels_arrived(
     """Call after committing labels of ``dataset_id``, however they came (page, REST, file
     import, webKnossos): starts a training once ``retrain_every`` labels arrived since the
     last one, coalesced with a training that is waiting. Returns that training, if any.
-    ``may_start``: what :func:`training_may_start` answered in the labelling transaction."""
+    ``may_start``: what :func:`training_may_start` answered in the labelling transaction.
+    The labels are stored whatever the broker does: a training it cannot take now waits in
+    the database and is sent again later (:class:`~server.jobs.queue.SendLater`)."""
     if may_start is None:
         may_start = _training_may_start(rt, dataset_id=dataset_id)
     if not may_start:
@@ -261,7 +263,7 @@ def labels_arrived(
             return None
         return state.start_job(
             session,
-            sender=sender,
+            sender=SendLater(sender),
             kind=JobKind.TRAIN,
             dataset_id=dataset_id,
             params={"trigger": f"{new} new labels"},

@@ -39,6 +39,8 @@ from server.versions.features import (
     features_dir,
     read_scores,
     scores_dir,
+    scoring_dir,
+    switch_scores,
     write_scores,
 )
 from server.versions.service import active_model
@@ -67,9 +69,10 @@ def run(ctx: StepContext, job: Job) -> Chunked:
             ctx, version=version_id, job_id=job.id, n=len(grid), excluded=excluded
         )
         candidates = strategy.candidate_set(inputs)
-        out = scores_dir(ctx.settings, dataset_id=dataset.id, version_id=version_id)
+        # a folder of this job's own: the scores before it stay whole until it finishes
+        out = scoring_dir(ctx.settings, dataset_id=dataset.id, version_id=version_id, job_id=job.id)
         out.mkdir(parents=True, exist_ok=True)
-        for old in out.glob("chunk-*.npz"):  # a re-run scores a new candidate set
+        for old in out.glob("chunk-*.npz"):  # a retried job scores a new candidate set
             old.unlink()
         np.save(out / "candidates.npy", candidates)
         total = len(candidates)
@@ -219,9 +222,11 @@ def run_chunk(ctx: StepContext, job: Job) -> dict[str, Any]:
             params.chunk, recon=scores.recon_error, embedding=scores.embedding
         )
         return {"patches": len(indices)}
-    candidates = np.load(
-        scores_dir(ctx.settings, dataset_id=dataset.id, version_id=version.id) / "candidates.npy"
+    assert job.parent_id is not None, "a chunk belongs to its scoring job"
+    out = scoring_dir(
+        ctx.settings, dataset_id=dataset.id, version_id=version.id, job_id=job.parent_id
     )
+    candidates = np.load(out / "candidates.npy")
     indices = candidates[params.start : params.stop]
     extra: dict[str, np.ndarray] = {}
     ae_folder = (
@@ -244,8 +249,7 @@ def run_chunk(ctx: StepContext, job: Job) -> dict[str, Any]:
         shortlist=ctx.settings.tta_shortlist,
     )
     write_scores(
-        scores_dir(ctx.settings, dataset_id=dataset.id, version_id=version.id)
-        / f"chunk-{params.chunk:06d}.npz",
+        out / f"chunk-{params.chunk:06d}.npz",
         index=indices,
         p_artifact=scores.p_artifact,
         uncertainty=scores.margin,
@@ -305,6 +309,10 @@ def _score(
 
 
 def chunks_done(ctx: StepContext, job: Job) -> dict[str, Any]:
+    assert job.dataset_id is not None
+    ids = {"dataset_id": job.dataset_id, "version_id": int(job.result["model_version_id"])}
+    if scoring_dir(ctx.settings, **ids, job_id=job.id).is_dir():  # a classifier's scores
+        switch_scores(ctx.settings, **ids, job_id=job.id)
     return {k: job.result.get(k) for k in ("model_version_id", "chunks", "patches", "strategy")}
 
 

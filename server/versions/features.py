@@ -3,13 +3,15 @@
 An autoencoder's features (reconstruction error as a robust z-score, embedding) depend only on
 that version: they are computed once, in chunks of the grid, as ``recon-NNNNNN.npy`` and
 ``embed-NNNNNN.npy`` memory-mappable files. A classifier's scores of its candidates are
-``chunk-NNNNNN.npz`` files of a few thousand patches each.
+``chunk-NNNNNN.npz`` files of a few thousand patches each, written by a scoring job into a
+folder of its own and made current only once every chunk is there (:func:`switch_scores`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +25,34 @@ def features_dir(settings: Settings, *, dataset_id: int, version_id: int) -> Pat
     return model_dir(settings, dataset_id=dataset_id, version_id=version_id) / "features"
 
 
+CURRENT_SCORES = "current"  # names the folder of a version's complete scores
+
+
 def scores_dir(settings: Settings, *, dataset_id: int, version_id: int) -> Path:
-    return model_dir(settings, dataset_id=dataset_id, version_id=version_id) / "scores"
+    """The folder of a classifier version's complete scores: the one the last scoring that
+    finished switched to, or, before any switch (older stores), ``scores`` itself."""
+    root = model_dir(settings, dataset_id=dataset_id, version_id=version_id) / "scores"
+    current = root / CURRENT_SCORES
+    return root / current.read_text().strip() if current.is_file() else root
+
+
+def scoring_dir(settings: Settings, *, dataset_id: int, version_id: int, job_id: int) -> Path:
+    """Where scoring job ``job_id`` writes its chunks: read by nobody until they are all
+    there, so a scoring cancelled or failed half-way leaves the scores before it whole."""
+    root = model_dir(settings, dataset_id=dataset_id, version_id=version_id) / "scores"
+    return root / f"job-{job_id}"
+
+
+def switch_scores(settings: Settings, *, dataset_id: int, version_id: int, job_id: int) -> None:
+    """Make scoring job ``job_id``'s chunks the version's scores (one atomic rename), then
+    delete the scores they replace; a later scoring still under way keeps its folder."""
+    new = scoring_dir(settings, dataset_id=dataset_id, version_id=version_id, job_id=job_id)
+    _write_atomic(new.parent / CURRENT_SCORES, new.name.encode())
+    for old in new.parent.iterdir():
+        if old.is_dir() and old.name.startswith("job-") and int(old.name[4:]) < job_id:
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.suffix in (".npz", ".npy"):  # scores of older stores, beside the pointer
+            old.unlink(missing_ok=True)
 
 
 class AEFeatures:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import socket
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from fastapi.testclient import TestClient
 from server.auth import create_token
 from server.db import migrate
 from server.db.base import session_scope
+from server.labels.bounded_xml import MAX_NML_NODES
 from server.main import create_app
 from tests.api.conftest import Api, add_tasks, make_settings
 from tests.conftest import write_test_dataset
@@ -153,6 +156,38 @@ def test_zip_over_the_total_or_member_cap_is_refused(
     assert r.status_code == 422 and "4 NML files" in r.json()["detail"], r.text
 
 
+def _dense_nml(nodes: int) -> bytes:
+    """One tree of ``nodes`` nodes: a few hundred KB zipped, tens of MB of XML."""
+    node = b'<node id="%d" x="70" y="70" z="0" radius="1"/>'
+    return b"".join(
+        [
+            b'<things><parameters><experiment name="in"/><scale x="32" y="32" z="35"/>',
+            b'</parameters><thing id="1" name="clean"><nodes>',
+            *(node % i for i in range(1, nodes + 1)),
+            b"</nodes><edges/></thing></things>",
+        ]
+    )
+
+
+def test_dense_xml_is_refused_in_moments(api: Api, dataset_id: int) -> None:
+    url = f"{V1}/datasets/{dataset_id}/labels/import"
+    client, admin = api.client, api.admin
+    dense = _zip({"dense.nml": _dense_nml(MAX_NML_NODES + 1)})
+    assert len(dense) < 500_000
+    started = time.monotonic()
+    r = client.post(url, files={"file": ("dense.zip", dense, "application/zip")}, headers=admin)
+    took = time.monotonic() - started
+    assert r.status_code == 422 and "nodes" in r.json()["detail"], r.text
+    assert took < 5, f"{took:.1f} s"
+    bomb = b'<?xml version="1.0"?><!DOCTYPE t [<!ENTITY a "aaaaaaaaaa">]><things>&a;</things>'
+    r = client.post(url, files={"file": ("e.nml", bomb, "text/xml")}, headers=admin)
+    assert r.status_code == 422 and "DOCTYPE" in r.json()["detail"], r.text
+    # a file within the bounds is read as before
+    small = _zip({"small.nml": _dense_nml(3)})
+    r = client.post(url, files={"file": ("small.zip", small, "application/zip")}, headers=admin)
+    assert r.status_code in (200, 201), r.text
+
+
 def test_dataset_paths_only_under_the_roots(
     capped: tuple[TestClient, dict[str, str], Path],
 ) -> None:
@@ -182,22 +217,7 @@ def test_dataset_urls_only_to_the_configured_hosts(
     capped: tuple[TestClient, dict[str, str], Path],
 ) -> None:
     client, admin, _ = capped
-    # a local port the server must never be made to fetch from
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    port = listener.getsockname()[1]
-    contacted: list[object] = []
-
-    def watch() -> None:
-        for _ in range(15):
-            with contextlib.suppress(OSError):
-                contacted.append(listener.accept())
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with watched_port() as (port, contacted):
         for url in (
             f"http://127.0.0.1:{port}/datasets/org/ds/view",
             f"http://127.0.0.1:{port}/data/zarr3",
@@ -208,9 +228,83 @@ def test_dataset_urls_only_to_the_configured_hosts(
             r = client.post(f"{V1}/datasets", json={"name": "x", "path": url}, headers=admin)
             assert r.status_code == 422, (url, r.text)
             assert repr(url) in r.json()["detail"]
+    assert contacted == []
+
+
+@contextlib.contextmanager
+def watched_port() -> Iterator[tuple[int, list[object]]]:
+    """A local port the server must never be made to fetch from, and the connections it got
+    (known once the block is left)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    contacted: list[object] = []
+
+    def watch() -> None:
+        for _ in range(15):
+            with contextlib.suppress(OSError):
+                contacted.append(listener.accept())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield listener.getsockname()[1], contacted
     finally:
         watcher.join()
         listener.close()
+
+
+def _with_mag_path(folder: Path, mag_path: str) -> None:
+    """Point the dataset's mag 1 at ``mag_path`` in its datasource-properties.json."""
+    properties = folder / "datasource-properties.json"
+    parsed = json.loads(properties.read_text())
+    parsed["dataLayers"][0]["mags"][0]["path"] = mag_path
+    properties.write_text(json.dumps(parsed))
+
+
+def test_mag_paths_outside_the_roots_are_refused(
+    capped: tuple[TestClient, dict[str, str], Path],
+) -> None:
+    client, admin, tmp_path = capped
+    outside = tmp_path / "outside"
+    write_test_dataset(outside, shape=(280, 280, 2))
+    inside = tmp_path / "roots" / "em"
+    for name, mag_path in (
+        ("absolute", str(outside / "color" / "1")),
+        ("relative", "../../../outside/color/1"),
+    ):
+        write_test_dataset(inside / name, shape=(280, 280, 2))
+        _with_mag_path(inside / name, mag_path)
+        r = client.post(
+            f"{V1}/datasets", json={"name": name, "path": str(inside / name)}, headers=admin
+        )
+        assert r.status_code == 422, (mag_path, r.text)
+        detail = r.json()["detail"]
+        assert "layer 'color' mags[0] path" in detail and repr(mag_path) in detail, detail
+        assert "ARTIFACT_LOOP_DATASET_ROOTS" in detail
+    # a mag path inside the roots, in another dataset's folder, is fine
+    _with_mag_path(inside / "absolute", str(inside / "inside" / "color" / "1"))
+    r = client.post(
+        f"{V1}/datasets", json={"name": "shared", "path": str(inside / "absolute")}, headers=admin
+    )
+    assert r.status_code == 201, r.text
+
+
+def test_mag_urls_outside_the_allow_list_are_refused_unread(
+    capped: tuple[TestClient, dict[str, str], Path],
+) -> None:
+    client, admin, tmp_path = capped
+    folder = tmp_path / "roots" / "em" / "remote-mag"
+    write_test_dataset(folder, shape=(280, 280, 2))
+    with watched_port() as (port, contacted):
+        for url in (f"http://127.0.0.1:{port}/data/color/1", "s3://bucket/color/1"):
+            _with_mag_path(folder, url)
+            r = client.post(
+                f"{V1}/datasets", json={"name": "remote", "path": str(folder)}, headers=admin
+            )
+            assert r.status_code == 422, (url, r.text)
+            assert repr(url) in r.json()["detail"] and "webKnossos server" in r.json()["detail"]
     assert contacted == []
 
 

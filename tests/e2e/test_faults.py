@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from server.sim.synth import make_synthetic_dataset
@@ -24,23 +26,7 @@ def test_killing_the_worker_mid_training(pg_url: str, redis_url: str, tmp_path: 
             base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
         )
         with celery_worker(env, queues="gpu,io", name="faulty", log=tmp_path / "w1.log") as proc:
-            ds = http.post("/datasets", json={"name": "f", "path": str(dataset)}).json()["id"]
-            ae = wait_for(
-                lambda: http.get(f"/datasets/{ds}").json()["active_models"]["ae"], "pretraining"
-            )
-            with (dataset / "ground_truth.csv").open() as fh:
-                rows = list(csv.DictReader(fh))
-            for r in rows[:120]:
-                body = {"x": int(r["x"]), "y": int(r["y"]), "z": int(r["z"]), "label": r["label"]}
-                assert http.post(f"/datasets/{ds}/labels", json=body).status_code == 201
-            job = http.post(
-                f"/datasets/{ds}/jobs",
-                json={"kind": "train", "params": {"epochs": 60, "patience": 60}},
-            ).json()["job"]
-            wait_for(
-                lambda: http.get(f"/jobs/{job['id']}").json()["message"].startswith("epoch 5"),
-                "training under way",
-            )
+            ds, ae, job = _training_under_way(http, dataset, epoch=5)
             kill_process(proc)  # SIGKILL, like the OOM killer
 
         # the API keeps answering and nothing changed for users
@@ -67,3 +53,77 @@ def test_killing_the_worker_mid_training(pg_url: str, redis_url: str, tmp_path: 
         assert statuses == ["failed", "ready"], "the killed attempt's model is marked failed"
         ready = next(v for v in versions if v["status"] == "ready")
         assert http.get(f"/datasets/{ds}").json()["active_models"]["classifier"] == ready["id"]
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_training_that_loses_its_database_connection_is_retried(
+    pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    env, secret = pg_redis_env(pg_url, tmp_path / "data", broker=redis_url)
+    dataset = tmp_path / "ds"
+    make_synthetic_dataset(dataset, seed=4, shape=(840, 6), artifact_rate=3.0)
+    with api_server(env, log=tmp_path / "api.log") as base:
+        http = httpx.Client(
+            base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
+        )
+        with celery_worker(env, queues="gpu,io", name="w", log=tmp_path / "w.log"):
+            _, _, job = _training_under_way(http, dataset, epoch=2, epochs=12)
+            _kill_connection_reporting_progress(pg_url, job_id=job["id"])
+            done = wait_for(
+                lambda: (
+                    _job(http, job["id"]).get("state") in ("succeeded", "failed")
+                    and _job(http, job["id"])
+                ),
+                "the retried training",
+            )
+        assert done["state"] == "succeeded", done["error"]
+        assert done["attempts"] == 2
+
+
+def _training_under_way(
+    http: httpx.Client, dataset: Path, *, epoch: int, epochs: int = 60
+) -> tuple[int, int, dict[str, Any]]:
+    """Register ``dataset``, wait for its autoencoder, label 120 patches and start a long
+    training; once it reports ``epoch``: the dataset id, the autoencoder id and the job."""
+    ds = http.post("/datasets", json={"name": "f", "path": str(dataset)}).json()["id"]
+    ae = wait_for(lambda: http.get(f"/datasets/{ds}").json()["active_models"]["ae"], "pretraining")
+    with (dataset / "ground_truth.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows[:120]:
+        body = {"x": int(r["x"]), "y": int(r["y"]), "z": int(r["z"]), "label": r["label"]}
+        assert http.post(f"/datasets/{ds}/labels", json=body).status_code == 201
+    job = http.post(
+        f"/datasets/{ds}/jobs",
+        json={"kind": "train", "params": {"epochs": epochs, "patience": epochs}},
+    ).json()["job"]
+    wait_for(
+        lambda: _job(http, job["id"]).get("message", "").startswith(f"epoch {epoch}"),
+        "training under way",
+    )
+    return int(ds), int(ae), dict(job)
+
+
+def _kill_connection_reporting_progress(pg_url: str, *, job_id: int) -> None:
+    """Kill the training's database connection in the middle of a statement, with the
+    database up, as a failover or an operator's pg_terminate_backend does: the job's row is
+    held locked until its next progress report waits on it, that backend is terminated,
+    and the lock is let go."""
+    with psycopg.connect(pg_url) as holder, psycopg.connect(pg_url, autocommit=True) as admin:
+        holder.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
+        waiting = wait_for(
+            lambda: admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE jobs SET progress%%'"
+            ).fetchone(),
+            "the training's next progress report",
+            timeout=300,
+        )
+        admin.execute("SELECT pg_terminate_backend(%s)", (waiting[0],))
+        holder.rollback()
+
+
+def _job(http: httpx.Client, job_id: int) -> dict[str, Any]:
+    """The job, or nothing while the API answers 503 (its connections were killed too)."""
+    r = http.get(f"/jobs/{job_id}")
+    return dict(r.json()) if r.status_code == 200 else {}

@@ -262,3 +262,33 @@ def test_sign_in_states_never_show_the_workspace(site: Site, open_page: Any) -> 
     expect(page.locator("#signin")).to_be_visible()
     expect(page.locator("#workspace")).to_be_hidden()
     assert all("401" in e for e in errors), errors  # the browser logs the refused request
+
+
+def test_a_label_retried_after_a_lost_answer_is_stored_once(site: Site, open_page: Any) -> None:
+    """The server stored the label but its answer was lost (a 503 on the way back): the
+    key pressed again repeats the request with the same idempotency key."""
+    from playwright.sync_api import Route, expect
+
+    page, _ = open_page(site, site.annotator, (1280, 800), "/label")
+    shown = _ready(page)
+    before = len(site.labels())
+    answers: list[int] = []
+
+    def lose_first_answer(route: Route) -> None:
+        stored = route.fetch()  # the request reaches the server and is stored
+        if not answers:
+            answers.append(503)
+            route.fulfill(status=503, json={"detail": "the job queue (broker) is unreachable"})
+        else:
+            answers.append(stored.status)
+            route.fulfill(response=stored)
+
+    page.route("**/api/v1/tasks/*/label", lose_first_answer)
+    page.keyboard.press("a")
+    expect(page.locator("#message")).to_contain_text("unreachable")
+    assert _origin(page) == shown and len(site.labels()) == before + 1
+    page.keyboard.press("a")
+    expect(page.locator("#count")).to_have_text("1")
+    assert answers == [503, 200]
+    labels = site.labels()[before:]
+    assert [(lab.label, f"{lab.x}, {lab.y}, {lab.z}") for lab in labels] == [("artifact", shown)]

@@ -13,7 +13,7 @@ const TYPES = [
 ];
 const MARGIN = 100; // context pixels around the patch in the image
 const RECENT = 8;
-const state = { dataset: null, current: null, queue: [], history: [], recent: [], count: 0, busy: false, pending: null, dz: 0 };
+const state = { dataset: null, current: null, queue: [], history: [], recent: [], count: 0, busy: false, pending: null, dz: 0, keys: new Map() };
 const $ = (id) => document.getElementById(id);
 let viewer;
 
@@ -145,6 +145,15 @@ async function run(action) {
   if (next) await run(next);
 }
 
+// One idempotency key per verdict on a task until it is stored: the same key pressed again
+// after a failed answer (503, connection lost) repeats the request, so a label the server
+// stored before the answer was lost is returned, not stored a second time.
+function labelKey(task, kind, artifactType) {
+  const verdict = `${task.id}-${kind}-${artifactType || ""}`;
+  if (!state.keys.has(verdict)) state.keys.set(verdict, `${verdict}-${crypto.randomUUID()}`);
+  return state.keys.get(verdict);
+}
+
 function act(kind, artifactType = null) {
   return run(async () => {
     const task = state.current;
@@ -154,7 +163,7 @@ function act(kind, artifactType = null) {
         await api(`/tasks/${task.id}/skip`, { method: "POST", json: { unsure: kind === "unsure" } });
         state.history.push({ kind, task });
       } else {
-        const body = { label: kind, source: "ui", idempotency_key: `${task.id}-${crypto.randomUUID()}` };
+        const body = { label: kind, source: "ui", idempotency_key: labelKey(task, kind, artifactType) };
         if (artifactType) body.artifact_type = artifactType;
         const label = await api(`/tasks/${task.id}/label`, { method: "POST", json: body });
         const entry = { kind: "label", task, label };
@@ -167,6 +176,7 @@ function act(kind, artifactType = null) {
       if (err.status !== 409) throw err;
       message("Your lease on this patch ran out and someone else has it now; moving on.", true);
     }
+    state.keys.clear(); // answered: a verdict given after an undo is a new label
     state.current = null;
     await show();
     // counted once the next patch is on screen: keys pressed before that are not for it
