@@ -51,6 +51,7 @@ class Labelled(NamedTuple):
     label: Label
     created: bool  # False: a repeat with the same idempotency key found the first label
     training_may_start: bool  # asked only with ``ask_training``; see training_may_start
+    audit: bool = False  # a new label of an audit patch: the versions are measured again
 
 
 def label_task(
@@ -116,7 +117,7 @@ def label_task(
     task.lease_expires_at = None
     session.flush()
     may_start = ask_training and created and training_may_start(session, dataset_id=dataset.id)
-    return Labelled(created_label, created, may_start)
+    return Labelled(created_label, created, may_start, created and task.kind == "audit")
 
 
 def _label_and_close(
@@ -156,7 +157,9 @@ def _label_and_close(
     set_committed_value(task, "lease_holder_id", annotator.id)
     set_committed_value(task, "lease_expires_at", None)
     set_committed_value(task, "updated_at", now)
-    return Labelled(row[0], True, ask_training and training_state_allows(*row[1:]))
+    return Labelled(
+        row[0], True, ask_training and training_state_allows(*row[1:]), task.kind == "audit"
+    )
 
 
 @functools.cache

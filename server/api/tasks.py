@@ -41,7 +41,7 @@ from server.datasets.service import get_dataset
 from server.db.base import write_transaction
 from server.db.tables import TASK_KINDS, TASK_STATUSES, AnnotationTask, Dataset
 from server.errors import InvalidInput
-from server.labels.service import labels_arrived
+from server.labels.service import audit_labels_arrived, labels_arrived
 from server.webknossos.links import position_url
 
 router = APIRouter(tags=["tasks"])
@@ -201,6 +201,8 @@ def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) 
         may_start = labelled.training_may_start
     if may_start:
         labels_arrived(state.runtime, state.sender, dataset_id=dataset_id, may_start=True)
+    if labelled.audit:
+        audit_labels_arrived(state.runtime, state.sender, dataset_id=dataset_id)
     return json_response(out)
 
 

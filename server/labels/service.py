@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from server.db.base import write_transaction
-from server.db.tables import Annotator, Dataset, Job, Label
+from server.db.tables import Annotator, Dataset, Job, Label, ModelVersion
 from server.errors import Conflict
 from server.jobs.queue import JobSender
 from server.labels.rows import NewLabel, label_row
@@ -265,6 +265,35 @@ def labels_arrived(
             kind=JobKind.TRAIN,
             dataset_id=dataset_id,
             params={"trigger": f"{new} new labels"},
+            requested_by="loop",
+        ).job
+
+
+def audit_labels_arrived(rt: Runtime, sender: JobSender, *, dataset_id: int) -> Job | None:
+    """Call after committing a new label of an audit patch: every ready classifier is
+    measured again on the audit set as it now is (one waiting measurement takes in all that
+    arrive meanwhile). Returns that job, if any."""
+    from server.jobs import state
+    from server.jobs.kinds import JobKind
+
+    with write_transaction(rt.sessions) as session:
+        ready = session.scalar(
+            select(ModelVersion.id)
+            .where(
+                ModelVersion.dataset_id == dataset_id,
+                ModelVersion.kind == "classifier",
+                ModelVersion.status == "ready",
+            )
+            .limit(1)
+        )
+        if ready is None:
+            return None
+        return state.start_job(
+            session,
+            sender=sender,
+            kind=JobKind.AUDIT,
+            dataset_id=dataset_id,
+            params={"trigger": "audit labels arrived"},
             requested_by="loop",
         ).job
 

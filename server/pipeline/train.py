@@ -1,8 +1,9 @@
 """Step ``train``: the classifier, its encoder initialised from the active autoencoder, learns
 from the labels and is measured on the audit set.
 
-load (training and audit labels, the autoencoder) -> compute (train, calibrate, audit) ->
-record (a ``classifier`` model version); then it scores candidates (or, for strategies that
+load (training labels, the autoencoder) -> compute (train, calibrate) -> record (a
+``classifier`` model version) -> measure it and every other version in play on the current
+audit set (:mod:`server.pipeline.audit`); then it scores candidates (or, for strategies that
 need no classifier scores, proposes at once)."""
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ from server.errors import InvalidInput
 from server.jobs.kinds import JobKind
 from server.jobs.params import TrainParams
 from server.labels.training_set import audit_labels, training_labels
+from server.pipeline.audit import remeasure
 from server.pipeline.context import Report, StepContext
 from server.pipeline.versions import Outcome, train_version
 from server.pixels.reading import label_origins, read_at, use_all_cores
 from server.pixels.source import PatchSource
 from server.settings import Settings
 from server.versions.service import active_model
-
-EXAMPLES_PER_GALLERY = 8
 
 
 @dataclass
@@ -95,7 +95,7 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
         params=params,
         progress=ctx.progress(job.id),
     )
-    return train_version(
+    result = train_version(
         ctx,
         job,
         dataset,
@@ -105,6 +105,11 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
         label_count=len(data.train),
         label_snapshot_id=data.snapshot_id,
     )
+    # the new version and every other in play on the same, current audit set: only then
+    # does the hold-back rule decide which one is active
+    ctx.progress(job.id)(0.95, "measuring the versions on the audit set")
+    result["audit"] = remeasure(ctx, dataset)
+    return result
 
 
 def fit_classifier(
@@ -162,15 +167,12 @@ def fit_classifier(
         "single_view": result.single_view,
         "warm_start_from": data.warm[0] if data.warm is not None else None,
     }
-    if data.audit:
-        progress(0.92, "evaluating on the audit set")
-        metrics["audit"] = audit_report(source, dataset, result, data.audit)
     path = out_dir / "classifier.pt"
     sha = save_checkpoint(
         path,
         model=result.model,
         norm=(dataset.norm_mean, dataset.norm_std),
-        metrics={k: v for k, v in metrics.items() if k != "audit"},
+        metrics=metrics,
         extra={
             "temperature": result.temperature,
             "threshold": result.threshold,
@@ -194,55 +196,6 @@ def fit_classifier(
         weights_path=path,
         weights_sha256=sha,
     )
-
-
-def audit_report(
-    source: PatchSource, dataset: Dataset, result: Any, audit: list[Label]
-) -> dict[str, Any]:
-    """The version on the audit set, scored as the pool is (same views, calibration)."""
-    from models.calibration import calibrated, predict_logits
-    from models.metrics import classification_report
-    from models.networks import for_inference
-
-    fast = for_inference(result.model)
-    truth = np.asarray([lab.label == "artifact" for lab in audit], dtype=bool)
-    origins = label_origins(dataset, audit)
-    order = np.lexsort((origins[:, 1], origins[:, 0], origins[:, 2]))  # storage order
-    logits = np.empty(len(audit), dtype=np.float64)
-    for s in range(0, len(order), 512):
-        part = order[s : s + 512]
-        logits[part] = predict_logits(fast, read_at(source, dataset, origins[part]), tta=result.tta)
-    p = calibrated(logits, result.temperature)
-    report = classification_report(truth, p, threshold=result.threshold)
-    report["examples"] = _examples(audit, truth, p, result.threshold)
-    return report
-
-
-def _examples(
-    labels: list[Label], truth: np.ndarray, p: np.ndarray, threshold: float
-) -> dict[str, Any]:
-    pred = p >= threshold
-
-    def items(mask: np.ndarray, order: np.ndarray) -> list[dict[str, Any]]:
-        chosen = [i for i in order if mask[i]][:EXAMPLES_PER_GALLERY]
-        return [
-            {
-                "x": labels[i].x,
-                "y": labels[i].y,
-                "z": labels[i].z,
-                "p_artifact": float(p[i]),
-                "label": "artifact" if truth[i] else "clean",
-            }
-            for i in chosen
-        ]
-
-    by_p = np.argsort(-p)
-    return {
-        "true_positive": items(truth & pred, by_p),
-        "false_positive": items(~truth & pred, by_p),
-        "false_negative": items(truth & ~pred, np.argsort(p)),
-        "most_uncertain": items(np.ones_like(truth), np.argsort(np.abs(p - threshold))),
-    }
 
 
 def after(ctx: StepContext, job: Job) -> None:

@@ -271,9 +271,8 @@ def _show(
     console: Console, results: dict[str, Any], *, base: str, admin: str, results_path: Path
 ) -> None:
     used = (results.get("prediction") or {}).get("model_version_id")
-    fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
     table = Table(
-        *("version", "kind", "labels", "audit n", "F1", "PR-AUC", "P@R0.9", "note"),
+        *("version", "kind", "labels", "audit n (artifacts)", "F1", "PR-AUC", "P@R0.9", "note"),
         title="model versions (metrics on the labelled audit patches)",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -287,10 +286,7 @@ def _show(
             str(v["id"]),
             v["kind"],
             "-" if v["labels"] is None else str(v["labels"]),
-            "-" if v["audit_n"] is None else str(v["audit_n"]),
-            fmt(v["f1"]),
-            fmt(v["pr_auc"]),
-            fmt(v["precision_at_recall_0.9"]),
+            *demo_results.audit_cells(v),
             note,
         )
     console.print(table)

@@ -15,30 +15,55 @@ function counts(a) {
   const neg = pick(a, "negatives") ?? (n !== null && pos !== null ? n - pos : null);
   return { n, pos, neg };
 }
-// Metrics need audit labels of both classes; without them a value is not measured, never 0.
-function enough(a) {
+// Below the minimum of audit artifacts nothing is measured: the words say so, never a number.
+// metrics measured before the reason was stored: models/metrics.py MIN_AUDIT_ARTIFACTS
+const MIN_AUDIT_ARTIFACTS = 5;
+function notMeasured(a) {
   const { n, pos, neg } = counts(a);
-  if (!n) return false;
-  if (pos !== null && (pos < 1 || neg < 1)) return false;
-  return pick(a, "pr_auc") !== null;
+  if (!n) return "no audit labels";
+  if (pick(a, "not_measured")) return a.not_measured;
+  if (pos !== null && pos < MIN_AUDIT_ARTIFACTS) return `not enough audit artifacts (${pos})`;
+  if (neg !== null && neg < MIN_AUDIT_ARTIFACTS) return `not enough clean audit patches (${neg})`;
+  return pick(a, "pr_auc") === null ? "not measured" : null;
 }
+function enough(a) { return notMeasured(a) === null; }
 function value(a, name) { return enough(a) ? pick(a, name) : null; }
 function interval(a, name) { const i = pick(a, "intervals"); return i && Array.isArray(i[name]) ? i[name] : null; }
+function signed(x) { return `${x >= 0 ? "+" : "−"}${fmt(Math.abs(x))}`; }
+// The paired comparison of version v with version other on the same audit patches, if measured.
+function paired(v, other) {
+  if (!other || other.id === v.id) return null;
+  const p = pick(audit(v), "paired");
+  return p && p[String(other.id)] ? p[String(other.id)] : null;
+}
+function sameSet(p) { return `same ${p.patches} audit patches, ${p.artifacts} artifacts`; }
+function diffText(d) { return `${signed(d.difference)} [${signed(d.interval[0])} to ${signed(d.interval[1])}]`; }
 
 function metricCell(v, name) {
   if (v.kind !== "classifier") return el("td", {}, "–");
   const a = audit(v), x = value(a, name);
-  if (x === null) return el("td", {}, el("span", { class: "na" }, "not enough audit labels"));
+  if (x === null) return el("td", {}, el("span", { class: "na" }, notMeasured(a)));
   const ci = interval(a, name);
-  return el("td", {}, fmt(x), ci ? el("span", { class: "ci", title: "95% bootstrap interval" }, ` [${fmt(ci[0])}–${fmt(ci[1])}]`) : null);
+  return el("td", {}, fmt(x), ci ? el("span", { class: "ci", title: "95% interval" }, ` [${fmt(ci[0])}–${fmt(ci[1])}]`) : null);
 }
 
 function auditCell(v) {
   if (v.kind !== "classifier") return el("td", {}, "–");
-  const { n, pos } = counts(audit(v));
+  const a = audit(v), { n, pos } = counts(a), set = pick(a, "audit_set");
   if (!n) return el("td", {}, el("span", { class: "na" }, "no audit labels"));
-  const note = pos === 0 ? "no artifacts: nothing measured" : pos !== null && pos < 20 ? "few artifacts: wide intervals" : null;
-  return el("td", {}, `${n} (${pos ?? "?"} artifacts)`, note ? el("div", { class: "na" }, note) : null);
+  const latest = Math.max(0, ...dash.versions.map((x) => pick(pick(audit(x), "audit_set"), "through_label") || 0));
+  const stale = set && set.through_label < latest ? "measured on an older audit set" : null;
+  return el("td", {}, `${n} (${pos ?? "?"} artifacts)`, stale ? el("div", { class: "na" }, stale) : null);
+}
+
+// PR-AUC difference to the active classifier, paired on the same audit patches.
+function versusActiveCell(v) {
+  const active = dash.versions.find((x) => x.kind === "classifier" && x.active);
+  if (v.kind !== "classifier" || !active || active.id === v.id) return el("td", { class: "vs-active" }, "–");
+  const p = paired(v, active);
+  if (!p) return el("td", { class: "vs-active" }, el("span", { class: "na" }, "not measured on the same patches"));
+  if (p.reason) return el("td", { class: "vs-active" }, el("span", { class: "na" }, p.reason));
+  return el("td", { class: "vs-active" }, diffText(p.pr_auc), el("div", { class: "ci" }, sameSet(p)));
 }
 
 async function loadVersions() {
@@ -54,7 +79,7 @@ async function loadVersions() {
     },
     el("td", {}, v.id), el("td", {}, v.kind), el("td", {}, v.parent_id ?? "–"),
     el("td", {}, new Date(v.created_at).toLocaleString([], { dateStyle: "short", timeStyle: "short" })), el("td", {}, v.kind === "classifier" ? v.label_count : "–"),
-    auditCell(v), ...METRICS.map(([name]) => metricCell(v, name)),
+    auditCell(v), ...METRICS.map(([name]) => metricCell(v, name)), versusActiveCell(v),
     el("td", {}, v.status, v.held_back ? el("div", { class: "na held-back" }, `held back: ${v.held_back}`) : null),
     el("td", { class: "active-flag" }, v.active ? (v.pinned ? "● active, pinned" : "● active") : ""),
     el("td", {}));
@@ -93,25 +118,40 @@ function drawLearningCurve() {
   }));
   lineChart($("learning"), {
     title: "Learning curve (audit set, 95% intervals)", xLabel: "labels used for training", yLabel: "score", yMin: 0, yMax: 1,
-    series, empty: "not enough audit labels yet",
+    series, empty: "nothing measured yet: not enough audit artifacts",
   });
   const missing = cls.length - measured.length;
-  $("learning-note").textContent = missing ? `${missing} version(s) without enough audit labels (both classes needed) are not plotted.` : "";
+  const newest = cls.map((v) => pick(audit(v), "audit_set")).filter(Boolean).sort((x, y) => y.through_label - x.through_label)[0];
+  const notes = [];
+  if (newest) notes.push(`All versions measured on the same audit set: ${newest.patches} patches, ${newest.artifacts} artifacts.`);
+  if (missing) notes.push(`${missing} version(s) not plotted: ${[...new Set(cls.filter((v) => !enough(audit(v))).map((v) => notMeasured(audit(v))))].join("; ")}.`);
+  const active = cls.find((v) => v.active);
+  const last = cls[cls.length - 1];
+  const p = last && active ? paired(last, active) : null;
+  if (p && !p.reason) notes.push(`Newest (version ${last.id}) against active (version ${active.id}), PR-AUC ${diffText(p.pr_auc)}, F1 ${diffText(p.f1)} (paired, ${sameSet(p)}).`);
+  $("learning-note").textContent = notes.join(" ");
 }
 
 function comparison(v, active) {
   const a = audit(v), b = active ? audit(active) : {};
-  if (!enough(a)) return [el("p", { class: "na" }, `Version ${v.id} has not enough audit labels: its quality is unknown.`)];
+  const own = (x) => { const { n, pos } = counts(audit(x)); return `${n ?? 0} audit patches, ${pos ?? 0} artifacts`; };
+  const out = [];
+  if (!enough(a)) out.push(el("p", { class: "na" }, `Version ${v.id}: ${notMeasured(a)}; its quality is unknown.`));
+  const p = paired(v, active);
+  const header = el("tr", {}, el("th", { scope: "col" }, "audit metric"), el("th", { scope: "col" }, `version ${v.id}`),
+    el("th", { scope: "col" }, active ? `active (version ${active.id})` : "active: none"), el("th", { scope: "col" }, "difference (paired 95% interval)"));
+  const cell = (x, name) => { const val = value(audit(x), name), ci = interval(audit(x), name); return val === null ? notMeasured(audit(x)) : `${fmt(val)}${ci ? ` [${fmt(ci[0])}–${fmt(ci[1])}]` : ""}`; };
   const rows = METRICS.map(([name, title]) => {
-    const x = value(a, name), y = active ? value(b, name) : null, ci = interval(a, name);
-    const diff = x !== null && y !== null ? x - y : null;
-    return el("tr", {}, el("th", { scope: "row" }, title),
-      el("td", {}, fmt(x), ci ? ` [${fmt(ci[0])}–${fmt(ci[1])}]` : ""),
-      el("td", {}, active ? fmt(y) : "–"),
-      el("td", { class: diff !== null && diff < 0 ? "error" : "" }, diff === null ? "–" : `${diff >= 0 ? "+" : "−"}${fmt(Math.abs(diff))}`));
+    const d = p && !p.reason ? p[name] : null;
+    return el("tr", {}, el("th", { scope: "row" }, title), el("td", {}, cell(v, name)), el("td", {}, active ? cell(active, name) : "–"),
+      el("td", { class: "difference" + (d && d.interval[1] < 0 ? " error" : "") }, d ? diffText(d) : (p && p.reason) || "not measured on the same patches"));
   });
-  return [el("table", {}, el("tr", {}, el("th", { scope: "col" }, "audit metric"), el("th", { scope: "col" }, `version ${v.id}`),
-    el("th", { scope: "col" }, active ? `active (version ${active.id})` : "active: none"), el("th", { scope: "col" }, "difference")), ...rows)];
+  out.push(el("table", { class: "comparison" }, header, ...rows));
+  if (p) out.push(el("p", { class: "stat audit-counts" }, p.reason
+    ? `On the ${sameSet(p)}: ${p.reason}, so the two cannot be told apart.`
+    : `Both measured on the ${sameSet(p)}; the interval comes from resampling those patches for both versions at once.`));
+  else if (active) out.push(el("p", { class: "na audit-counts" }, `Measured on different audit sets (version ${v.id}: ${own(v)}; version ${active.id}: ${own(active)}): no difference is shown.`));
+  return out;
 }
 
 function ask(v) {
@@ -168,9 +208,9 @@ async function select(id) {
   if (curve && Array.isArray(curve.recall)) prPoints = curve.recall.map((r, i) => [r, curve.precision[i]]);
   const { n, pos } = counts(a);
   lineChart($("pr"), {
-    title: `Precision-recall on the audit set, version ${v.id}`, xLabel: "recall", yLabel: "precision", yMin: 0, yMax: 1, points: false,
+    title: `Precision-recall on the audit set, version ${v.id}`, xLabel: "recall", yLabel: "precision", xMin: 0, xMax: 1, yMin: 0, yMax: 1, points: false,
     series: prPoints.length ? [{ name: `PR-AUC ${fmt(value(a, "pr_auc"))}`, points: prPoints }] : [],
-    empty: v.kind === "ae" ? "autoencoders do not classify" : `not enough audit labels (${n ?? 0} patches, ${pos ?? 0} artifacts)`,
+    empty: v.kind === "ae" ? "autoencoders do not classify" : `${notMeasured(a) || "no curve"} (${n ?? 0} patches, ${pos ?? 0} artifacts)`,
   });
   drawConfusion(v, a);
   drawGalleries(v, a);
@@ -181,7 +221,7 @@ function drawConfusion(v, a) {
   if (cm && !Array.isArray(cm)) cm = [[cm.tn, cm.fp], [cm.fn, cm.tp]];
   $("cm-title").textContent = `Confusion matrix, version ${v.id} (threshold ${fmt(pick(a, "threshold"))})`;
   if (v.kind === "ae") { $("confusion").textContent = "Autoencoders do not classify."; return; }
-  if (!cm || !enough(a)) { $("confusion").textContent = "Not enough audit labels: the audit set needs both clean and artifact patches."; return; }
+  if (!cm || !enough(a)) { $("confusion").textContent = `Nothing measured: ${notMeasured(a)}.`; return; }
   const { n, pos } = counts(a);
   $("confusion").replaceChildren(el("table", {},
     el("tr", {}, el("th", { scope: "col" }, "true \\ predicted"), el("th", { scope: "col" }, "clean"), el("th", { scope: "col" }, "artifact")),
@@ -192,6 +232,7 @@ function drawConfusion(v, a) {
 
 function drawGalleries(v, a) {
   const examples = pick(a, "examples");
+  if (v.kind === "classifier" && !enough(a)) { $("galleries").textContent = `Nothing measured: ${notMeasured(a)}.`; return; }
   if (!examples) { $("galleries").textContent = v.kind === "ae" ? "Autoencoders do not classify." : "No audit examples yet."; return; }
   const names = { true_positive: "True positives", false_positive: "False positives", false_negative: "False negatives", most_uncertain: "Most uncertain" };
   const blocks = [];
