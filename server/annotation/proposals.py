@@ -9,6 +9,7 @@ import numpy as np
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from server.annotation.review import kept_for_review
 from server.datasets.service import patch_extent
 from server.db.base import utcnow
 from server.db.tables import AnnotationTask, Dataset, Label
@@ -166,6 +167,7 @@ def replace_proposals(
             AnnotationTask.dataset_id == dataset.id,
             AnnotationTask.kind == "proposal",
             AnnotationTask.status.in_(("open", "expired")),
+            ~kept_for_review(),
         )
         .values(status="retired", updated_at=now)
     )
@@ -173,7 +175,8 @@ def replace_proposals(
         session.scalars(
             select(AnnotationTask.grid_index).where(
                 AnnotationTask.dataset_id == dataset.id,
-                AnnotationTask.status.in_(("leased", "labelled")),
+                # open ones left now: flagged unsure, kept for review
+                AnnotationTask.status.in_(("leased", "labelled", "open")),
                 AnnotationTask.grid_index.is_not(None),
             )
         )

@@ -296,7 +296,11 @@ def review_list(
     )
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     rows = session.execute(
-        stmt.order_by(AnnotationTask.rank, AnnotationTask.id).limit(limit).offset(offset)
+        stmt.order_by(
+            AnnotationTask.resolved_at.is_not(None), AnnotationTask.rank, AnnotationTask.id
+        )
+        .limit(limit)
+        .offset(offset)
     ).all()
     return [(task, int(flags)) for task, flags in rows], int(total)
 

@@ -73,7 +73,7 @@ def _wait(http: httpx.Client, ds: int, what: str, done: Any, timeout: float = 42
 def _train(http: httpx.Client, ds: int) -> dict[str, Any]:
     r = http.post(f"/datasets/{ds}/jobs", json={"kind": "train"})
     assert r.status_code == 202, r.text
-    job_id = r.json()["id"]
+    job_id = r.json()["job"]["id"]
 
     def trained() -> dict[str, Any] | None:
         job = http.get(f"/jobs/{job_id}").json()

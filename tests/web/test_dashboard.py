@@ -7,12 +7,28 @@ from typing import Any
 
 from sqlalchemy import select
 
-from server.db.tables import Job
+from server.db.tables import Job, ModelVersion
 from tests.web.conftest import Site, shoot
 
 
 def _row(page: Any, version: int) -> Any:
     return page.locator(f"#versions tr[data-version='{version}']")
+
+
+def _audit(site: Site, version: int) -> dict[str, Any]:
+    return site.query(lambda s: s.get(ModelVersion, version).metrics["audit"])
+
+
+def _signed(x: float) -> str:
+    sign = "+" if x >= 0 else "\u2212"
+    return f"{sign}{abs(x):.2f}"
+
+
+def _difference(site: Site, version: int, against: int, name: str) -> str:
+    """How the page writes the paired difference of two versions' ``name``."""
+    d = _audit(site, version)["paired"][str(against)][name]
+    lo, hi = d["interval"]
+    return f"{_signed(d['difference'])} [{_signed(lo)} to {_signed(hi)}]"
 
 
 def test_dashboard_opens_on_the_active_version_and_never_plots_a_missing_metric(
@@ -35,9 +51,12 @@ def test_dashboard_opens_on_the_active_version_and_never_plots_a_missing_metric(
     expect(unmeasured).to_contain_text("not measured on the same patches")
     # per version: audit size, artifacts, interval; the paired difference to the active one
     expect(_row(page, v["best"])).to_contain_text("200 (20 artifacts)")
-    expect(_row(page, v["best"])).to_contain_text("0.66 [0.46\u20130.82]")
+    best = _audit(site, v["best"])
+    lo, hi = best["intervals"]["f1"]
+    expect(_row(page, v["best"])).to_contain_text(f"{best['f1']:.2f} [{lo:.2f}\u2013{hi:.2f}]")
     first = _row(page, v["first"]).locator(".vs-active")
-    expect(first).to_contain_text("\u22120.52 [\u22120.68 to \u22120.33]")
+    expect(first).to_contain_text(_difference(site, v["first"], v["best"], "pr_auc"))
+    assert _difference(site, v["first"], v["best"], "pr_auc").startswith("\u2212")
     expect(first).to_contain_text("same 200 audit patches, 20 artifacts")
     held = _row(page, v["worse"]).locator(".held-back")
     expect(held).to_contain_text("held back")
@@ -83,10 +102,10 @@ def test_activation_asks_first_and_unpin_returns_to_the_automatic_choice(
     expect(dialog).to_be_visible()
     expect(dialog).to_contain_text(f"Activate version {v['first']} (classifier)?")
     f1 = dialog.locator("tr", has_text="F1")
-    expect(f1).to_contain_text("0.45")
-    expect(f1).to_contain_text("0.66")
+    expect(f1).to_contain_text(f"{_audit(site, v['first'])['f1']:.2f}")
+    expect(f1).to_contain_text(f"{_audit(site, v['best'])['f1']:.2f}")
     # the paired difference on the same patches, with its interval and the counts
-    expect(f1.locator(".difference")).to_have_text("\u22120.21 [\u22120.37 to \u22120.07]")
+    expect(f1.locator(".difference")).to_have_text(_difference(site, v["first"], v["best"], "f1"))
     expect(dialog.locator(".audit-counts")).to_contain_text("same 200 audit patches, 20 artifacts")
     page.locator("#confirm-cancel").click()
     expect(dialog).to_be_hidden()
@@ -112,7 +131,7 @@ def test_activation_asks_first_and_unpin_returns_to_the_automatic_choice(
     scored = site.query(
         lambda s: [j.params for j in s.scalars(select(Job).where(Job.kind == "score"))]
     )
-    assert {"model_version_id": v["best"]} in scored
+    assert any(p["model_version_id"] == v["best"] for p in scored)
     assert errors == []
 
 

@@ -1,6 +1,6 @@
 // The dashboard: model versions and their audit metrics, charts, galleries, jobs, annotators.
 "use strict";
-const dash = { dataset: null, me: null, versions: [], selected: null, jobsSeen: "" };
+const dash = { dataset: null, me: null, versions: [], selected: null, jobsSeen: "", jobsTag: null };
 const $ = (id) => document.getElementById(id);
 const METRICS = [["f1", "F1"], ["pr_auc", "PR-AUC"], ["precision_at_recall_0.9", "precision @ recall 0.9"]];
 
@@ -193,6 +193,7 @@ async function select(id) {
     row.setAttribute("aria-selected", on ? "true" : "false");
   }
   const v = await api(`/models/${id}`);
+  if (dash.selected !== id) return; // another row was selected meanwhile
   const m = v.metrics || {};
   const history = pick(m, "history", "loss_history") || [];
   lineChart($("loss"), {
@@ -250,9 +251,22 @@ function drawGalleries(v, a) {
   $("galleries").replaceChildren(...blocks);
 }
 
-// Jobs are polled; versions and labels are fetched again only when a job changed state.
+// Jobs are polled with the tag of the last answer: unchanged, the server answers 304 with no
+// body. Versions and labels are fetched again only when a job changed state.
+async function jobsPage() {
+  const path = `/jobs?dataset_id=${dash.dataset}&limit=12`;
+  const headers = { Authorization: "Bearer " + token() };
+  if (dash.jobsTag && dash.jobsTag.path === path) headers["If-None-Match"] = dash.jobsTag.etag;
+  const response = await fetch(API + path, { headers, cache: "no-store" });
+  if (response.status === 304) return null;
+  if (!response.ok) return api(path); // the usual error handling
+  dash.jobsTag = { path, etag: response.headers.get("ETag") };
+  return response.json();
+}
+
 async function loadJobs() {
-  const page = await api(`/jobs?dataset_id=${dash.dataset}&limit=12`);
+  const page = await jobsPage();
+  if (page === null) return false;
   $("jobs").querySelector("tbody").replaceChildren(...page.items.map((j) => el("tr", {},
     el("td", {}, j.id), el("td", {}, j.kind), el("td", {}, j.state),
     el("td", {}, el("span", { class: "bar", role: "progressbar", "aria-label": `job ${j.id} progress`, "aria-valuenow": Math.round(j.progress * 100), "aria-valuemin": 0, "aria-valuemax": 100 }, el("span", { style: `width:${Math.round(j.progress * 100)}%` })), ` ${Math.round(j.progress * 100)} %`),
@@ -270,10 +284,50 @@ async function loadLabels() {
   const dis = await api(`/datasets/${dash.dataset}/disagreements?limit=20`);
   $("disagreements").replaceChildren(dis.total ? el("table", {}, el("tr", {}, el("th", { scope: "col" }, "patch (x, y, z)"), el("th", { scope: "col" }, "verdicts")),
     ...dis.items.map((p) => el("tr", {}, el("td", {}, `${p.x}, ${p.y}, ${p.z}`), el("td", {}, p.labels.map((l) => `${l.annotator}: ${l.label}${l.artifact_type ? " (" + l.artifact_type + ")" : ""}`).join(" · "))))) : "No disagreements.");
+  await loadReview();
+}
+
+const when = (at) => new Date(at).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+
+// The review list: who flagged a patch unsure and when, its labels since, and (admins) a
+// second look: open the patch, label it, mark it resolved.
+async function loadReview() {
   const review = await api(`/datasets/${dash.dataset}/tasks/review?limit=20`);
-  $("review").replaceChildren(review.total ? el("table", {}, el("tr", {}, el("th", { scope: "col" }, "patch (x, y, z)"), el("th", { scope: "col" }, "flagged by"), el("th", { scope: "col" }, "status"), el("th", { scope: "col" }, "webKnossos")),
-    ...review.items.map((t) => el("tr", {}, el("td", {}, `${t.x}, ${t.y}, ${t.z}`), el("td", {}, t.unsure_flags), el("td", {}, t.status),
-      el("td", {}, t.webknossos_url ? el("a", { href: t.webknossos_url, target: "_blank", rel: "noopener" }, `open ${t.x}, ${t.y}, ${t.z}`) : "–")))) : "Nothing flagged.");
+  if (!review.total) { $("review").replaceChildren("Nothing flagged."); return; }
+  $("review").replaceChildren(el("table", {}, el("tr", {}, el("th", { scope: "col" }, "patch (x, y, z)"), el("th", { scope: "col" }, "flagged unsure by"),
+    el("th", { scope: "col" }, "labels since"), el("th", { scope: "col" }, "status"), el("th", { scope: "col" }, "action")),
+  ...review.items.map((t) => el("tr", { "data-task": t.id }, el("td", {}, `${t.x}, ${t.y}, ${t.z}`),
+    el("td", {}, t.flagged_by.map((f) => `${f.annotator} (${when(f.at)})`).join(", ") || t.unsure_flags),
+    el("td", {}, t.labels.map((l) => `${l.annotator}: ${l.label}${l.artifact_type ? " (" + l.artifact_type + ")" : ""} (${when(l.at)})`).join(", ") || "none"),
+    el("td", { class: "review-status" }, t.resolved_at ? `resolved by ${t.resolved_by} (${when(t.resolved_at)})` : t.status === "labelled" ? "labelled" : "in the queue"),
+    el("td", {}, dash.me.role === "admin" ? el("button", { class: "open-review", onclick: () => openReview(t) }, "open", el("span", { class: "sr-only" }, ` patch ${t.x}, ${t.y}, ${t.z}`)) : "",
+      t.webknossos_url ? el("a", { href: t.webknossos_url, target: "_blank", rel: "noopener" }, " webKnossos") : null)))));
+}
+
+function openReview(t) {
+  const img = el("img", { alt: `flagged patch at ${t.x}, ${t.y}, ${t.z}`, width: 200, height: 200 });
+  imageUrl(`/datasets/${dash.dataset}/patch.png?x=${t.x}&y=${t.y}&z=${t.z}&margin=5`).then((u) => { img.src = u; }).catch(() => {});
+  const status = el("p", { class: "stat", role: "status" });
+  const labelAs = async (label) => {
+    try {
+      await api(`/tasks/${t.id}/label`, { method: "POST", json: { label, source: "ui", idempotency_key: `review-${t.id}-${crypto.randomUUID()}` } });
+      status.textContent = `Labelled ${label}.`;
+      await loadReview();
+    } catch (err) { status.textContent = err.message; }
+  };
+  const resolve = async () => {
+    try {
+      await api(`/tasks/${t.id}/resolve`, { method: "POST", json: { resolved: true } });
+      announce(`Patch ${t.x}, ${t.y}, ${t.z} resolved.`);
+      $("review-open").replaceChildren();
+      await loadReview();
+    } catch (err) { status.textContent = err.message; }
+  };
+  $("review-open").replaceChildren(el("h4", {}, `Patch ${t.x}, ${t.y}, ${t.z}`), img,
+    el("div", { class: "buttons" },
+      el("button", { class: "review-clean", onclick: () => labelAs("clean") }, "label clean"),
+      el("button", { class: "review-artifact", onclick: () => labelAs("artifact") }, "label artifact"),
+      el("button", { class: "review-resolve primary", onclick: resolve }, "mark resolved")), status);
 }
 
 async function refresh() {
