@@ -156,6 +156,11 @@ class LabellingProgress(BaseModel):
     training: dict[str, Any] | None = Field(
         description="The training job waiting or running (id, state, progress, message), if any"
     )
+    next_step: str = Field(
+        default="",
+        description="What comes next, in words: the training running or due, the pool being "
+        "scored, or how many labels until the next training",
+    )
 
 
 class NextTask(BaseModel):
