@@ -255,9 +255,10 @@ function drawTypes() {
 }
 
 async function loadExamples(type, box) {
-  const page = await api(`/datasets/${state.dataset.id}/labels?label=artifact&artifact_type=${type}&limit=3`);
-  if (!page.items.length) { box.append(el("span", { class: "stat" }, " No labelled example yet.")); return; }
-  for (const l of page.items) {
+  // only labels someone confirmed: agreed by two annotators, or reviewed by an admin
+  const items = await api(`/datasets/${state.dataset.id}/type-examples?artifact_type=${type}&limit=3`);
+  if (!items.length) { box.append(el("span", { class: "stat" }, " No agreed or reviewed example yet.")); return; }
+  for (const l of items) {
     const img = el("img", { alt: `${type} example at ${l.x}, ${l.y}, ${l.z}`, width: 64, height: 64 });
     imageUrl(`/datasets/${state.dataset.id}/patch.png?x=${l.x}&y=${l.y}&z=${l.z}&margin=0`).then((u) => { img.src = u; }).catch(() => {});
     box.append(img);
