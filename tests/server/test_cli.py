@@ -162,6 +162,7 @@ def test_bad_input_one_line_error(
     assert len([line for line in out.splitlines() if line.strip()]) == 1, out
 
 
+@pytest.mark.slow  # a real process
 def test_console_script_end_to_end(tmp_path: Path, sqlite_url: str) -> None:
     """The installed entry point, in a real process, as the README tells a newcomer."""
     write_test_dataset(tmp_path / "ds", shape=(300, 300, 2))
