@@ -169,3 +169,31 @@ def test_a_version_measured_on_few_artifacts_beside_one_measured_on_more(
     page.locator("#confirm-cancel").click()
     assert all(p.is_file() for p in shots)
     assert errors == []
+
+
+def test_the_review_list_resolves(site: Site, open_page: Any) -> None:
+    """Open a flagged patch, label it, mark it resolved; the list says who and when."""
+    import httpx
+    from playwright.sync_api import expect
+
+    headers = {"Authorization": f"Bearer {site.other}"}
+    base = f"{site.base}/api/v1"
+    task = httpx.post(f"{base}/datasets/{site.dataset_id}/tasks/next", headers=headers).json()
+    task_id = task["task"]["id"]
+    r = httpx.post(f"{base}/tasks/{task_id}/skip", json={"unsure": True}, headers=headers)
+    assert r.status_code == 200, r.text
+    page, errors = open_page(site, site.admin, (1280, 800), "/dashboard")
+    row = page.locator(f"#review tr[data-task='{task_id}']")
+    expect(row).to_contain_text("carol (")
+    expect(row.locator(".review-status")).to_have_text("in the queue")
+    row.get_by_role("button", name=re.compile("open patch")).click()
+    panel = page.locator("#review-open")
+    expect(panel.locator("img")).to_have_attribute("src", re.compile("^blob:"))
+    panel.get_by_role("button", name="label artifact").click()
+    expect(row).to_contain_text("ada: artifact")
+    panel.get_by_role("button", name="mark resolved").click()
+    expect(row.locator(".review-status")).to_contain_text("resolved by ada (")
+    expect(panel).to_be_empty()
+    labels = [lab for lab in site.labels() if lab.task_id == task_id]
+    assert [(lab.annotator, lab.label) for lab in labels] == [("ada", "artifact")]
+    assert errors == []

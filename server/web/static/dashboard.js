@@ -80,7 +80,7 @@ async function loadVersions() {
     el("td", {}, v.id), el("td", {}, v.kind), el("td", {}, v.parent_id ?? "–"),
     el("td", {}, new Date(v.created_at).toLocaleString([], { dateStyle: "short", timeStyle: "short" })), el("td", {}, v.kind === "classifier" ? v.label_count : "–"),
     auditCell(v), ...METRICS.map(([name]) => metricCell(v, name)), versusActiveCell(v),
-    el("td", {}, v.status, v.held_back ? el("div", { class: "na held-back" }, `held back: ${v.held_back}`) : null),
+    el("td", {}, v.status, v.held_back ? el("details", { class: "na held-back" }, el("summary", {}, "held back"), el("p", {}, v.held_back)) : null),
     el("td", { class: "active-flag" }, v.active ? (v.pinned ? "● active, pinned" : "● active") : ""),
     el("td", {}));
     if (dash.me.role === "admin" && v.status === "ready" && !v.active) {
