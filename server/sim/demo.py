@@ -272,24 +272,32 @@ def _show(
 ) -> None:
     used = (results.get("prediction") or {}).get("model_version_id")
     table = Table(
-        *("version", "kind", "labels", "audit n (artifacts)", "F1", "PR-AUC", "P@R0.9", "note"),
-        title="model versions (metrics on the labelled audit patches)",
+        *("version", "kind", "labels", "audit n", "F1", "PR-AUC", "P@R0.9", "note"),
+        title="model versions (metrics on the labelled audit patches; audit n: patches (artifacts))",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
     )
+    reasons = []
     for v in results["versions"]:
         note = ", ".join(
             word for word, yes in (("active", v["active"]), ("map", v["id"] == used)) if yes
         )
+        size, *metrics = demo_results.audit_cells(v)
+        if v["kind"] == "classifier" and metrics[0] == metrics[1] == metrics[2]:
+            reasons.append(f"version {v['id']}: {metrics[0]}")  # not measured: words, once
+            metrics = ["not measured", "-", "-"]
         table.add_row(
             str(v["id"]),
             v["kind"],
             "-" if v["labels"] is None else str(v["labels"]),
-            *demo_results.audit_cells(v),
+            size,
+            *metrics,
             note,
         )
     console.print(table)
+    if reasons:
+        console.print("not measured: " + "; ".join(reasons), highlight=False, soft_wrap=True)
     load = results["load_average"]
     console.print(
         "map: the version the prediction used\n"
