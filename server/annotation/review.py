@@ -42,8 +42,10 @@ def review_details(session: Session, *, task_ids: list[int]) -> dict[int, dict[s
         .where(Label.task_id.in_(task_ids))
         .order_by(Label.id)
     )
-    for task_id, name, verdict, kind, at in labels:
-        out[task_id]["labels"].append(
+    for labelled_task, name, verdict, kind, at in labels:
+        if labelled_task is None:  # never: the query asks for these tasks' labels
+            continue
+        out[labelled_task]["labels"].append(
             {"annotator": name, "label": verdict, "artifact_type": kind, "at": at}
         )
     resolved = session.execute(

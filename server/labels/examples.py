@@ -38,12 +38,12 @@ def type_examples(
     verdicts: dict[tuple[int, int, int], dict[str, set[tuple[str, str | None]]]] = defaultdict(
         lambda: defaultdict(set)
     )
-    for x, y, z, who, label, kind in session.execute(
+    for x, y, z, who, verdict, kind in session.execute(
         select(Label.x, Label.y, Label.z, Label.annotator, Label.label, Label.artifact_type).where(
             Label.dataset_id == dataset_id, tuple_(Label.x, Label.y, Label.z).in_(positions)
         )
     ):
-        verdicts[(x, y, z)][who].add((label, kind))
+        verdicts[(x, y, z)][who].add((verdict, kind))
     admins = set(session.scalars(select(Annotator.id).where(Annotator.role == "admin")))
     resolved = set(
         session.scalars(

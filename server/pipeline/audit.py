@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from sqlalchemy import select
@@ -23,7 +23,15 @@ from server.labels.training_set import audit_labels
 from server.pipeline.context import Report, StepContext
 from server.pixels.reading import label_origins, read_at, use_all_cores
 from server.pixels.source import PatchSource
-from server.versions.service import active_model, model_dir, refresh_active_flags
+from server.versions.service import (
+    active_model,
+    held_back_reason,
+    model_dir,
+    refresh_active_flags,
+)
+
+if TYPE_CHECKING:
+    from models.networks import Classifier
 
 # The newest ready classifiers re-measured each time (the active and pinned ones always are):
 # older ones keep the measurement they last had, marked with the audit set it was made on.
@@ -79,10 +87,14 @@ def remeasure(
         labels = audit_labels(session, dataset=dataset)
         for label in labels:
             session.expunge(label)
+        in_play = versions_in_play(session, dataset_id=dataset.id)
+        # a version whose weights file is gone cannot be measured: it keeps what it had
         versions = [
             (v.id, Path(v.weights_path or ""))
-            for v in versions_in_play(session, dataset_id=dataset.id)
+            for v in in_play
+            if Path(v.weights_path or "").is_file()
         ]
+        pinned = {v.id for v in in_play if v.pinned}
         before = active_model(
             session, dataset_id=dataset.id, kind="classifier",
             hold_back=ctx.settings.hold_back_worse,
@@ -98,7 +110,7 @@ def remeasure(
     with open_source(dataset) as source:
         scored = _probabilities(ctx, dataset, source, versions, origins, report)
     report(0.8, "comparing versions on the same audit patches")
-    reports = _reports(labels, truth, scored, through=through)
+    reports = _reports(labels, truth, scored, through=through, pinned=pinned)
     with write_transaction(ctx.sessions) as session:
         for version_id, audit in reports.items():
             version = session.get(ModelVersion, version_id)
@@ -152,7 +164,7 @@ def _probabilities(
         if todo:
             report(0.8 * n / len(versions), f"version {vid}: scoring {len(todo)} audit patches")
             logits = predict_logits(
-                for_inference(model),
+                cast("Classifier", for_inference(model)),
                 np.stack([patches[k] for k in todo]),
                 tta=int(extra.get("tta", 1)),
             )
@@ -195,6 +207,7 @@ def _reports(
     scored: dict[int, tuple[np.ndarray, float]],
     *,
     through: int,
+    pinned: set[int] | frozenset[int] = frozenset(),
 ) -> dict[int, dict[str, Any]]:
     from models.metrics import MIN_AUDIT_ARTIFACTS, classification_report, paired_difference
 
@@ -214,17 +227,36 @@ def _reports(
         }
         audit["paired"] = {}
         out[vid] = audit
+    # the pairs anyone asks for, not all of them (the audit set may be thousands of patches):
+    # each version against the one chosen before it (the hold-back rule's walk), and every
+    # version against each that may be active (the walk's choice, a pinned one, the newest)
     ids = sorted(scored)
-    for i, a in enumerate(ids):
-        for b in ids[i + 1 :]:
-            (pa, ta), (pb, tb) = scored[a], scored[b]
-            diff = paired_difference(
-                truth, pa, pb, threshold=ta, baseline_threshold=tb,
-                resamples=PAIRED_RESAMPLES, seed=a * 7919 + b,
-            )  # fmt: skip
-            out[a]["paired"][str(b)] = diff
-            out[b]["paired"][str(a)] = _reversed(diff)
+
+    def pair(a: int, b: int) -> None:
+        if a == b or str(b) in out[a]["paired"]:
+            return
+        (pa, ta), (pb, tb) = scored[a], scored[b]
+        diff = paired_difference(
+            truth, pa, pb, threshold=ta, baseline_threshold=tb,
+            resamples=PAIRED_RESAMPLES, seed=min(a, b) * 7919 + max(a, b),
+        )  # fmt: skip
+        out[a]["paired"][str(b)] = diff
+        out[b]["paired"][str(a)] = _reversed(diff)
+
+    chosen = ids[0]
+    for vid in ids[1:]:
+        pair(vid, chosen)
+        if held_back_reason(_as_version(vid, out[vid]), _as_version(chosen, out[chosen])) is None:
+            chosen = vid
+    for active in {chosen, ids[-1], *(pinned & set(ids))}:
+        for vid in ids:
+            pair(vid, active)
     return out
+
+
+def _as_version(version_id: int, audit: dict[str, Any]) -> ModelVersion:
+    """What the hold-back rule reads of a version: its id and audit metrics."""
+    return ModelVersion(id=version_id, metrics={"audit": audit})
 
 
 def _reversed(diff: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ need no classifier scores, proposes at once)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,6 +31,8 @@ from server.pixels.reading import label_origins, read_at, use_all_cores
 from server.pixels.source import PatchSource
 from server.settings import Settings
 from server.versions.service import active_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,7 +111,18 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
     # the new version and every other in play on the same, current audit set: only then
     # does the hold-back rule decide which one is active
     ctx.progress(job.id)(0.95, "measuring the versions on the audit set")
-    result["audit"] = remeasure(ctx, dataset)
+    try:
+        result["audit"] = remeasure(ctx, dataset)
+    except Exception as exc:
+        # the version is recorded: measuring it again is the audit job's work, not a reason
+        # to train once more (a retried training would make another version)
+        log.warning("measuring on the audit set failed, queued again: %s", exc)
+        with write_transaction(ctx.sessions) as session:
+            ctx.start(
+                session, kind=JobKind.AUDIT, dataset_id=dataset.id,
+                params={"trigger": "measurement after training failed"},
+            )  # fmt: skip
+        result["audit"] = {"error": f"{type(exc).__name__}: {exc}"}
     return result
 
 

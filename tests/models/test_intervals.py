@@ -73,8 +73,9 @@ def test_intervals_narrow_as_artifacts_grow() -> None:
     widths = []
     for artifacts in (5, 20, 80):
         truth, scores = _audit_set(artifacts, clean=400, perfect=False, seed=3)
-        lo, hi = bootstrap_intervals(truth, scores, threshold=0.5)["pr_auc"]
-        widths.append(hi - lo)
+        interval = bootstrap_intervals(truth, scores, threshold=0.5)["pr_auc"]
+        assert interval is not None
+        widths.append(interval[1] - interval[0])
     assert widths[0] > widths[1] > widths[2]
 
 
@@ -106,4 +107,5 @@ def test_pairing_narrows_the_interval_of_a_difference() -> None:
     paired = paired_difference(truth, scores, close)["pr_auc"]["interval"]
     a = bootstrap_intervals(truth, scores)["pr_auc"]
     b = bootstrap_intervals(truth, close)["pr_auc"]
+    assert a is not None and b is not None
     assert paired[1] - paired[0] < (a[1] - b[0]) - (a[0] - b[1])

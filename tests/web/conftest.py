@@ -84,7 +84,7 @@ def legacy_few_artifacts() -> dict[str, Any]:
 
 
 def measured_story(
-    origins: list[tuple[int, int, int]], version_ids: dict[str, int]
+    origins: list[tuple[int, ...]], version_ids: dict[str, int]
 ) -> dict[int, dict[str, Any]]:
     """The audit reports that :mod:`server.pipeline.audit` records for the story's versions,
     all measured on the same audit set (its own code, on made-up probabilities)."""
@@ -148,9 +148,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             versions[role] = version.id
         # the newer three measured again on the current audit set; the oldest keeps what it had
         for version_id, audit in measured_story(origins[120:], versions).items():
-            version = session.get(ModelVersion, version_id)
-            assert version is not None
-            version.metrics = {
+            measured = session.get(ModelVersion, version_id)
+            assert measured is not None
+            measured.metrics = {
                 "audit": audit,
                 "history": [
                     {"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1)}
