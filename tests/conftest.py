@@ -27,6 +27,21 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``-m "not slow"`` leaves out every test that starts a real process (uvicorn, a Celery
+    worker, a browser): those whose module uses the process helpers or that use the served
+    site are marked here, so a new one cannot forget (the few that run a console command in
+    a subprocess carry the mark themselves)."""
+    for item in items:
+        module = getattr(item, "module", None)
+        helpers = module is not None and any(
+            hasattr(module, name) for name in ("api_server", "celery_worker")
+        )
+        browser = {"site", "playwright_browser"} & set(getattr(item, "fixturenames", ()))
+        if helpers or browser:
+            item.add_marker(pytest.mark.slow)
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 

@@ -86,6 +86,7 @@ def test_worker_commands_resolve_to_the_celery_app(service: str, queue: str) -> 
         assert _option(command, "--prefetch-multiplier") == "1"
 
 
+@pytest.mark.slow  # a real process
 def test_migrate_command_runs_natively(db_url: str) -> None:
     command = SERVICES["migrate"]["command"]
     assert command == ["alembic", "upgrade", "head"]

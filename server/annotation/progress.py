@@ -61,14 +61,51 @@ def labelling_progress(
         .where(Job.dataset_id == dataset_id, Job.kind == "train", Job.state.in_(ACTIVE_STATES))
         .order_by(Job.id.desc())
     )
+    busy = session.scalar(
+        select(Job)
+        .where(
+            Job.dataset_id == dataset_id,
+            Job.kind.in_(tuple(BUSY)),
+            Job.state.in_(ACTIVE_STATES),
+            Job.parent_id.is_(None),
+        )
+        .order_by(Job.id)
+    )
+    until = max(0, retrain_every - int(since or 0))
     return {
         "remaining": open_task_count(session, dataset_id=dataset_id),
         "labels_total": int(total or 0),
         "my_labels_last_hour": int(mine or 0),
         "labels_since_training": int(since or 0),
         "retrain_every": retrain_every,
-        "labels_until_training": max(0, retrain_every - int(since or 0)),
+        "labels_until_training": until,
         "training": None
         if job is None
         else {"id": job.id, "state": job.state, "progress": job.progress, "message": job.message},
+        "next_step": next_step(training=job, busy=busy, until=until),
     }
+
+
+# what else keeps the loop busy, in words for the labeling page
+BUSY = {
+    "pretrain": "pretraining the autoencoder",
+    "score": "scoring the pool",
+    "propose": "choosing the next patches",
+    "audit": "measuring the versions on the audit set",
+}
+
+
+def next_step(*, training: Job | None, busy: Job | None, until: int) -> str:
+    """One line on what comes next: never "after 0 more labels" for a training that waits
+    for something else."""
+    if training is not None:
+        return f"training {training.state} {round(training.progress * 100)} %"
+    labels = (
+        f"next training after {until} more label{'s' if until != 1 else ''}"
+        if until
+        else "a training is due"
+    )
+    if busy is not None:
+        doing = f"{BUSY[busy.kind]} {round(busy.progress * 100)} %"
+        return f"{doing} · {labels}" + (": it starts when this is done" if not until else "")
+    return labels if until else "a training starts with the next label"

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from models.acquisition import draw_audit_set
 from server.annotation import task_state
+from server.annotation.review import kept_for_review
 from server.db.base import utcnow
 from server.db.tables import PROPOSAL_IN_PLAY, AnnotationTask, Dataset, Label
 from server.db.vocabulary import TaskStatus
@@ -175,6 +176,7 @@ def replace_proposals(
             AnnotationTask.dataset_id == dataset.id,
             AnnotationTask.kind == "proposal",
             AnnotationTask.status.in_(task_state.WAITING),
+            ~kept_for_review(),
         )
         .values(task_state.retired())
         .values(updated_at=now)
@@ -183,7 +185,8 @@ def replace_proposals(
         session.scalars(
             select(AnnotationTask.grid_index).where(
                 AnnotationTask.dataset_id == dataset.id,
-                AnnotationTask.status.in_(task_state.TAKEN),
+                # open ones left now: flagged unsure, kept for review
+                AnnotationTask.status.in_((*task_state.TAKEN, TaskStatus.OPEN)),
                 AnnotationTask.grid_index.is_not(None),
             )
         )

@@ -50,6 +50,7 @@ class Labelled(NamedTuple):
     label: Label
     created: bool  # False: a repeat with the same idempotency key found the first label
     training_may_start: bool  # asked only with ``ask_training``; see training_may_start
+    audit: bool = False  # a new label of an audit patch: the versions are measured again
 
 
 def label_task(
@@ -113,7 +114,7 @@ def label_task(
     task_state.set_state(task, task_state.labelled(holder_id=annotator.id))
     session.flush()
     may_start = ask_training and created and training_may_start(session, dataset_id=dataset.id)
-    return Labelled(created_label, created, may_start)
+    return Labelled(created_label, created, may_start, created and task.kind == "audit")
 
 
 def _label_and_close(
@@ -151,7 +152,9 @@ def _label_and_close(
     # what the statement wrote, without making the task dirty (no second UPDATE on commit)
     task_state.record_written(task, task_state.labelled(holder_id=annotator.id))
     task_state.record_written(task, {"updated_at": now})
-    return Labelled(row[0], True, ask_training and training_state_allows(*row[1:]))
+    return Labelled(
+        row[0], True, ask_training and training_state_allows(*row[1:]), task.kind == "audit"
+    )
 
 
 @functools.cache
@@ -281,7 +284,11 @@ def review_list(
     )
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     rows = session.execute(
-        stmt.order_by(AnnotationTask.rank, AnnotationTask.id).limit(limit).offset(offset)
+        stmt.order_by(
+            AnnotationTask.resolved_at.is_not(None), AnnotationTask.rank, AnnotationTask.id
+        )
+        .limit(limit)
+        .offset(offset)
     ).all()
     return [(task, int(flags)) for task, flags in rows], int(total)
 

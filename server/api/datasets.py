@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from models.vocab import ARTIFACT_TYPES
 from server.annotation.progress import task_counts
 from server.annotation.tasks import get_task
 from server.api.deps import (
@@ -19,12 +20,13 @@ from server.api.deps import (
     StateDep,
     TaskId,
 )
-from server.api.schemas import DatasetCreate, DatasetDetail, DatasetOut, PageOf
+from server.api.schemas import DatasetCreate, DatasetDetail, DatasetOut, LabelOut, PageOf
 from server.datasets.service import AllowedLocations, BBox, get_dataset, grid_of, register_dataset
 from server.db.tables import Dataset
 from server.errors import InvalidInput
 from server.jobs.kinds import JobKind
 from server.jobs.state import start_job
+from server.labels.examples import type_examples
 from server.labels.service import label_counts
 from server.pixels.source import render_patch_png
 from server.versions.service import active_model
@@ -129,6 +131,27 @@ def dataset_detail(session: Session, dataset: Dataset) -> DatasetDetail:
         tasks=task_counts(session, dataset_id=dataset.id),
         active_models=active,
     )
+
+
+@router.get(
+    "/datasets/{dataset_id}/type-examples",
+    response_model=list[LabelOut],
+    summary="Confirmed examples of one artifact type, for the labeling page's guide",
+    description="Agreed labels (two or more annotators, nobody else) or reviewed ones (an "
+    "admin's, or on a patch resolved on the review list); newest first.",
+)
+def list_type_examples(
+    dataset_id: DatasetId,
+    session: SessionDep,
+    _user: CurrentUser,
+    artifact_type: Annotated[str, Query(description=", ".join(ARTIFACT_TYPES))],
+    limit: Annotated[int, Query(ge=1, le=20)] = 3,
+) -> list[LabelOut]:
+    get_dataset(session, dataset_id)
+    if artifact_type not in ARTIFACT_TYPES:
+        raise InvalidInput(f"artifact_type must be one of {', '.join(ARTIFACT_TYPES)}")
+    found = type_examples(session, dataset_id=dataset_id, artifact_type=artifact_type, limit=limit)
+    return [LabelOut.model_validate(label) for label in found]
 
 
 @router.get(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import select
 
 from server.api.deps import AdminUser, CurrentUser, DatasetId, JobId, PageDep, SessionDep, StateDep
@@ -23,7 +24,7 @@ router = APIRouter(tags=["jobs"])
     "/datasets/{dataset_id}/jobs",
     response_model=StartedJobOut,
     status_code=status.HTTP_202_ACCEPTED,
-    summary="Start a job (admin): pretrain, train, score, propose, predict or sync",
+    summary="Start a job (admin): pretrain, train, score, propose, predict, sync or audit",
     description="A pretrain or train request while one is already waiting returns that one "
     "(`coalesced: true`).",
 )
@@ -46,8 +47,16 @@ def start(
     return StartedJobOut(job=JobOut.model_validate(started.job), coalesced=started.coalesced)
 
 
-@router.get("/jobs", response_model=PageOf[JobOut], summary="Jobs, newest first")
+@router.get(
+    "/jobs",
+    response_model=PageOf[JobOut],
+    summary="Jobs, newest first",
+    description="The answer carries an `ETag`; sent back in `If-None-Match`, an unchanged "
+    "page is answered 304 without a body.",
+    responses={304: {"description": "Unchanged since the tag in If-None-Match"}},
+)
 def list_jobs(
+    request: Request,
     session: SessionDep,
     page: PageDep,
     _user: CurrentUser,
@@ -55,7 +64,7 @@ def list_jobs(
     state: Annotated[str | None, Query(description=", ".join(JobState))] = None,
     kind: Annotated[str | None, Query(description=", ".join(JobKind))] = None,
     top_level: Annotated[bool, Query(description="Hide chunk jobs of a parent job")] = True,
-) -> PageOf[JobOut]:
+) -> Response:
     if state is not None and state not in set(JobState):
         raise InvalidInput(f"state must be one of {', '.join(JobState)}")
     if kind is not None and kind not in set(JobKind):
@@ -70,12 +79,18 @@ def list_jobs(
     if top_level:
         stmt = stmt.where(Job.parent_id.is_(None))
     rows, total = page.rows(session, stmt, order_by=(Job.id.desc(),))
-    return PageOf(
+    body = PageOf(
         items=[JobOut.model_validate(r) for r in rows],
         total=total,
         limit=page.limit,
         offset=page.offset,
-    )
+    ).model_dump_json()
+    # a page that polls sends the tag it has: unchanged jobs cost a 304 and no body
+    tag = f'"{hashlib.sha256(body.encode()).hexdigest()[:32]}"'
+    headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
+    if tag in request.headers.get("if-none-match", ""):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="State and progress of a job")

@@ -97,14 +97,28 @@ def activate(
 @router.post(
     "/datasets/{dataset_id}/models/unpin",
     response_model=ModelVersionOut | None,
-    summary="Follow the newest successful version again (admin)",
+    summary="Follow the automatic choice again (admin); re-scores the pool with it",
 )
 def unpin_versions(
     dataset_id: DatasetId,
     session: SessionDep,
-    _user: AdminUser,
+    state: StateDep,
+    user: AdminUser,
     kind: Annotated[Literal["ae", "classifier"], Query()] = "classifier",
 ) -> ModelVersionOut | None:
     get_dataset(session, dataset_id)
     chosen = unpin(session, dataset_id=dataset_id, kind=kind)
-    return ModelVersionOut.model_validate(chosen) if chosen is not None else None
+    if chosen is None:
+        return None
+    out = ModelVersionOut.model_validate(chosen)
+    # the tasks handed out so far came from the pinned version: score and propose again
+    # with the one that is active now
+    jobs.start_job(
+        session,
+        sender=state.sender,
+        kind="score",
+        dataset_id=dataset_id,
+        params={"model_version_id": chosen.id},
+        requested_by=user.name,
+    )
+    return out

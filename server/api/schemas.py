@@ -119,8 +119,26 @@ class TaskOut(Orm):
     )
 
 
+class ReviewEvent(BaseModel):
+    annotator: str
+    at: UtcDateTime
+
+
+class ReviewLabel(ReviewEvent):
+    label: str
+    artifact_type: str | None = None
+
+
 class ReviewTaskOut(TaskOut):
     unsure_flags: int = Field(description="Annotators who flagged the patch as unsure")
+    flagged_by: list[ReviewEvent] = Field(default_factory=list, description="Who flagged, when")
+    labels: list[ReviewLabel] = Field(default_factory=list, description="Its labels since")
+    resolved_by: str | None = Field(default=None, description="The admin who resolved it")
+    resolved_at: UtcDateTime | None = None
+
+
+class ResolveTask(BaseModel):
+    resolved: bool = Field(default=True, description="false takes the mark back")
 
 
 class SkipTask(BaseModel):
@@ -138,6 +156,11 @@ class LabellingProgress(BaseModel):
     labels_until_training: int = Field(description="0: a training starts with the next label")
     training: dict[str, Any] | None = Field(
         description="The training job waiting or running (id, state, progress, message), if any"
+    )
+    next_step: str = Field(
+        default="",
+        description="What comes next, in words: the training running or due, the pool being "
+        "scored, or how many labels until the next training",
     )
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from server.annotation.leasing import lease_next, open_task_count
 from server.annotation.progress import labelling_progress
+from server.annotation.review import resolve_task, review_details
 from server.annotation.tasks import (
     get_task,
     label_task,
@@ -19,6 +20,7 @@ from server.annotation.tasks import (
     undo_skip,
 )
 from server.api.deps import (
+    AdminUser,
     CurrentUser,
     DatasetId,
     PageDep,
@@ -33,6 +35,7 @@ from server.api.schemas import (
     LabelTask,
     NextTask,
     PageOf,
+    ResolveTask,
     ReviewTaskOut,
     SkipTask,
     TaskOut,
@@ -42,16 +45,24 @@ from server.db.base import write_transaction
 from server.db.tables import TASK_KINDS, TASK_STATUSES, AnnotationTask, Dataset
 from server.errors import InvalidInput
 from server.labels.rows import check_artifact_type
-from server.labels.service import labels_arrived
+from server.labels.service import audit_labels_arrived, labels_arrived
 from server.webknossos.links import position_url
 
 router = APIRouter(tags=["tasks"])
 
 
 def task_out(
-    task: AnnotationTask, *, dataset: Dataset | None = None, server: str | None = None
+    task: AnnotationTask,
+    *,
+    dataset: Dataset | None = None,
+    server: str | None = None,
+    blind: bool = False,
 ) -> TaskOut:
+    """``blind``: as an annotator is handed it, an audit patch like any other (it is a random
+    pick), so nobody knows which answers measure the models."""
     out = TaskOut.model_validate(task)
+    if blind and task.kind == "audit":
+        out.kind, out.reason = "proposal", "random"
     out.image_url = f"/api/v1/tasks/{task.id}/image.png"
     if dataset is not None:
         out.webknossos_url = position_url(
@@ -87,7 +98,7 @@ def next_task(dataset_id: DatasetId, state: StateDep, user: CurrentUser) -> Resp
         task, dataset = leased
         return json_response(
             NextTask(
-                task=task_out(task, dataset=dataset, server=state.settings.wk_url),
+                task=task_out(task, dataset=dataset, server=state.settings.wk_url, blind=True),
                 remaining=open_task_count(session, dataset_id=dataset_id),
             )
         )
@@ -136,14 +147,34 @@ def list_review(
 ) -> PageOf[ReviewTaskOut]:
     dataset = get_dataset(session, dataset_id)
     rows, total = review_list(session, dataset_id=dataset_id, limit=page.limit, offset=page.offset)
+    details = review_details(session, task_ids=[t.id for t, _ in rows])
     items = [
         ReviewTaskOut(
             **task_out(t, dataset=dataset, server=state.settings.wk_url).model_dump(),
             unsure_flags=flags,
+            resolved_at=t.resolved_at,
+            **details[t.id],
         )
         for t, flags in rows
     ]
     return PageOf(items=items, total=total, limit=page.limit, offset=page.offset)
+
+
+@router.post(
+    "/tasks/{task_id}/resolve",
+    response_model=TaskOut,
+    summary="Mark a patch of the review list as looked at (admin)",
+    description="Label it first (`POST /tasks/{id}/label`) if it needs a verdict. A resolved "
+    "patch leaves the review list's open part and, unlabelled, the queue with the next batch.",
+)
+def resolve(
+    task_id: TaskId, state: StateDep, user: AdminUser, body: ResolveTask | None = None
+) -> TaskOut:
+    with write_transaction(state.runtime.sessions) as session:
+        task = resolve_task(
+            session, task_id=task_id, annotator=user, resolved=body.resolved if body else True
+        )
+        return task_out(task)
 
 
 @router.get(
@@ -166,10 +197,10 @@ def progress(
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, summary="One task")
-def get_one(task_id: TaskId, session: SessionDep, state: StateDep, _user: CurrentUser) -> TaskOut:
+def get_one(task_id: TaskId, session: SessionDep, state: StateDep, user: CurrentUser) -> TaskOut:
     task = get_task(session, task_id)
     dataset = get_dataset(session, task.dataset_id)
-    return task_out(task, dataset=dataset, server=state.settings.wk_url)
+    return task_out(task, dataset=dataset, server=state.settings.wk_url, blind=user.role != "admin")
 
 
 @router.post(
@@ -196,6 +227,8 @@ def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) 
         may_start = labelled.training_may_start
     if may_start:
         labels_arrived(state.runtime, state.sender, dataset_id=dataset_id, may_start=True)
+    if labelled.audit:
+        audit_labels_arrived(state.runtime, state.sender, dataset_id=dataset_id)
     return json_response(out)
 
 
@@ -213,7 +246,7 @@ def skip(
         task = skip_task(
             session, task_id=task_id, annotator=user, unsure=body.unsure if body else False
         )
-        return task_out(task)
+        return task_out(task, blind=True)
 
 
 @router.post(
@@ -228,10 +261,10 @@ def unskip(task_id: TaskId, state: StateDep, user: CurrentUser) -> TaskOut:
             session, task_id=task_id, annotator=user, lease_seconds=state.settings.lease_seconds
         )
         dataset = get_dataset(session, task.dataset_id)
-        return task_out(task, dataset=dataset, server=state.settings.wk_url)
+        return task_out(task, dataset=dataset, server=state.settings.wk_url, blind=True)
 
 
 @router.post("/tasks/{task_id}/release", response_model=TaskOut, summary="Give a leased task back")
 def release(task_id: TaskId, state: StateDep, user: CurrentUser) -> TaskOut:
     with write_transaction(state.runtime.sessions) as session:
-        return task_out(release_task(session, task_id=task_id, annotator=user))
+        return task_out(release_task(session, task_id=task_id, annotator=user), blind=True)

@@ -207,9 +207,28 @@ def _describe_version(rt: Runtime, version_id: int | None) -> str:
         parts = [f"model version {version.id} ({version.kind}, {version.status}"]
         if version.kind == "classifier":
             parts.append(f", {version.label_count} labels")
-        if audit.get("f1") is not None:
-            parts.append(f", audit F1 {audit['f1']:.2f} on {audit.get('n', '?')} patches")
+        if version.kind == "classifier":
+            parts.append(_audit_words(audit))
         return "".join(parts) + ")"
+
+
+def _audit_words(audit: dict[str, Any]) -> str:
+    """F1 and PR-AUC with their intervals, or why nothing was measured: never 0.00 for that."""
+    from models.metrics import report_not_measured
+
+    counts = f"{audit.get('n', 0)} audit patches, {audit.get('positives', 0)} artifacts"
+    reason = report_not_measured(audit)
+    if reason is not None:
+        return f", audit: {reason} ({counts})"
+    words = []
+    for name, title in (("f1", "F1"), ("pr_auc", "PR-AUC")):
+        value, interval = audit.get(name), (audit.get("intervals") or {}).get(name)
+        if value is None:
+            continue
+        words.append(
+            f"{title} {value:.2f}" + (f" [{interval[0]:.2f}-{interval[1]:.2f}]" if interval else "")
+        )
+    return f", audit {', '.join(words)} on {counts}"
 
 
 def register(app: typer.Typer) -> None:

@@ -19,6 +19,7 @@ from server.cli.common import runtime as _runtime
 from server.cli.jobs import WORKER_HINT, start_dataset_job, start_pending
 from server.cli.jobs import register as _register_job_commands
 from server.cli.labels import labels_app
+from server.cli.link import register as _register_link_command
 from server.cli.sim import register as _register_sim_commands
 from server.cli.tokens import token_app
 from server.errors import ArtifactLoopError
@@ -38,6 +39,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 dataset_app = typer.Typer(help="Register and inspect datasets.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(dataset_app, name="dataset")
+_register_link_command(dataset_app)
 app.add_typer(token_app, name="token")
 app.add_typer(labels_app, name="labels")
 _register_job_commands(app)

@@ -194,6 +194,11 @@ class AnnotationTask(Timestamped, Base):
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
     external_ref: Mapped[str | None] = mapped_column(String(200))
+    # an admin's second look at a patch flagged unsure took it off the review list
+    resolved_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("annotators.id", ondelete="SET NULL")
+    )
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         CheckConstraint(_in("kind", TASK_KINDS), name="kind"),

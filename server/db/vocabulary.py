@@ -21,6 +21,7 @@ class JobKind(StrEnum):
     PREDICT = "predict"
     PREDICT_CHUNK = "predict_chunk"
     SYNC = "sync"
+    AUDIT = "audit"
 
 
 class JobState(StrEnum):

@@ -88,3 +88,7 @@ class SyncParams(JobParams):
     annotations: list[str] = Field(
         default_factory=list, description="webKnossos annotation ids or URLs to import"
     )
+
+
+class AuditParams(JobParams):
+    trigger: str | None = Field(None, description="why the loop started it")

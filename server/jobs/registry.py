@@ -16,6 +16,7 @@ from typing import Any
 from server.errors import InvalidInput
 from server.jobs.kinds import JobKind, Queue
 from server.jobs.params import (
+    AuditParams,
     JobParams,
     PredictChunkParams,
     PredictParams,
@@ -96,6 +97,14 @@ REGISTRY: dict[JobKind, JobSpec] = {
             params=PredictChunkParams,
             run="server.pipeline.predict:run_chunk",
             startable=False,
+        ),
+        JobSpec(
+            kind=JobKind.AUDIT,
+            queue=Queue.GPU,
+            params=AuditParams,
+            run="server.pipeline.audit:run",
+            follows="server.pipeline.audit:after",
+            exclusive=True,  # never beside a training: both write the versions' audit metrics
         ),
         JobSpec(
             kind=JobKind.SYNC,

@@ -271,6 +271,35 @@ def labels_arrived(
         ).job
 
 
+def audit_labels_arrived(rt: Runtime, sender: JobSender, *, dataset_id: int) -> Job | None:
+    """Call after committing a new label of an audit patch: every ready classifier is
+    measured again on the audit set as it now is (one waiting measurement takes in all that
+    arrive meanwhile). Returns that job, if any."""
+    from server.jobs import state
+    from server.jobs.kinds import JobKind
+
+    with write_transaction(rt.sessions) as session:
+        ready = session.scalar(
+            select(ModelVersion.id)
+            .where(
+                ModelVersion.dataset_id == dataset_id,
+                ModelVersion.kind == "classifier",
+                ModelVersion.status == "ready",
+            )
+            .limit(1)
+        )
+        if ready is None:
+            return None
+        return state.start_job(
+            session,
+            sender=sender,
+            kind=JobKind.AUDIT,
+            dataset_id=dataset_id,
+            params={"trigger": "audit labels arrived"},
+            requested_by="loop",
+        ).job
+
+
 def training_may_start(session: Session, *, dataset_id: int) -> bool:
     """Whether a training may start: not without a ready autoencoder, nor while one runs and
     none waits. A labelling request asks in its own transaction, before it commits."""

@@ -87,7 +87,11 @@ def fit_autoencoder(
 
 
 def after(ctx: StepContext, job: Job) -> None:
-    """A new autoencoder: compute its features (reconstruction error, embedding) once."""
+    """A new autoencoder: compute its features (reconstruction error, embedding) once.
+    Labels that waited for an autoencoder (imported before it existed) start their training
+    now, not at the next label that happens to arrive."""
+    from server.labels.service import labels_arrived
+
     with write_transaction(ctx.sessions) as session:
         ctx.start(
             session,
@@ -95,3 +99,5 @@ def after(ctx: StepContext, job: Job) -> None:
             dataset_id=job.dataset_id,
             params={"model_version_id": job.result["model_version_id"]},
         )
+    if job.dataset_id is not None:
+        labels_arrived(ctx.rt, ctx.sender, dataset_id=job.dataset_id)

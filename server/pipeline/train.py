@@ -1,12 +1,14 @@
 """Step ``train``: the classifier, its encoder initialised from the active autoencoder, learns
 from the labels and is measured on the audit set.
 
-load (training and audit labels, the autoencoder) -> compute (train, calibrate, audit) ->
-record (a ``classifier`` model version); then it scores candidates (or, for strategies that
+load (training labels, the autoencoder) -> compute (train, calibrate) -> record (a
+``classifier`` model version) -> measure it and every other version in play on the current
+audit set (:mod:`server.pipeline.audit`); then it scores candidates (or, for strategies that
 need no classifier scores, proposes at once)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -15,10 +17,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
-from models.calibration import calibrated, predict_logits
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.metrics import classification_report
-from models.networks import for_inference
 from models.training import train_classifier
 from models.vocab import ARTIFACT_TYPES
 from server.acquisition import registry
@@ -30,13 +29,14 @@ from server.jobs.kinds import JobKind
 from server.jobs.params import TrainParams
 from server.labels.service import labels_arrived
 from server.labels.training_set import audit_labels, training_labels
+from server.pipeline.audit import remeasure
 from server.pipeline.versions import Outcome, train_version
 from server.pixels.reading import label_origins, read_at, use_all_cores
 from server.pixels.source import PatchSource
 from server.settings import Settings
 from server.versions.service import active_model
 
-EXAMPLES_PER_GALLERY = 8
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,7 +102,7 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
         params=params,
         progress=ctx.progress(job.id),
     )
-    return train_version(
+    result = train_version(
         ctx,
         job,
         dataset,
@@ -112,6 +112,22 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
         label_count=len(data.train),
         label_snapshot_id=data.snapshot_id,
     )
+    # the new version and every other in play on the same, current audit set: only then
+    # does the hold-back rule decide which one is active
+    ctx.progress(job.id)(0.95, "measuring the versions on the audit set")
+    try:
+        result["audit"] = remeasure(ctx, dataset)
+    except Exception as exc:
+        # the version is recorded: measuring it again is the audit job's work, not a reason
+        # to train once more (a retried training would make another version)
+        log.warning("measuring on the audit set failed, queued again: %s", exc)
+        with write_transaction(ctx.sessions) as session:
+            ctx.start(
+                session, kind=JobKind.AUDIT, dataset_id=dataset.id,
+                params={"trigger": "measurement after training failed"},
+            )  # fmt: skip
+        result["audit"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return result
 
 
 def fit_classifier(
@@ -165,15 +181,12 @@ def fit_classifier(
         "single_view": result.single_view,
         "warm_start_from": data.warm[0] if data.warm is not None else None,
     }
-    if data.audit:
-        progress(0.92, "evaluating on the audit set")
-        metrics["audit"] = audit_report(source, dataset, result, data.audit)
     path = out_dir / "classifier.pt"
     sha = save_checkpoint(
         path,
         model=result.model,
         norm=(dataset.norm_mean, dataset.norm_std),
-        metrics={k: v for k, v in metrics.items() if k != "audit"},
+        metrics=metrics,
         extra={
             "temperature": result.temperature,
             "threshold": result.threshold,
@@ -197,51 +210,6 @@ def fit_classifier(
         weights_path=path,
         weights_sha256=sha,
     )
-
-
-def audit_report(
-    source: PatchSource, dataset: Dataset, result: Any, audit: list[Label]
-) -> dict[str, Any]:
-    """The version on the audit set, scored as the pool is (same views, calibration)."""
-    fast = for_inference(result.model)
-    truth = np.asarray([lab.label == "artifact" for lab in audit], dtype=bool)
-    origins = label_origins(dataset, audit)
-    order = np.lexsort((origins[:, 1], origins[:, 0], origins[:, 2]))  # storage order
-    logits = np.empty(len(audit), dtype=np.float64)
-    for s in range(0, len(order), 512):
-        part = order[s : s + 512]
-        logits[part] = predict_logits(fast, read_at(source, dataset, origins[part]), tta=result.tta)
-    p = calibrated(logits, result.temperature)
-    report = classification_report(truth, p, threshold=result.threshold)
-    report["examples"] = _examples(audit, truth, p, result.threshold)
-    return report
-
-
-def _examples(
-    labels: list[Label], truth: np.ndarray, p: np.ndarray, threshold: float
-) -> dict[str, Any]:
-    pred = p >= threshold
-
-    def items(mask: np.ndarray, order: np.ndarray) -> list[dict[str, Any]]:
-        chosen = [i for i in order if mask[i]][:EXAMPLES_PER_GALLERY]
-        return [
-            {
-                "x": labels[i].x,
-                "y": labels[i].y,
-                "z": labels[i].z,
-                "p_artifact": float(p[i]),
-                "label": "artifact" if truth[i] else "clean",
-            }
-            for i in chosen
-        ]
-
-    by_p = np.argsort(-p)
-    return {
-        "true_positive": items(truth & pred, by_p),
-        "false_positive": items(~truth & pred, by_p),
-        "false_negative": items(truth & ~pred, np.argsort(p)),
-        "most_uncertain": items(np.ones_like(truth), np.argsort(np.abs(p - threshold))),
-    }
 
 
 def after(ctx: StepContext, job: Job) -> None:

@@ -266,29 +266,33 @@ def _show(
     console: Console, results: dict[str, Any], *, base: str, admin: str, results_path: Path
 ) -> None:
     used = (results.get("prediction") or {}).get("model_version_id")
-    fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
     table = Table(
         *("version", "kind", "labels", "audit n", "F1", "PR-AUC", "P@R0.9", "note"),
-        title="model versions (metrics on the labelled audit patches)",
+        title="model versions (metrics on the labelled audit patches; audit n: patches (artifacts))",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
     )
+    reasons = []
     for v in results["versions"]:
         note = ", ".join(
             word for word, yes in (("active", v["active"]), ("map", v["id"] == used)) if yes
         )
+        size, *metrics = demo_results.audit_cells(v)
+        if v["kind"] == "classifier" and metrics[0] == metrics[1] == metrics[2]:
+            reasons.append(f"version {v['id']}: {metrics[0]}")  # not measured: words, once
+            metrics = ["not measured", "-", "-"]
         table.add_row(
             str(v["id"]),
             v["kind"],
             "-" if v["labels"] is None else str(v["labels"]),
-            "-" if v["audit_n"] is None else str(v["audit_n"]),
-            fmt(v["f1"]),
-            fmt(v["pr_auc"]),
-            fmt(v["precision_at_recall_0.9"]),
+            size,
+            *metrics,
             note,
         )
     console.print(table)
+    if reasons:
+        console.print("not measured: " + "; ".join(reasons), highlight=False, soft_wrap=True)
     load = results["load_average"]
     console.print(
         "map: the version the prediction used\n"

@@ -217,6 +217,11 @@ def _label_round(
     n: int,
 ) -> dict[str, int]:
     given = {"labels": 0, "proposal_labels": 0, "audit_labels": 0}
+    # annotators are not told which tasks are audit tasks: the admin's list says where they are
+    audit = api.json(
+        "GET", f"/datasets/{dataset_id}/tasks", params={"kind": "audit", "limit": 1000}
+    )["items"]
+    audit_at = {(t["x"], t["y"], t["z"]) for t in audit}
     while given["labels"] < n:
         task = api.json("POST", f"/datasets/{dataset_id}/tasks/next", annotator=True)["task"]
         if task is None:
@@ -236,7 +241,8 @@ def _label_round(
                 f"labelling task {task['id']}: {response.status_code} {_detail(response)}"
             )
         given["labels"] += 1
-        given["audit_labels" if task["kind"] == "audit" else "proposal_labels"] += 1
+        at = (task["x"], task["y"], task["z"])
+        given["audit_labels" if at in audit_at else "proposal_labels"] += 1
         progress.update(bar, info=f"{given['labels']} of {n} labels")
     return given
 

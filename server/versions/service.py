@@ -3,15 +3,18 @@ to the automatic choice), and where their files live.
 
 The automatic choice: the newest ready autoencoder; for classifiers, each new ready version
 replaces the one active before it unless it is worse on the audit set beyond its bootstrap
-interval (then it is kept, flagged as held back, and an admin may still activate it)."""
+interval (then it is kept, flagged as held back, and an admin may still activate it); versions
+measured on the same audit patches are compared by the paired interval of their difference."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from models.metrics import report_not_measured
 from server.db.tables import ModelVersion
 from server.db.vocabulary import VersionStatus
 from server.errors import Conflict, NotFound
@@ -22,11 +25,21 @@ COMPARED_METRICS = ("pr_auc", "f1")
 
 
 def held_back_reason(candidate: ModelVersion, incumbent: ModelVersion) -> str | None:
-    """Why ``candidate`` must not replace ``incumbent`` automatically, or ``None``: the
-    incumbent's audit value lies above the upper end of the candidate's 95% interval (its
-    value itself when it has no interval). Versions without audit metrics are not compared."""
+    """Why ``candidate`` must not replace ``incumbent`` automatically, or ``None``.
+
+    Both measured on the same audit patches (``audit.paired``): held back when the paired
+    95% interval of the difference lies wholly below zero for a compared metric. A candidate
+    not yet measured on the audit set that the incumbent was measured on waits. Older
+    metrics without pairs: the incumbent's value above the upper end of the candidate's
+    interval. Versions without audit metrics, or below the minimum of artifacts, are not
+    compared."""
     new = (candidate.metrics or {}).get("audit") or {}
     old = (incumbent.metrics or {}).get("audit") or {}
+    paired = (new.get("paired") or {}).get(str(incumbent.id))
+    if paired is not None:
+        return _paired_reason(paired, incumbent_id=incumbent.id)
+    if "audit_set" in old and "audit_set" not in new:
+        return "not yet measured on the current audit set"
     if not (_measured(new) and _measured(old)):
         return None
     for name in COMPARED_METRICS:
@@ -43,15 +56,31 @@ def held_back_reason(candidate: ModelVersion, incumbent: ModelVersion) -> str | 
     return None
 
 
+def _paired_reason(paired: dict[str, Any], *, incumbent_id: int) -> str | None:
+    if paired.get("reason"):
+        return None  # too few audit artifacts to tell them apart
+    for name in COMPARED_METRICS:
+        found = paired.get(name)
+        if not found:
+            continue
+        lo, hi = found["interval"]
+        if hi < 0:
+            return (
+                f"audit {name} {found['difference']:+.3f} against version {incumbent_id} "
+                f"(paired 95% interval {lo:+.3f} to {hi:+.3f}) on the same "
+                f"{paired.get('patches')} audit patches ({paired.get('artifacts')} artifacts)"
+            )
+    return None
+
+
 def _measured(audit: dict[str, object]) -> bool:
-    """An audit set with both classes: without one, F1 0.0 or a missing PR-AUC is no
-    measurement (older metrics without the counts are taken as measured)."""
-    positives, negatives = audit.get("positives"), audit.get("negatives")
-    if positives is None:
+    """An audit set with at least the minimum of artifacts and of clean patches: below it,
+    values are no measurement (older metrics without the counts are taken as measured)."""
+    if audit.get("not_measured"):
+        return False
+    if audit.get("positives") is None:
         return True
-    if negatives is None and isinstance(audit.get("n"), int):
-        negatives = int(audit["n"]) - int(positives)  # type: ignore[call-overload]
-    return bool(positives) and (negatives is None or bool(negatives))
+    return report_not_measured(audit) is None
 
 
 def _automatic_choice(

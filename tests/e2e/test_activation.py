@@ -1,5 +1,6 @@
-"""With the API and a real Celery worker: a new classifier that is worse on the audit set than
-the active one beyond its interval is kept, flagged as held back, and not made active."""
+"""With the API and a real Celery worker: audit labels that arrive after a training measure the
+active version again; a new classifier that is worse on the same audit patches than the active
+one beyond the paired interval is kept, flagged as held back, and not made active."""
 
 from __future__ import annotations
 
@@ -70,16 +71,22 @@ def _wait(http: httpx.Client, ds: int, what: str, done: Any, timeout: float = 42
 
 
 def _train(http: httpx.Client, ds: int) -> dict[str, Any]:
-    before = {v["id"] for v in http.get(f"/datasets/{ds}/models").json()["items"]}
     r = http.post(f"/datasets/{ds}/jobs", json={"kind": "train"})
     assert r.status_code == 202, r.text
+    job_id = r.json()["job"]["id"]
 
-    def ready() -> dict[str, Any] | None:
-        versions = http.get(f"/datasets/{ds}/models", params={"kind": "classifier"}).json()
-        new = [v for v in versions["items"] if v["id"] not in before and v["status"] == "ready"]
-        return new[0] if new else None
+    def trained() -> dict[str, Any] | None:
+        job = http.get(f"/jobs/{job_id}").json()
+        if job["state"] != "succeeded":
+            return None
+        version_id = job["result"]["model_version_id"]
+        return http.get(f"/models/{version_id}").json()  # measured within the training step
 
-    return _wait(http, ds, "a trained classifier", ready)
+    return _wait(http, ds, "a trained classifier", trained)
+
+
+def _audit_set(version: dict[str, Any]) -> dict[str, Any]:
+    return version["metrics"]["audit"]["audit_set"]
 
 
 def test_a_worse_retraining_is_kept_but_not_activated(
@@ -97,7 +104,8 @@ def test_a_worse_retraining_is_kept_but_not_activated(
         return page.json()["items"]
 
     audit = _wait(http, ds, "the audit set (pretrain, score, propose)", audit_tasks)
-    for task in audit:
+    early, late = audit[: len(audit) * 2 // 3], audit[len(audit) * 2 // 3 :]
+    for task in early:  # a third of the audit set gets its labels only after the training
         verdict = truth[(task["x"], task["y"], task["z"])]
         r = http.post(f"/tasks/{task['id']}/label", json={"label": verdict})
         assert r.status_code == 200, r.text
@@ -114,8 +122,26 @@ def test_a_worse_retraining_is_kept_but_not_activated(
 
     good = _train(http, ds)
     assert good["active"] and good["held_back"] is None
+    assert _audit_set(good)["patches"] == len(early)
+
+    # audit labels arrive: the active version is measured again on the whole audit set
+    for task in late:
+        verdict = truth[(task["x"], task["y"], task["z"])]
+        r = http.post(f"/tasks/{task['id']}/label", json={"label": verdict})
+        assert r.status_code == 200, r.text
+
+    def remeasured() -> dict[str, Any] | None:
+        version = http.get(f"/models/{good['id']}").json()
+        return version if _audit_set(version)["patches"] == len(audit) else None
+
+    good = _wait(http, ds, "the active version measured on the new audit labels", remeasured)
+    jobs = http.get("/jobs", params={"dataset_id": ds, "limit": 100}).json()["items"]
+    assert any(j["kind"] == "audit" and j["state"] == "succeeded" for j in jobs)
     good_audit = good["metrics"]["audit"]
-    assert good_audit["positives"] > 0 and good_audit["intervals"]["pr_auc"] is not None
+    assert good_audit["positives"] == sum(
+        truth[(t["x"], t["y"], t["z"])] == "artifact" for t in audit
+    )
+    assert good_audit["intervals"]["pr_auc"] is not None
 
     # the annotator got every training verdict backwards: the next model learns the opposite
     for label in given:
@@ -124,17 +150,21 @@ def test_a_worse_retraining_is_kept_but_not_activated(
         assert r.status_code == 200, r.text
     worse = _train(http, ds)
     worse_audit = worse["metrics"]["audit"]
-    assert worse_audit["pr_auc"] < good_audit["pr_auc"]
-    assert worse_audit["intervals"]["pr_auc"][1] < good_audit["pr_auc"], (
-        "the test needs a version worse beyond its interval",
-        worse_audit,
-        good_audit["pr_auc"],
+    assert worse_audit["audit_set"]["patches"] == len(audit)
+    paired = worse_audit["paired"][str(good["id"])]
+    assert paired["patches"] == len(audit) and paired["artifacts"] == good_audit["positives"]
+    assert paired["pr_auc"]["interval"][1] < 0, (
+        "the test needs a version worse beyond the paired interval",
+        paired,
     )
+    # the active one was measured again too, against the new one on the same patches
+    good = http.get(f"/models/{good['id']}").json()
+    assert str(worse["id"]) in good["metrics"]["audit"]["paired"]
 
     # kept, flagged, not active; the good one stays active
     versions = {v["id"]: v for v in http.get(f"/datasets/{ds}/models").json()["items"]}
     assert versions[worse["id"]]["status"] == "ready" and not versions[worse["id"]]["active"]
-    assert "below" in versions[worse["id"]]["held_back"]
+    assert "paired 95% interval" in versions[worse["id"]]["held_back"]
     assert versions[good["id"]]["active"] and not versions[good["id"]]["pinned"]
     detail = http.get(f"/datasets/{ds}").json()
     assert detail["active_models"]["classifier"] == good["id"]

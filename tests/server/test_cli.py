@@ -162,6 +162,7 @@ def test_bad_input_one_line_error(
     assert len([line for line in out.splitlines() if line.strip()]) == 1, out
 
 
+@pytest.mark.slow  # a real process
 def test_console_script_end_to_end(tmp_path: Path, sqlite_url: str) -> None:
     """The installed entry point, in a real process, as the README tells a newcomer."""
     write_test_dataset(tmp_path / "ds", shape=(300, 300, 2))
@@ -203,3 +204,39 @@ def test_server_database_must_be_upgraded(
         get_settings.cache_clear()
     assert code == 1
     assert "run `artifact-loop db upgrade`" in out and "Traceback" not in out
+
+
+def test_dataset_link_to_webknossos(env: dict[str, str], tmp_path: Path) -> None:
+    from server.datasets.service import get_dataset
+    from server.db.base import make_engine, make_sessionmaker, session_scope
+
+    write_test_dataset(tmp_path / "ds", shape=(700, 420, 4))
+    assert _run("db", "upgrade")[0] == 0
+    assert _run("dataset", "add", "demo", str(tmp_path / "ds"), "--no-pretrain")[0] == 0
+    wk_id = "6980c803d10000d7de2cc080"
+    code, out = _run("dataset", "link", "demo", wk_id, "--push", "--instances", "2")
+    assert code == 0, out
+    assert f"linked dataset 'demo' to webKnossos dataset {wk_id}" in out
+    engine = make_engine(env["ARTIFACT_LOOP_DATABASE_URL"])
+    with session_scope(make_sessionmaker(engine)) as session:
+        link = get_dataset(session, "demo").settings["webknossos"]
+    engine.dispose()
+    assert link == {"dataset_id": wk_id, "push": True, "instances": 2}
+    code, out = _run("dataset", "link", "nope", wk_id)
+    assert code == 1 and "no dataset 'nope'" in out and "Traceback" not in out
+
+
+def test_train_output_says_not_measured_in_words() -> None:
+    from server.cli.jobs import _audit_words
+
+    few = {"n": 7, "positives": 0, "negatives": 7, "f1": 0.0, "pr_auc": None}
+    assert _audit_words(few) == (
+        ", audit: not enough audit artifacts (0) (7 audit patches, 0 artifacts)"
+    )
+    measured = {
+        "n": 200, "positives": 20, "negatives": 180, "f1": 0.71, "pr_auc": 0.8,
+        "not_measured": None, "intervals": {"f1": [0.55, 0.83], "pr_auc": [0.66, 0.91]},
+    }  # fmt: skip
+    assert _audit_words(measured) == (
+        ", audit F1 0.71 [0.55-0.83], PR-AUC 0.80 [0.66-0.91] on 200 audit patches, 20 artifacts"
+    )

@@ -61,55 +61,46 @@ class Site:
         )
 
 
-def audit_metrics(
-    f1: float | None, seed: int, origins: list[tuple[int, int, int]], *, positives: int = 10
-) -> dict[str, Any]:
-    """Audit metrics as the training step stores them (``classification_report`` plus examples);
-    ``f1=None``: an audit set without artifacts, so nothing is measured."""
-    if f1 is None:
-        return {
-            "audit": {"n": 30, "positives": 0, "negatives": 30, "f1": 0.0, "pr_auc": None},
-            "history": [{"epoch": e, "train_loss": 1 / (e + 1)} for e in range(4)],
-        }
-    rng = np.random.default_rng(seed)
-    recall = np.linspace(0, 1, 11)
-    precision = np.clip(1 - recall * (1 - f1) * 1.5, 0, 1)
-    pick = [
-        {"x": x, "y": y, "z": z, "p_artifact": float(rng.random()), "label": lab}
-        for (x, y, z), lab in zip(origins, ["artifact", "clean", "artifact", "clean"], strict=False)
-    ]
-    spread = 0.06
+AUDIT_ARTIFACTS, AUDIT_CLEAN = 20, 180
+# how far each version's artifacts stand out from the clean patches: the quality of its ranking
+STORY_SEPARATION = {"first": 1.2, "best": 3.0, "worse": 0.3}
+
+
+def legacy_few_artifacts() -> dict[str, Any]:
+    """What the training step stored before versions were measured again: an audit set of 60
+    patches with 2 artifacts, and a bootstrap that collapsed on a perfect ranking."""
     return {
         "audit": {
-            "n": 100,
-            "positives": positives,
-            "negatives": 100 - positives,
-            "accuracy": 0.95,
-            "precision": f1,
-            "recall": f1,
-            "f1": f1,
-            "pr_auc": f1 + 0.03,
-            "roc_auc": 0.97,
-            "precision_at_recall_0.9": f1 - 0.1,
-            "threshold": 0.5,
-            "confusion": [[88, 2], [3, 7]],
-            "pr_curve": {"recall": recall.tolist(), "precision": precision.tolist()},
-            "intervals": {
-                "f1": [f1 - spread, f1 + spread],
-                "pr_auc": [f1 + 0.03 - spread, min(1.0, f1 + 0.03 + spread)],
-                "precision_at_recall_0.9": [f1 - 0.1 - spread, f1 - 0.1 + spread],
-            },
-            "examples": {
-                "true_positive": pick[:1],
-                "false_positive": pick[1:2],
-                "false_negative": pick[2:3],
-                "most_uncertain": pick[3:4],
-            },
+            "n": 60, "positives": 2, "negatives": 58, "f1": 1.0, "pr_auc": 1.0,
+            "precision_at_recall_0.9": 1.0, "accuracy": 1.0, "threshold": 0.5,
+            "confusion": [[58, 0], [0, 2]],
+            "intervals": {"f1": [1.0, 1.0], "pr_auc": [1.0, 1.0],
+                          "precision_at_recall_0.9": [1.0, 1.0]},
+            "examples": {"false_positive": [{"x": 0, "y": 0, "z": 1, "p_artifact": 0.0,
+                                             "label": "clean"}] * 8},
         },
-        "history": [
-            {"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1)} for e in range(8)
-        ],
-    }
+        "history": [{"epoch": e, "train_loss": 1 / (e + 1)} for e in range(4)],
+    }  # fmt: skip
+
+
+def measured_story(
+    origins: list[tuple[int, ...]], version_ids: dict[str, int]
+) -> dict[int, dict[str, Any]]:
+    """The audit reports that :mod:`server.pipeline.audit` records for the story's versions,
+    all measured on the same audit set (its own code, on made-up probabilities)."""
+    from types import SimpleNamespace
+
+    from server.pipeline.audit import _reports
+
+    rng = np.random.default_rng(11)
+    truth = np.r_[np.ones(AUDIT_ARTIFACTS, bool), np.zeros(AUDIT_CLEAN, bool)]
+    labels = [SimpleNamespace(x=x, y=y, z=z) for x, y, z in (origins * 4)[: truth.size]]
+    noise = rng.normal(0, 1, truth.size)
+    scored = {}
+    for role, separation in STORY_SEPARATION.items():
+        logit = truth * separation + noise + rng.normal(0, 0.6, truth.size) - 1.5
+        scored[version_ids[role]] = (1 / (1 + np.exp(-logit)), 0.5)
+    return _reports(labels, truth, scored, through=truth.size)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -145,22 +136,29 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         )
         session.add(ae)
         session.flush()
-        story = {  # in the order they were trained
-            "unmeasured": (20, audit_metrics(None, 0, [])),
-            "first": (50, audit_metrics(0.62, 1, origins[120:])),
-            "best": (100, audit_metrics(0.84, 2, origins[124:])),
-            "worse": (150, audit_metrics(0.55, 3, origins[128:])),
-        }
+        counts = {"unmeasured": 20, "first": 50, "best": 100, "worse": 150}
         versions = {}
-        for role, (count, metrics) in story.items():
+        for role, count in counts.items():  # in the order they were trained
             version = ModelVersion(
                 dataset_id=dataset.id, kind="classifier", parent_id=ae.id, status="ready",
-                label_count=count, metrics=metrics,
+                label_count=count, metrics=legacy_few_artifacts(), weights_path=f"/v/{role}.pt",
             )  # fmt: skip
             session.add(version)
             session.flush()
-            refresh_active_flags(session, dataset_id=dataset.id)  # as the training step does
             versions[role] = version.id
+        # the newer three measured again on the current audit set; the oldest keeps what it had
+        for version_id, audit in measured_story(origins[120:], versions).items():
+            measured = session.get(ModelVersion, version_id)
+            assert measured is not None
+            measured.metrics = {
+                "audit": audit,
+                "history": [
+                    {"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1)}
+                    for e in range(8)
+                ],
+            }
+        session.flush()
+        refresh_active_flags(session, dataset_id=dataset.id)
         dataset_id = dataset.id
     engine.dispose()
     env = service_env(

@@ -12,7 +12,7 @@ function svgEl(tag, attrs = {}, text = null) {
 
 // series: { name, points: [[x, y, meta]] } where meta may carry id (data-version on the dot)
 // and lo/hi (an interval drawn as a whisker).
-function lineChart(svg, { title, xLabel, yLabel, series, yMin = null, yMax = null, points = true, empty = "no data yet" }) {
+function lineChart(svg, { title, xLabel, yLabel, series, xMin = null, xMax = null, yMin = null, yMax = null, points = true, empty = "no data yet" }) {
   const W = 460, H = 260, L = 48, R = 12, T = 26, B = 40;
   svg.replaceChildren(svgEl("text", { x: L, y: 16, class: "title" }, title));
   const all = series.flatMap((s) => s.points);
@@ -20,7 +20,7 @@ function lineChart(svg, { title, xLabel, yLabel, series, yMin = null, yMax = nul
     svg.append(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, empty));
     return;
   }
-  let [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
+  let [x0, x1] = [xMin ?? Math.min(...all.map((p) => p[0])), xMax ?? Math.max(...all.map((p) => p[0]))];
   let [y0, y1] = [yMin ?? Math.min(...all.map((p) => p[1])), yMax ?? Math.max(...all.map((p) => p[1]))];
   if (x1 === x0) { x0 -= 1; x1 += 1; }
   if (y1 === y0) { y0 -= 0.5; y1 += 0.5; }

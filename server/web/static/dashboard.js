@@ -1,6 +1,6 @@
 // The dashboard: model versions and their audit metrics, charts, galleries, jobs, annotators.
 "use strict";
-const dash = { dataset: null, me: null, versions: [], selected: null, jobsSeen: "" };
+const dash = { dataset: null, me: null, versions: [], selected: null, jobsSeen: "", jobsTag: null };
 const $ = (id) => document.getElementById(id);
 const METRICS = [["f1", "F1"], ["pr_auc", "PR-AUC"], ["precision_at_recall_0.9", "precision @ recall 0.9"]];
 
@@ -15,30 +15,55 @@ function counts(a) {
   const neg = pick(a, "negatives") ?? (n !== null && pos !== null ? n - pos : null);
   return { n, pos, neg };
 }
-// Metrics need audit labels of both classes; without them a value is not measured, never 0.
-function enough(a) {
+// Below the minimum of audit artifacts nothing is measured: the words say so, never a number.
+// metrics measured before the reason was stored: models/metrics.py MIN_AUDIT_ARTIFACTS
+const MIN_AUDIT_ARTIFACTS = 5;
+function notMeasured(a) {
   const { n, pos, neg } = counts(a);
-  if (!n) return false;
-  if (pos !== null && (pos < 1 || neg < 1)) return false;
-  return pick(a, "pr_auc") !== null;
+  if (!n) return "no audit labels";
+  if (pick(a, "not_measured")) return a.not_measured;
+  if (pos !== null && pos < MIN_AUDIT_ARTIFACTS) return `not enough audit artifacts (${pos})`;
+  if (neg !== null && neg < MIN_AUDIT_ARTIFACTS) return `not enough clean audit patches (${neg})`;
+  return pick(a, "pr_auc") === null ? "not measured" : null;
 }
+function enough(a) { return notMeasured(a) === null; }
 function value(a, name) { return enough(a) ? pick(a, name) : null; }
 function interval(a, name) { const i = pick(a, "intervals"); return i && Array.isArray(i[name]) ? i[name] : null; }
+function signed(x) { return `${x >= 0 ? "+" : "−"}${fmt(Math.abs(x))}`; }
+// The paired comparison of version v with version other on the same audit patches, if measured.
+function paired(v, other) {
+  if (!other || other.id === v.id) return null;
+  const p = pick(audit(v), "paired");
+  return p && p[String(other.id)] ? p[String(other.id)] : null;
+}
+function sameSet(p) { return `same ${p.patches} audit patches, ${p.artifacts} artifacts`; }
+function diffText(d) { return `${signed(d.difference)} [${signed(d.interval[0])} to ${signed(d.interval[1])}]`; }
 
 function metricCell(v, name) {
   if (v.kind !== "classifier") return el("td", {}, "–");
   const a = audit(v), x = value(a, name);
-  if (x === null) return el("td", {}, el("span", { class: "na" }, "not enough audit labels"));
+  if (x === null) return el("td", {}, el("span", { class: "na" }, notMeasured(a)));
   const ci = interval(a, name);
-  return el("td", {}, fmt(x), ci ? el("span", { class: "ci", title: "95% bootstrap interval" }, ` [${fmt(ci[0])}–${fmt(ci[1])}]`) : null);
+  return el("td", {}, fmt(x), ci ? el("span", { class: "ci", title: "95% interval" }, ` [${fmt(ci[0])}–${fmt(ci[1])}]`) : null);
 }
 
 function auditCell(v) {
   if (v.kind !== "classifier") return el("td", {}, "–");
-  const { n, pos } = counts(audit(v));
+  const a = audit(v), { n, pos } = counts(a), set = pick(a, "audit_set");
   if (!n) return el("td", {}, el("span", { class: "na" }, "no audit labels"));
-  const note = pos === 0 ? "no artifacts: nothing measured" : pos !== null && pos < 20 ? "few artifacts: wide intervals" : null;
-  return el("td", {}, `${n} (${pos ?? "?"} artifacts)`, note ? el("div", { class: "na" }, note) : null);
+  const latest = Math.max(0, ...dash.versions.map((x) => pick(pick(audit(x), "audit_set"), "through_label") || 0));
+  const stale = set && set.through_label < latest ? "measured on an older audit set" : null;
+  return el("td", {}, `${n} (${pos ?? "?"} artifacts)`, stale ? el("div", { class: "na" }, stale) : null);
+}
+
+// PR-AUC difference to the active classifier, paired on the same audit patches.
+function versusActiveCell(v) {
+  const active = dash.versions.find((x) => x.kind === "classifier" && x.active);
+  if (v.kind !== "classifier" || !active || active.id === v.id) return el("td", { class: "vs-active" }, "–");
+  const p = paired(v, active);
+  if (!p) return el("td", { class: "vs-active" }, el("span", { class: "na" }, "not measured on the same patches"));
+  if (p.reason) return el("td", { class: "vs-active" }, el("span", { class: "na" }, p.reason));
+  return el("td", { class: "vs-active" }, diffText(p.pr_auc), el("div", { class: "ci" }, sameSet(p)));
 }
 
 async function loadVersions() {
@@ -54,8 +79,8 @@ async function loadVersions() {
     },
     el("td", {}, v.id), el("td", {}, v.kind), el("td", {}, v.parent_id ?? "–"),
     el("td", {}, new Date(v.created_at).toLocaleString([], { dateStyle: "short", timeStyle: "short" })), el("td", {}, v.kind === "classifier" ? v.label_count : "–"),
-    auditCell(v), ...METRICS.map(([name]) => metricCell(v, name)),
-    el("td", {}, v.status, v.held_back ? el("div", { class: "na held-back" }, `held back: ${v.held_back}`) : null),
+    auditCell(v), ...METRICS.map(([name]) => metricCell(v, name)), versusActiveCell(v),
+    el("td", {}, v.status, v.held_back ? el("details", { class: "na held-back" }, el("summary", {}, "held back"), el("p", {}, v.held_back)) : null),
     el("td", { class: "active-flag" }, v.active ? (v.pinned ? "● active, pinned" : "● active") : ""),
     el("td", {}));
     if (dash.me.role === "admin" && v.status === "ready" && !v.active) {
@@ -93,25 +118,40 @@ function drawLearningCurve() {
   }));
   lineChart($("learning"), {
     title: "Learning curve (audit set, 95% intervals)", xLabel: "labels used for training", yLabel: "score", yMin: 0, yMax: 1,
-    series, empty: "not enough audit labels yet",
+    series, empty: "nothing measured yet: not enough audit artifacts",
   });
   const missing = cls.length - measured.length;
-  $("learning-note").textContent = missing ? `${missing} version(s) without enough audit labels (both classes needed) are not plotted.` : "";
+  const newest = cls.map((v) => pick(audit(v), "audit_set")).filter(Boolean).sort((x, y) => y.through_label - x.through_label)[0];
+  const notes = [];
+  if (newest) notes.push(`All versions measured on the same audit set: ${newest.patches} patches, ${newest.artifacts} artifacts.`);
+  if (missing) notes.push(`${missing} version(s) not plotted: ${[...new Set(cls.filter((v) => !enough(audit(v))).map((v) => notMeasured(audit(v))))].join("; ")}.`);
+  const active = cls.find((v) => v.active);
+  const last = cls[cls.length - 1];
+  const p = last && active ? paired(last, active) : null;
+  if (p && !p.reason) notes.push(`Newest (version ${last.id}) against active (version ${active.id}), PR-AUC ${diffText(p.pr_auc)}, F1 ${diffText(p.f1)} (paired, ${sameSet(p)}).`);
+  $("learning-note").textContent = notes.join(" ");
 }
 
 function comparison(v, active) {
   const a = audit(v), b = active ? audit(active) : {};
-  if (!enough(a)) return [el("p", { class: "na" }, `Version ${v.id} has not enough audit labels: its quality is unknown.`)];
+  const own = (x) => { const { n, pos } = counts(audit(x)); return `${n ?? 0} audit patches, ${pos ?? 0} artifacts`; };
+  const out = [];
+  if (!enough(a)) out.push(el("p", { class: "na" }, `Version ${v.id}: ${notMeasured(a)}; its quality is unknown.`));
+  const p = paired(v, active);
+  const header = el("tr", {}, el("th", { scope: "col" }, "audit metric"), el("th", { scope: "col" }, `version ${v.id}`),
+    el("th", { scope: "col" }, active ? `active (version ${active.id})` : "active: none"), el("th", { scope: "col" }, "difference (paired 95% interval)"));
+  const cell = (x, name) => { const val = value(audit(x), name), ci = interval(audit(x), name); return val === null ? notMeasured(audit(x)) : `${fmt(val)}${ci ? ` [${fmt(ci[0])}–${fmt(ci[1])}]` : ""}`; };
   const rows = METRICS.map(([name, title]) => {
-    const x = value(a, name), y = active ? value(b, name) : null, ci = interval(a, name);
-    const diff = x !== null && y !== null ? x - y : null;
-    return el("tr", {}, el("th", { scope: "row" }, title),
-      el("td", {}, fmt(x), ci ? ` [${fmt(ci[0])}–${fmt(ci[1])}]` : ""),
-      el("td", {}, active ? fmt(y) : "–"),
-      el("td", { class: diff !== null && diff < 0 ? "error" : "" }, diff === null ? "–" : `${diff >= 0 ? "+" : "−"}${fmt(Math.abs(diff))}`));
+    const d = p && !p.reason ? p[name] : null;
+    return el("tr", {}, el("th", { scope: "row" }, title), el("td", {}, cell(v, name)), el("td", {}, active ? cell(active, name) : "–"),
+      el("td", { class: "difference" + (d && d.interval[1] < 0 ? " error" : "") }, d ? diffText(d) : (p && p.reason) || "not measured on the same patches"));
   });
-  return [el("table", {}, el("tr", {}, el("th", { scope: "col" }, "audit metric"), el("th", { scope: "col" }, `version ${v.id}`),
-    el("th", { scope: "col" }, active ? `active (version ${active.id})` : "active: none"), el("th", { scope: "col" }, "difference")), ...rows)];
+  out.push(el("table", { class: "comparison" }, header, ...rows));
+  if (p) out.push(el("p", { class: "stat audit-counts" }, p.reason
+    ? `On the ${sameSet(p)}: ${p.reason}, so the two cannot be told apart.`
+    : `Both measured on the ${sameSet(p)}; the interval comes from resampling those patches for both versions at once.`));
+  else if (active) out.push(el("p", { class: "na audit-counts" }, `Measured on different audit sets (version ${v.id}: ${own(v)}; version ${active.id}: ${own(active)}): no difference is shown.`));
+  return out;
 }
 
 function ask(v) {
@@ -153,6 +193,7 @@ async function select(id) {
     row.setAttribute("aria-selected", on ? "true" : "false");
   }
   const v = await api(`/models/${id}`);
+  if (dash.selected !== id) return; // another row was selected meanwhile
   const m = v.metrics || {};
   const history = pick(m, "history", "loss_history") || [];
   lineChart($("loss"), {
@@ -168,9 +209,9 @@ async function select(id) {
   if (curve && Array.isArray(curve.recall)) prPoints = curve.recall.map((r, i) => [r, curve.precision[i]]);
   const { n, pos } = counts(a);
   lineChart($("pr"), {
-    title: `Precision-recall on the audit set, version ${v.id}`, xLabel: "recall", yLabel: "precision", yMin: 0, yMax: 1, points: false,
+    title: `Precision-recall on the audit set, version ${v.id}`, xLabel: "recall", yLabel: "precision", xMin: 0, xMax: 1, yMin: 0, yMax: 1, points: false,
     series: prPoints.length ? [{ name: `PR-AUC ${fmt(value(a, "pr_auc"))}`, points: prPoints }] : [],
-    empty: v.kind === "ae" ? "autoencoders do not classify" : `not enough audit labels (${n ?? 0} patches, ${pos ?? 0} artifacts)`,
+    empty: v.kind === "ae" ? "autoencoders do not classify" : `${notMeasured(a) || "no curve"} (${n ?? 0} patches, ${pos ?? 0} artifacts)`,
   });
   drawConfusion(v, a);
   drawGalleries(v, a);
@@ -181,7 +222,7 @@ function drawConfusion(v, a) {
   if (cm && !Array.isArray(cm)) cm = [[cm.tn, cm.fp], [cm.fn, cm.tp]];
   $("cm-title").textContent = `Confusion matrix, version ${v.id} (threshold ${fmt(pick(a, "threshold"))})`;
   if (v.kind === "ae") { $("confusion").textContent = "Autoencoders do not classify."; return; }
-  if (!cm || !enough(a)) { $("confusion").textContent = "Not enough audit labels: the audit set needs both clean and artifact patches."; return; }
+  if (!cm || !enough(a)) { $("confusion").textContent = `Nothing measured: ${notMeasured(a)}.`; return; }
   const { n, pos } = counts(a);
   $("confusion").replaceChildren(el("table", {},
     el("tr", {}, el("th", { scope: "col" }, "true \\ predicted"), el("th", { scope: "col" }, "clean"), el("th", { scope: "col" }, "artifact")),
@@ -192,6 +233,7 @@ function drawConfusion(v, a) {
 
 function drawGalleries(v, a) {
   const examples = pick(a, "examples");
+  if (v.kind === "classifier" && !enough(a)) { $("galleries").textContent = `Nothing measured: ${notMeasured(a)}.`; return; }
   if (!examples) { $("galleries").textContent = v.kind === "ae" ? "Autoencoders do not classify." : "No audit examples yet."; return; }
   const names = { true_positive: "True positives", false_positive: "False positives", false_negative: "False negatives", most_uncertain: "Most uncertain" };
   const blocks = [];
@@ -209,9 +251,22 @@ function drawGalleries(v, a) {
   $("galleries").replaceChildren(...blocks);
 }
 
-// Jobs are polled; versions and labels are fetched again only when a job changed state.
+// Jobs are polled with the tag of the last answer: unchanged, the server answers 304 with no
+// body. Versions and labels are fetched again only when a job changed state.
+async function jobsPage() {
+  const path = `/jobs?dataset_id=${dash.dataset}&limit=12`;
+  const headers = { Authorization: "Bearer " + token() };
+  if (dash.jobsTag && dash.jobsTag.path === path) headers["If-None-Match"] = dash.jobsTag.etag;
+  const response = await fetch(API + path, { headers, cache: "no-store" });
+  if (response.status === 304) return null;
+  if (!response.ok) return api(path); // the usual error handling
+  dash.jobsTag = { path, etag: response.headers.get("ETag") };
+  return response.json();
+}
+
 async function loadJobs() {
-  const page = await api(`/jobs?dataset_id=${dash.dataset}&limit=12`);
+  const page = await jobsPage();
+  if (page === null) return false;
   $("jobs").querySelector("tbody").replaceChildren(...page.items.map((j) => el("tr", {},
     el("td", {}, j.id), el("td", {}, j.kind), el("td", {}, j.state),
     el("td", {}, el("span", { class: "bar", role: "progressbar", "aria-label": `job ${j.id} progress`, "aria-valuenow": Math.round(j.progress * 100), "aria-valuemin": 0, "aria-valuemax": 100 }, el("span", { style: `width:${Math.round(j.progress * 100)}%` })), ` ${Math.round(j.progress * 100)} %`),
@@ -229,10 +284,50 @@ async function loadLabels() {
   const dis = await api(`/datasets/${dash.dataset}/disagreements?limit=20`);
   $("disagreements").replaceChildren(dis.total ? el("table", {}, el("tr", {}, el("th", { scope: "col" }, "patch (x, y, z)"), el("th", { scope: "col" }, "verdicts")),
     ...dis.items.map((p) => el("tr", {}, el("td", {}, `${p.x}, ${p.y}, ${p.z}`), el("td", {}, p.labels.map((l) => `${l.annotator}: ${l.label}${l.artifact_type ? " (" + l.artifact_type + ")" : ""}`).join(" · "))))) : "No disagreements.");
+  await loadReview();
+}
+
+const when = (at) => new Date(at).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+
+// The review list: who flagged a patch unsure and when, its labels since, and (admins) a
+// second look: open the patch, label it, mark it resolved.
+async function loadReview() {
   const review = await api(`/datasets/${dash.dataset}/tasks/review?limit=20`);
-  $("review").replaceChildren(review.total ? el("table", {}, el("tr", {}, el("th", { scope: "col" }, "patch (x, y, z)"), el("th", { scope: "col" }, "flagged by"), el("th", { scope: "col" }, "status"), el("th", { scope: "col" }, "webKnossos")),
-    ...review.items.map((t) => el("tr", {}, el("td", {}, `${t.x}, ${t.y}, ${t.z}`), el("td", {}, t.unsure_flags), el("td", {}, t.status),
-      el("td", {}, t.webknossos_url ? el("a", { href: t.webknossos_url, target: "_blank", rel: "noopener" }, `open ${t.x}, ${t.y}, ${t.z}`) : "–")))) : "Nothing flagged.");
+  if (!review.total) { $("review").replaceChildren("Nothing flagged."); return; }
+  $("review").replaceChildren(el("table", {}, el("tr", {}, el("th", { scope: "col" }, "patch (x, y, z)"), el("th", { scope: "col" }, "flagged unsure by"),
+    el("th", { scope: "col" }, "labels since"), el("th", { scope: "col" }, "status"), el("th", { scope: "col" }, "action")),
+  ...review.items.map((t) => el("tr", { "data-task": t.id }, el("td", {}, `${t.x}, ${t.y}, ${t.z}`),
+    el("td", {}, t.flagged_by.map((f) => `${f.annotator} (${when(f.at)})`).join(", ") || t.unsure_flags),
+    el("td", {}, t.labels.map((l) => `${l.annotator}: ${l.label}${l.artifact_type ? " (" + l.artifact_type + ")" : ""} (${when(l.at)})`).join(", ") || "none"),
+    el("td", { class: "review-status" }, t.resolved_at ? `resolved by ${t.resolved_by} (${when(t.resolved_at)})` : t.status === "labelled" ? "labelled" : "in the queue"),
+    el("td", {}, dash.me.role === "admin" ? el("button", { class: "open-review", onclick: () => openReview(t) }, "open", el("span", { class: "sr-only" }, ` patch ${t.x}, ${t.y}, ${t.z}`)) : "",
+      t.webknossos_url ? el("a", { href: t.webknossos_url, target: "_blank", rel: "noopener" }, " webKnossos") : null)))));
+}
+
+function openReview(t) {
+  const img = el("img", { alt: `flagged patch at ${t.x}, ${t.y}, ${t.z}`, width: 200, height: 200 });
+  imageUrl(`/datasets/${dash.dataset}/patch.png?x=${t.x}&y=${t.y}&z=${t.z}&margin=5`).then((u) => { img.src = u; }).catch(() => {});
+  const status = el("p", { class: "stat", role: "status" });
+  const labelAs = async (label) => {
+    try {
+      await api(`/tasks/${t.id}/label`, { method: "POST", json: { label, source: "ui", idempotency_key: `review-${t.id}-${crypto.randomUUID()}` } });
+      status.textContent = `Labelled ${label}.`;
+      await loadReview();
+    } catch (err) { status.textContent = err.message; }
+  };
+  const resolve = async () => {
+    try {
+      await api(`/tasks/${t.id}/resolve`, { method: "POST", json: { resolved: true } });
+      announce(`Patch ${t.x}, ${t.y}, ${t.z} resolved.`);
+      $("review-open").replaceChildren();
+      await loadReview();
+    } catch (err) { status.textContent = err.message; }
+  };
+  $("review-open").replaceChildren(el("h4", {}, `Patch ${t.x}, ${t.y}, ${t.z}`), img,
+    el("div", { class: "buttons" },
+      el("button", { class: "review-clean", onclick: () => labelAs("clean") }, "label clean"),
+      el("button", { class: "review-artifact", onclick: () => labelAs("artifact") }, "label artifact"),
+      el("button", { class: "review-resolve primary", onclick: resolve }, "mark resolved")), status);
 }
 
 async function refresh() {

@@ -67,7 +67,7 @@ async function show() {
     const p = await loadProgress();
     let why = "The model proposes more after its next training";
     if (p && p.training) why = `A training is ${p.training.state} (${Math.round(p.training.progress * 100)} %); new patches come once it has scored the pool`;
-    else if (p) why = `The next training starts after ${p.labels_until_training} more labels (every ${p.retrain_every})`;
+    else if (p) why = `${p.next_step.charAt(0).toUpperCase()}${p.next_step.slice(1)} (a training every ${p.retrain_every} labels)`;
     message(`No tasks left. ${why}. This page checks again every 10 s.`);
     setTimeout(() => { if (!state.current) show().catch(report); }, 10000);
     return;
@@ -242,8 +242,7 @@ async function loadProgress() {
   if (!state.dataset) return null;
   try {
     const p = await api(`/datasets/${state.dataset.id}/progress`);
-    const training = p.training ? `training ${p.training.state} ${Math.round(p.training.progress * 100)} %` : `next training after ${p.labels_until_training} more labels`;
-    $("progress").textContent = `you: ${p.my_labels_last_hour} labels in the last hour · tasks waiting: ${p.remaining} · ${training}`;
+    $("progress").textContent = `you: ${p.my_labels_last_hour} labels in the last hour · tasks waiting: ${p.remaining} · ${p.next_step}`;
     return p;
   } catch (err) { return null; }
 }
@@ -266,9 +265,10 @@ function drawTypes() {
 }
 
 async function loadExamples(type, box) {
-  const page = await api(`/datasets/${state.dataset.id}/labels?label=artifact&artifact_type=${type}&limit=3`);
-  if (!page.items.length) { box.append(el("span", { class: "stat" }, " No labelled example yet.")); return; }
-  for (const l of page.items) {
+  // only labels someone confirmed: agreed by two annotators, or reviewed by an admin
+  const items = await api(`/datasets/${state.dataset.id}/type-examples?artifact_type=${type}&limit=3`);
+  if (!items.length) { box.append(el("span", { class: "stat" }, " No agreed or reviewed example yet.")); return; }
+  for (const l of items) {
     const img = el("img", { alt: `${type} example at ${l.x}, ${l.y}, ${l.z}`, width: 64, height: 64 });
     imageUrl(`/datasets/${state.dataset.id}/patch.png?x=${l.x}&y=${l.y}&z=${l.z}&margin=0`).then((u) => { img.src = u; }).catch(() => {});
     box.append(img);

@@ -19,7 +19,7 @@ from server.jobs.context import StepContext
 from server.jobs.kinds import JobKind, JobState
 from server.labels.service import labels_arrived
 from server.labels.training_set import audit_labels, training_labels
-from server.pipeline import pretrain, score, train
+from server.pipeline import audit, pretrain, score, train
 from tests import factories as make
 
 pytestmark = pytest.mark.postgres
@@ -90,6 +90,38 @@ def test_a_training_skipped_for_one_class_does_not_retrigger_on_the_same_labels(
     seen = [make.label(session, ds, x=140 * i) for i in range(4)]
     _succeeded(session, ds.id, JobKind.TRAIN, {"skipped": "one class", "snapshot_id": seen[-1].id})
     assert labels_arrived(ctx.rt, ctx.sender, dataset_id=ds.id) is None
+
+
+def test_labels_that_waited_for_the_autoencoder_start_a_training_once_it_is_ready(
+    ctx: StepContext, session: Session
+) -> None:
+    ds = make.dataset(session)
+    for i in range(4):  # imported before there was an autoencoder: nothing to train from
+        make.label(session, ds, x=140 * i)
+    session.commit()
+    assert labels_arrived(ctx.rt, ctx.sender, dataset_id=ds.id) is None
+    ae = make.version(session, ds)
+    session.commit()
+    pretrain.after(ctx, _succeeded(session, ds.id, JobKind.PRETRAIN, {"model_version_id": ae.id}))
+    (training,) = _jobs(session, JobKind.TRAIN)
+    assert training.params["trigger"] == "4 new labels"
+
+
+def test_a_measurement_that_changes_the_active_classifier_scores_the_pool_with_it(
+    ctx: StepContext, session: Session
+) -> None:
+    ds = make.dataset(session)
+    audit.after(
+        ctx, _succeeded(session, ds.id, JobKind.AUDIT, {"active_before": 3, "active_after": 3})
+    )
+    assert _jobs(session, JobKind.SCORE) == [], "the same version: nothing to redo"
+    ae = make.version(session, ds)
+    clf = make.version(session, ds, kind="classifier", parent_id=ae.id)
+    session.commit()
+    result = {"active_before": None, "active_after": clf.id}
+    audit.after(ctx, _succeeded(session, ds.id, JobKind.AUDIT, result))
+    (scored,) = _jobs(session, JobKind.SCORE)
+    assert scored.params["model_version_id"] == clf.id
 
 
 def test_what_follows_each_step(ctx: StepContext, session: Session) -> None:
