@@ -26,12 +26,13 @@ WORKDIR /app
 # build secrets (docker-compose.pip.yml): there only while pip runs, never in a layer. A
 # constraint file that configuration names lies outside the build, hence PIP_CONSTRAINT= (the
 # versions here are pinned by the build args).
-# torch first, from the wheel index of the chosen build, so the project install keeps it;
+# A current pip (as the README's install), then torch, from the wheel index of the chosen build;
 # an index without this version fails here, with pip naming the versions it has
 RUN --mount=type=secret,id=pip_conf,target=/etc/pip.conf \
     --mount=type=secret,id=pip_ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=bind,from=wheels,target=/wheels \
-    PIP_CONSTRAINT= pip install "torch==${TORCH_VERSION}${TORCH_LOCAL_VERSION:++${TORCH_LOCAL_VERSION}}" \
+    PIP_CONSTRAINT= pip install -U pip \
+    && PIP_CONSTRAINT= pip install "torch==${TORCH_VERSION}${TORCH_LOCAL_VERSION:++${TORCH_LOCAL_VERSION}}" \
        --index-url "${TORCH_INDEX_URL}" --find-links /wheels \
     && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
     && if [ "${TORCH_LOCAL_VERSION}" = cpu ]; then \
@@ -42,9 +43,12 @@ COPY server ./server
 COPY worker ./worker
 COPY models ./models
 COPY migrations ./migrations
+# the project's bare torch requirement keeps the torch above (pinned, so the resolver never
+# swaps in another build of it, e.g. PyPI's CUDA one)
 RUN --mount=type=secret,id=pip_conf,target=/etc/pip.conf \
     --mount=type=secret,id=pip_ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
-    PIP_CONSTRAINT= pip install . && pip check
+    python -c "import torch; print(f'torch=={torch.__version__}')" >/tmp/torch.txt \
+    && PIP_CONSTRAINT=/tmp/torch.txt pip install . && pip check && rm /tmp/torch.txt
 
 RUN useradd --create-home --uid 1000 artifact && mkdir -p /var/lib/artifact-loop/predictions \
     && chown -R artifact /var/lib/artifact-loop
