@@ -116,7 +116,12 @@ def _local_torch_wheels_image() -> str | None:
             for wheel in wheels:
                 shutil.copy(wheel, tmp)
             tar = subprocess.Popen(["tar", "-C", tmp, "-c", "."], stdout=subprocess.PIPE)
-            subprocess.run(["docker", "import", "-", image], stdin=tar.stdout, check=True)
+            subprocess.run(
+                ["docker", "import", "-", image],
+                stdin=tar.stdout,
+                stdout=subprocess.DEVNULL,
+                check=True,
+            )
             assert tar.wait() == 0
     return image
 
@@ -318,13 +323,16 @@ def test_compose_stack_end_to_end(stack: Stack) -> None:
     made = stack.compose(
         "exec", "-T", "api", "artifact-loop", "token", "create", "--role", "admin", "e2e"
     )
-    token = made.stdout.strip().splitlines()[-1].strip()
+    # the CLI prints the token alone on the line after "... shown only now:"
+    lines = made.stdout.splitlines()
+    token = next(lines[i + 1].strip() for i, line in enumerate(lines) if "shown only now" in line)
     http = httpx.Client(
         base_url=f"http://127.0.0.1:{stack.port}/api/v1",
         headers={"Authorization": f"Bearer {token}"},
         timeout=60,
     )
-    assert http.get("/me").json()["name"] == "e2e"
+    me = http.get("/me")
+    assert me.status_code == 200 and me.json()["name"] == "e2e", me.text
 
     # a synthetic dataset under DATASETS_DIR, registered by its path in the containers
     dataset = stack.datasets / "synth1"
