@@ -18,6 +18,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -136,7 +137,7 @@ class Stack:
     predictions: Path
     port: int
     used_pip_secrets: bool
-    logs: list[str] = field(default_factory=list)
+    logs: list[tuple[str, str]] = field(default_factory=list)
 
     def compose(
         self, *args: str, timeout: float = 600, check: bool = True
@@ -163,7 +164,9 @@ class Stack:
         return {row["Service"]: row for row in rows}
 
     def collect_logs(self) -> None:
-        self.logs.append(self.compose("logs", "--no-color", "--timestamps").stdout)
+        for service in ("postgres", "redis", *APP_SERVICES):
+            got = self.compose("logs", "--no-color", "--no-log-prefix", service)
+            self.logs.append((service, got.stdout + got.stderr))
 
 
 @pytest.fixture(scope="module")
@@ -306,6 +309,26 @@ def _train_by_the_loop(
     return done
 
 
+# a log record starts with Celery's "[2026-01-01 ..." or one of uvicorn's and logging's levels;
+# the lines after it (a traceback, a banner) belong to it
+RECORD_START = re.compile(r"^(\[\d{4}-\d\d-\d\d |(DEBUG|INFO|WARNING|ERROR|CRITICAL):)")
+
+
+def _records(log: str) -> list[str]:
+    records: list[list[str]] = [[]]
+    for line in log.splitlines():
+        if RECORD_START.match(line) and records[-1]:
+            records.append([])
+        records[-1].append(line)
+    return ["\n".join(r) for r in records if r]
+
+
+def _expected_on_broker_restart(service: str, record: str) -> bool:
+    """Celery's consumer logs the lost connection with its exception (a WARNING, by design of
+    Celery) when the broker goes away, here on `docker compose restart redis`; it reconnects."""
+    return service.startswith("worker-") and "consumer: Connection to broker lost" in record
+
+
 def test_compose_stack_end_to_end(stack: Stack) -> None:
     _up(stack)
 
@@ -393,8 +416,13 @@ def test_compose_stack_end_to_end(stack: Stack) -> None:
     assert state() == before
     stack.collect_logs()
 
-    tracebacks = [line for logs in stack.logs for line in logs.splitlines() if "Traceback" in line]
-    assert not tracebacks, "\n".join(tracebacks[:20])
+    tracebacks = [
+        f"{service}: {record}"
+        for service, log in stack.logs
+        for record in _records(log)
+        if "Traceback" in record and not _expected_on_broker_restart(service, record)
+    ]
+    assert not tracebacks, "\n\n".join(tracebacks[:5])
 
 
 def test_image_keeps_no_build_secrets(stack: Stack) -> None:
