@@ -244,10 +244,25 @@ def _wait(predicate: Callable[[], Any], what: str, timeout: float = 600, every: 
 
 
 def _up(stack: Stack) -> None:
-    stack.compose(
-        "up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), timeout=UP_TIMEOUT_S + 60
-    )
+    up = stack.compose(
+        "up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), timeout=UP_TIMEOUT_S + 60,
+        check=False,
+    )  # fmt: skip
     states = stack.states()
+    if up.returncode != 0:
+        # what the failing health checks said, and the services' last words
+        ids = [row["ID"] for row in states.values()]
+        health = subprocess.run(
+            ["docker", "inspect", "--format", "{{.Name}} {{json .State.Health}}", *ids],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        logs = stack.compose("logs", "--no-color", "--tail", "15", check=False).stdout
+        pytest.fail(
+            f"docker compose up --wait exited {up.returncode}: {up.stderr.strip().splitlines()[-1]}"
+            f"\nhealth checks:\n{health[-3000:]}\nlogs:\n{logs[-3000:]}"
+        )
     for name in ("postgres", "redis", "api"):
         assert states[name]["Health"] == "healthy", (name, states[name])
     for name in ("worker-gpu", "worker-io"):
