@@ -261,7 +261,12 @@ def _up(stack: Stack) -> None:
         logs = stack.compose("logs", "--no-color", "--tail", "15", check=False).stdout
         pytest.fail(
             f"docker compose up --wait exited {up.returncode}: {up.stderr.strip().splitlines()[-1]}"
-            f"\nhealth checks:\n{health[-3000:]}\nlogs:\n{logs[-3000:]}"
+            f"\nhealth checks (the end of each):\n"
+            + "\n".join(
+                line if len(line) < 600 else f"{line[:80]} ... {line[-500:]}"
+                for line in health.splitlines()
+            )
+            + f"\nlogs:\n{logs[-3000:]}"
         )
     for name in ("postgres", "redis", "api"):
         assert states[name]["Health"] == "healthy", (name, states[name])
