@@ -101,3 +101,35 @@ def test_migrate_command_runs_natively(db_url: str) -> None:
         assert "labels" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+class _OverrideLoader(yaml.SafeLoader):
+    """Compose override files use `!reset` to drop a key of the base file."""
+
+
+_OverrideLoader.add_constructor("!reset", lambda loader, node: {"!reset": True})
+
+
+def test_cpu_variant_drops_the_gpu_and_pins_the_cpu_build_of_torch() -> None:
+    cpu = yaml.load((ROOT / "docker-compose.cpu.yml").read_text(), Loader=_OverrideLoader)
+    app = {name for name, spec in SERVICES.items() if "build" in spec}
+    assert set(cpu["services"]) == app
+    assert cpu["services"]["worker-gpu"]["deploy"] == {"!reset": True}
+    for spec in cpu["services"].values():
+        # its own tag, so the GPU image of the same checkout stays; torch==X+cpu never
+        # resolves to the CUDA build that a plain torch==X from PyPI is on Linux
+        assert spec["image"] == "artifact-loop:cpu"
+        assert spec["build"]["args"]["TORCH_LOCAL_VERSION"] == "cpu"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG TORCH_LOCAL_VERSION=" in dockerfile and "torch.version.cuda is None" in dockerfile
+
+
+def test_pip_configuration_reaches_the_build_only_as_secrets() -> None:
+    pip = yaml.load((ROOT / "docker-compose.pip.yml").read_text(), Loader=_OverrideLoader)
+    assert set(pip["secrets"]) == {"pip_conf", "pip_ca_bundle"}
+    for spec in pip["services"].values():
+        assert set(spec["build"]["secrets"]) == {"pip_conf", "pip_ca_bundle"}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY pip" not in dockerfile and "pip.conf" not in dockerfile.split("FROM python")[0]
+    for secret in ("pip_conf", "pip_ca_bundle"):
+        assert dockerfile.count(f"--mount=type=secret,id={secret},") == 2
