@@ -29,6 +29,7 @@ from server.settings import Settings
 from server.versions.service import active_model
 
 EXAMPLES_PER_GALLERY = 8
+AUDIT_SCORES = "audit_scores.npz"  # beside a classifier's weights: its audit patches' scores
 # strategies whose proposals need the classifier's scores of the candidates
 NEEDS_SCORES = ("hybrid", "uncertainty")
 
@@ -165,7 +166,9 @@ def fit_classifier(
     }
     if data.audit:
         progress(0.92, "evaluating on the audit set")
-        metrics["audit"] = audit_report(source, dataset, result, data.audit)
+        metrics["audit"] = audit_report(
+            source, dataset, result, data.audit, scores_to=out_dir / AUDIT_SCORES
+        )
     path = out_dir / "classifier.pt"
     sha = save_checkpoint(
         path,
@@ -198,9 +201,16 @@ def fit_classifier(
 
 
 def audit_report(
-    source: PatchSource, dataset: Dataset, result: Any, audit: list[Label]
+    source: PatchSource,
+    dataset: Dataset,
+    result: Any,
+    audit: list[Label],
+    *,
+    scores_to: Path | None = None,
 ) -> dict[str, Any]:
-    """The version on the audit set, scored as the pool is (same views, calibration)."""
+    """The version on the audit set, scored as the pool is (same views, calibration); with
+    ``scores_to``, each audit patch's corner and p(artifact) saved there (beside the weights,
+    not in the database), for reports finer than the metrics'."""
     from models.calibration import calibrated, predict_logits
     from models.metrics import classification_report
     from models.networks import for_inference
@@ -214,6 +224,8 @@ def audit_report(
         part = order[s : s + 512]
         logits[part] = predict_logits(fast, read_at(source, dataset, origins[part]), tta=result.tta)
     p = calibrated(logits, result.temperature)
+    if scores_to is not None:
+        np.savez(scores_to, origins=origins, p=p, artifact=truth)
     report = classification_report(truth, p, threshold=result.threshold)
     report["examples"] = _examples(audit, truth, p, result.threshold)
     return report

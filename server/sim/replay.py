@@ -100,6 +100,7 @@ def replay(
                     audit = (version.metrics or {}).get("audit", {})
                     row = {k: audit.get(k) for k in METRICS}
                     row["pr_auc_interval"] = (audit.get("intervals") or {}).get("pr_auc")
+                    row.update(_test_scores(version))
                 else:  # no training yet (one class only): the prevalence, as chance ranks
                     row = {"f1": 0.0, "pr_auc": prevalence, "precision_at_recall_0.9": 0.0}
             row.update(
@@ -117,6 +118,21 @@ def replay(
     finally:
         rt.close()
     return {"curve": curve, "jobs": {str(k): int(v) for k, v in ran.items()}}
+
+
+def _test_scores(version: Any) -> dict[str, Any]:
+    """The version's score of every test (audit) patch, with its corner, and its threshold."""
+    from server.pipeline.train import AUDIT_SCORES
+
+    path = Path(version.weights_path or "").parent / AUDIT_SCORES
+    if not version.weights_path or not path.exists():
+        return {}
+    saved = np.load(path)
+    return {
+        "test_origins": saved["origins"].tolist(),
+        "test_scores": [round(float(v), 5) for v in saved["p"]],
+        "threshold": (version.metrics or {}).get("threshold"),
+    }
 
 
 def _audit_prevalence(session: Any, dataset_id: int) -> float:

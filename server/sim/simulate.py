@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,12 @@ from sqlalchemy import select
 from server.errors import InvalidInput
 from server.labels.truth import load_truth
 from server.sim import report as rep
-from server.sim.baselines import BASELINES, baseline_curves, patch_features
+from server.sim.baselines import ALL_BASELINES, ae_embeddings, baseline_curves, patch_features
 
 STRATEGIES = ("random", "uncertainty", "recon", "hybrid")
+# the product's classifier with every pool patch labelled at once (random order, one round)
+FULLY_LABELLED = "product-all-labels"
+_NOT_A_STRATEGY = {FULLY_LABELLED: "random"}  # how such a curve's loop picks patches
 ORACLE = "ground truth"
 
 
@@ -87,7 +90,7 @@ def _settings(
         pretrain_epochs=config.pretrain_epochs,
         train_epochs=config.train_epochs,
         tta=config.tta,
-        acquisition=strategy if strategy in STRATEGIES else "hybrid",
+        acquisition=strategy if strategy in STRATEGIES else _NOT_A_STRATEGY.get(strategy, "hybrid"),
         seed=seed,
         device=device,
         torch_threads=1 if config.workers != 1 else 0,
@@ -103,16 +106,16 @@ def run_simulation(
     device: str = "auto",
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    unknown = set(config.strategies) - set(STRATEGIES) - set(BASELINES)
+    unknown = set(config.strategies) - set(STRATEGIES) - set(ALL_BASELINES) - {FULLY_LABELLED}
     if unknown:
         raise InvalidInput(
             f"unknown strategies {', '.join(sorted(unknown))}; use "
-            f"{', '.join(STRATEGIES + BASELINES)}"
+            f"{', '.join(STRATEGIES + ALL_BASELINES)}, {FULLY_LABELLED}"
         )
     started = time.perf_counter()
     rounds = -(-config.budget // config.batch)
-    product = [s for s in config.strategies if s in STRATEGIES]
-    baselines = [s for s in config.strategies if s in BASELINES]
+    product = [s for s in config.strategies if s in (*STRATEGIES, FULLY_LABELLED)]
+    baselines = [s for s in config.strategies if s in ALL_BASELINES]
     runs = [(seed, strategy) for seed in range(config.seeds) for strategy in product]
     # curves that score candidates every round take longest: start them first
     runs.sort(key=lambda run: run[1] not in ("uncertainty", "hybrid"))
@@ -148,7 +151,7 @@ def run_simulation(
                 record(seed, name, {"curve": curve, "jobs": {}})
         _run_curves(
             runs, work=work, config=config, device=device, record=record, progress=progress,
-            total=total,
+            total=total, pool=facts["pool"],
         )  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -256,7 +259,10 @@ def _prepare(
                         for s in range(0, len(origins), 256)
                     ]
                 )
-            np.savez(folder / "baseline_features.npz", features=values, truth=truth, test=test)
+            np.savez(
+                folder / "baseline_features.npz", features=values, truth=truth, test=test,
+                embedding=ae_embeddings(settings, rt, dataset_id, index),
+            )  # fmt: skip
     finally:
         rt.close()
     np.save(
@@ -307,11 +313,14 @@ def _run_curves(
     record: Callable[[int, str, dict[str, Any]], None],
     progress: Callable[[str, int, int], None] | None,
     total: int,
+    pool: int = 0,
 ) -> None:
     """Every (seed, strategy) curve, in worker processes of one torch thread each: these
     small networks train as fast on one core as on two, so two processes do twice the work."""
     n = _workers(config, len(runs))
     done = 0
+    # the fully-labelled curve labels the whole pool in one round
+    own = {FULLY_LABELLED: replace(config, budget=pool, batch=pool)} if pool else {}
 
     def tick(message: str) -> None:
         nonlocal done
@@ -320,8 +329,8 @@ def _run_curves(
             progress(message, done, total)
 
     if n == 1:
-        for seed, strategy in runs:
-            record(seed, strategy, run_curve(work, config, seed, strategy, device, tick))
+        for seed, name in runs:
+            record(seed, name, run_curve(work, own.get(name, config), seed, name, device, tick))
         return
     ctx = mp.get_context("spawn")  # no fork of a process that may hold torch threads
     messages = ctx.Queue()
@@ -329,8 +338,8 @@ def _run_curves(
         max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(messages,)
     ) as executor:
         pending = {
-            executor.submit(run_curve, work, config, seed, strategy, device): (seed, strategy)
-            for seed, strategy in runs
+            executor.submit(run_curve, work, own.get(n, config), s, n, device): (s, n)
+            for s, n in runs
         }
         while pending:
             finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
