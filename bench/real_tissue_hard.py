@@ -35,7 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.sim.hard_report import combine, painting_report, table
+from server.settings import Settings
+from server.sim.hard_report import combine, kind_table, painting_report, table
 from server.sim.hard_tissue import (
     PAINTER_NAMES,
     defects_into_test,
@@ -70,16 +71,26 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="curves side by side (0: per core)")
     ap.add_argument("--fresh", action="store_true", help="run seeds already in --out again")
     ap.add_argument("--table", action="store_true", help="print --out's table, run nothing")
+    ap.add_argument(
+        "--collect",
+        action="store_true",
+        help="rebuild summary.json from the seeds in --out, run none (runs side by side)",
+    )
     args = ap.parse_args()
     summary_path = args.out / "summary.json"
     if args.table:
-        print(table(json.loads(summary_path.read_text())))
+        saved = json.loads(summary_path.read_text())
+        print(table(saved) + "\n" + kind_table(saved))
         return
+    defaults = Settings.model_fields
     config = replace(
         SimulationConfig(),
         strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
         budget=args.budget, batch=args.batch, seeds=1, test_every=TEST_EVERY,
         workers=args.workers,
+        # the service's own pretraining (the real-tissue benchmark pretrains four times longer)
+        pretrain_patches=defaults["pretrain_patches"].default,
+        pretrain_epochs=defaults["pretrain_epochs"].default,
     )  # fmt: skip
     summary: dict[str, Any] = {
         "command": " ".join(sys.argv),
@@ -93,34 +104,35 @@ def main() -> None:
             sys.exit(f"unknown volume {name!r}; known: {', '.join(VOLUMES)}")
         volume = VOLUMES[name]
         summary["volumes"][name] = asdict(volume)
-        sections, defects = fetch_with_defects(volume, args.cache, say=print)
+        sections, defects = fetch_with_defects(volume, args.cache, say=print)  # checksummed
         sections, defects = defects_into_test(sections, defects, test_every=TEST_EVERY)
         print(f"{name}: {volume.kind}, {sections.shape[0]} sections of {sections.shape[1:]} px")
-        both: list[dict[str, Any]] = []
-        for painter in [p.strip() for p in args.painters.split(",") if p.strip()]:
-            reports: list[dict[str, Any]] = []
-            datasets: list[dict[str, Any]] = []
-            for seed in range(args.seeds):
+        painters = [p.strip() for p in args.painters.split(",") if p.strip()]
+        reports: dict[str, list[dict[str, Any]]] = {p: [] for p in painters}
+        datasets: dict[str, list[dict[str, Any]]] = {p: [] for p in painters}
+        for seed in range(args.seeds):  # seed by seed: an interrupted run has every painter
+            for painter in painters:
                 folder = args.out / name / painter / f"seed-{seed}"
-                if args.fresh or not (folder / "report.json").exists():
+                if args.collect and not (folder / "report.json").exists():
+                    continue
+                if not args.collect and (args.fresh or not has_run(folder, config.strategies)):
                     run_painting(
                         sections, defects, folder=folder, work=args.work / f"{name}-{painter}",
                         painter=painter, seed=1000 * volume.paint_seed + seed, config=config,
                         voxel_size=volume.voxel_size,
                     )  # fmt: skip
-                reports.append(json.loads((folder / "report.json").read_text()))
-                datasets.append(json.loads((folder / "dataset.json").read_text()))
+                reports[painter].append(json.loads((folder / "report.json").read_text()))
+                datasets[painter].append(json.loads((folder / "dataset.json").read_text()))
                 summary["runs"][f"{name}/{painter}"] = {
-                    "datasets": datasets,
-                    "report": combine(reports),
+                    "datasets": datasets[painter],
+                    "report": combine(reports[painter]),
                 }
+                both = [r for p in painters for r in reports[p]]
+                summary["runs"][f"{name}/both painters"] = {"report": combine(both)}
                 summary["seconds"] = round(time.perf_counter() - started, 1)
                 summary["load_average"] = os.getloadavg()
                 write(summary_path, summary)
-            both.extend(reports)
-        summary["runs"][f"{name}/both painters"] = {"report": combine(both)}
-        write(summary_path, summary)
-    print(table(summary))
+    print(table(summary) + "\n" + kind_table(summary))
 
 
 def run_painting(
@@ -157,6 +169,12 @@ def run_painting(
     write(folder / "report.json", report)
     print(f"  seed {seed} done in {report_seconds} s", flush=True)
     shutil.rmtree(dataset, ignore_errors=True)
+
+
+def has_run(folder: Path, strategies: tuple[str, ...]) -> bool:
+    """Whether ``folder`` holds a report of every one of ``strategies``."""
+    path = folder / "report.json"
+    return path.exists() and set(strategies) <= set(json.loads(path.read_text()))
 
 
 def write(path: Path, data: dict[str, Any]) -> None:

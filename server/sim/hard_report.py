@@ -216,3 +216,37 @@ def table(summary: dict[str, Any], budgets: tuple[int, ...] = (50, 100, 200, 300
             *real,
         ]
     return "\n".join(lines)
+
+
+def kind_table(summary: dict[str, Any], budget: str = "200") -> str:
+    """Markdown: per painter and strategy, the painted test artifacts found at the detector's
+    own threshold (any of its patches flagged), by kind, at ``budget`` labels (the fully
+    labelled detectors at all labels)."""
+    lines: list[str] = []
+    for run_name, run in summary["runs"].items():
+        if run_name.endswith("both painters"):
+            continue
+        rows = {
+            name: per.get(budget) or (per[max(per, key=int)] if "all-" in name and per else None)
+            for name, per in run["report"].items()
+        }
+        kinds = sorted({k for r in rows.values() if r for k in r["recall_by_kind"]})
+        if not kinds:
+            continue
+        lines += [
+            "",
+            f"{run_name}: painted test artifacts found / in the test sections, by kind",
+            "",
+            "| strategy | " + " | ".join(kinds) + " | faint |",
+            "| " + " | ".join(["---"] * (len(kinds) + 2)) + " |",
+        ]
+        for name, r in rows.items():
+            if not r:
+                continue
+            cells = [
+                "{}/{}".format(*r["recall_by_kind"][k]) if k in r["recall_by_kind"] else "-"
+                for k in kinds
+            ]
+            faint = r["faint_recall"]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {faint[0]}/{faint[1]} |")
+    return "\n".join(lines)
