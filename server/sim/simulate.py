@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,11 @@ from server.acquisition import registry
 from server.errors import InvalidInput
 from server.labels.truth import load_truth
 from server.sim import report as rep
-from server.sim.baselines import BASELINES, baseline_curves, patch_features
+from server.sim.baselines import ALL_BASELINES, ae_embeddings, baseline_curves, patch_features
 
+# the product's classifier with every pool patch labelled at once (random order, one round)
+FULLY_LABELLED = "product-all-labels"
+_NOT_A_STRATEGY = {FULLY_LABELLED: "random"}  # how such a curve's loop picks patches
 ORACLE = "ground truth"
 
 
@@ -88,7 +91,9 @@ def _settings(
         train_epochs=config.train_epochs,
         tta=config.tta,
         # a baseline's curve never runs the loop; its settings name the default strategy
-        acquisition=strategy if strategy in registry.REGISTRY else registry.DEFAULT,
+        acquisition=strategy
+        if strategy in registry.REGISTRY
+        else _NOT_A_STRATEGY.get(strategy, registry.DEFAULT),
         seed=seed,
         device=device,
         torch_threads=1 if config.workers != 1 else 0,
@@ -104,19 +109,21 @@ def run_simulation(
     device: str = "auto",
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    unknown = set(config.strategies) - set(registry.names()) - set(BASELINES)
+    known = (*registry.names(), *ALL_BASELINES, FULLY_LABELLED)
+    unknown = set(config.strategies) - set(known)
     if unknown:
         raise InvalidInput(
-            f"unknown strategies {', '.join(sorted(unknown))}; use "
-            f"{', '.join(registry.names() + BASELINES)}"
+            f"unknown strategies {', '.join(sorted(unknown))}; use {', '.join(known)}"
         )
     started = time.perf_counter()
     rounds = -(-config.budget // config.batch)
-    product = [s for s in config.strategies if s in registry.REGISTRY]
-    baselines = [s for s in config.strategies if s in BASELINES]
+    product = [s for s in config.strategies if s in (*registry.names(), FULLY_LABELLED)]
+    baselines = [s for s in config.strategies if s in ALL_BASELINES]
     runs = [(seed, strategy) for seed in range(config.seeds) for strategy in product]
     # curves that score candidates every round take longest: start them first
-    runs.sort(key=lambda run: not registry.get(run[1]).needs_scores)
+    runs.sort(
+        key=lambda run: not (run[1] in registry.REGISTRY and registry.get(run[1]).needs_scores)
+    )
     total = len(runs) * rounds
 
     def setup(message: str) -> None:
@@ -149,7 +156,7 @@ def run_simulation(
                 record(seed, name, {"curve": curve, "jobs": {}})
         _run_curves(
             runs, work=work, config=config, device=device, record=record, progress=progress,
-            total=total,
+            total=total, pool=facts["pool"],
         )  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -257,7 +264,10 @@ def _prepare(
                         for s in range(0, len(origins), 256)
                     ]
                 )
-            np.savez(folder / "baseline_features.npz", features=values, truth=truth, test=test)
+            np.savez(
+                folder / "baseline_features.npz", features=values, truth=truth, test=test,
+                embedding=ae_embeddings(settings, rt, dataset_id, index),
+            )  # fmt: skip
     finally:
         rt.close()
     np.save(
@@ -308,11 +318,14 @@ def _run_curves(
     record: Callable[[int, str, dict[str, Any]], None],
     progress: Callable[[str, int, int], None] | None,
     total: int,
+    pool: int = 0,
 ) -> None:
     """Every (seed, strategy) curve, in worker processes of one torch thread each: these
     small networks train as fast on one core as on two, so two processes do twice the work."""
     n = _workers(config, len(runs))
     done = 0
+    # the fully-labelled curve labels the whole pool in one round
+    own = {FULLY_LABELLED: replace(config, budget=pool, batch=pool)} if pool else {}
 
     def tick(message: str) -> None:
         nonlocal done
@@ -321,8 +334,8 @@ def _run_curves(
             progress(message, done, total)
 
     if n == 1:
-        for seed, strategy in runs:
-            record(seed, strategy, run_curve(work, config, seed, strategy, device, tick))
+        for seed, name in runs:
+            record(seed, name, run_curve(work, own.get(name, config), seed, name, device, tick))
         return
     ctx = mp.get_context("spawn")  # no fork of a process that may hold torch threads
     messages = ctx.Queue()
@@ -330,8 +343,8 @@ def _run_curves(
         max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(messages,)
     ) as executor:
         pending = {
-            executor.submit(run_curve, work, config, seed, strategy, device): (seed, strategy)
-            for seed, strategy in runs
+            executor.submit(run_curve, work, own.get(n, config), s, n, device): (s, n)
+            for s, n in runs
         }
         while pending:
             finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)

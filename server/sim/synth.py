@@ -333,13 +333,8 @@ def ground_truth_rows(
     """One row per grid patch of section ``z`` (row-major y then x, like the grid) from its
     ``(y, x)`` label image, whose sides are multiples of :data:`PATCH`."""
     n_types = len(ARTIFACT_TYPES) + 1
-    n_y, n_x = labels.shape[0] // PATCH, labels.shape[1] // PATCH
-    tiles = (
-        labels[: n_y * PATCH, : n_x * PATCH]
-        .reshape(n_y, PATCH, n_x, PATCH)
-        .transpose(0, 2, 1, 3)
-        .reshape(n_y * n_x, PATCH * PATCH)
-    )
+    n_x = labels.shape[1] // PATCH
+    tiles = patch_tiles(labels)
     offsets = (np.arange(tiles.shape[0]) * n_types)[:, None]
     counts = np.bincount((tiles + offsets).ravel(), minlength=tiles.shape[0] * n_types)
     counts = counts.reshape(-1, n_types)[:, 1:]
@@ -356,6 +351,17 @@ def ground_truth_rows(
         else:
             rows.append((tx * PATCH, ty * PATCH, z, PATCH, PATCH, "clean", ""))
     return rows
+
+
+def patch_tiles(image: np.ndarray) -> np.ndarray:
+    """The grid patches of a ``(y, x)`` image, one row of pixels each, row-major like the grid."""
+    n_y, n_x = image.shape[0] // PATCH, image.shape[1] // PATCH
+    return (
+        image[: n_y * PATCH, : n_x * PATCH]
+        .reshape(n_y, PATCH, n_x, PATCH)
+        .transpose(0, 2, 1, 3)
+        .reshape(n_y * n_x, PATCH * PATCH)
+    )
 
 
 def _downsample_mean(section: np.ndarray, factor: int) -> np.ndarray:
