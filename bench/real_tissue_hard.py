@@ -35,6 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from server.acquisition import registry
 from server.settings import Settings
 from server.sim.hard_report import combine, kind_table, painting_report, table
 from server.sim.hard_tissue import (
@@ -48,7 +49,7 @@ from server.sim.real_tissue import VOLUMES
 from server.sim.simulate import FULLY_LABELLED, SimulationConfig, run_simulation
 
 STRATEGIES = (
-    "hybrid", "random", FULLY_LABELLED, "features-random", "features-uncertainty",
+    registry.DEFAULT, registry.RANDOM, FULLY_LABELLED, "features-random", "features-uncertainty",
     "embedding-random", "embedding-uncertainty", "features-all-logistic", "features-all-gbm",
 )  # fmt: skip
 TEST_EVERY = 3  # every third section held out: a third of the patches are test patches

@@ -29,6 +29,7 @@ REGISTRY: dict[str, Strategy] = {
     )
 }
 DEFAULT = "hybrid"
+RANDOM = "random"  # the baseline every strategy must beat
 
 
 def names() -> tuple[str, ...]:

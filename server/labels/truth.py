@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.vocab import ARTIFACT_TYPES
 from server.errors import InvalidInput
 
 POSITIVE = frozenset({"artifact", "1", "true"})
@@ -87,3 +88,12 @@ def load_truth(dataset: Path, *, require_positive: bool = True) -> tuple[np.ndar
     origins = np.asarray([r.origin for r in rows], dtype=np.int64).reshape(-1, 3)
     labels = np.asarray([r.artifact for r in rows], dtype=bool)
     return origins, labels
+
+
+def load_truth_types(dataset: Path, n: int) -> list[str | None]:
+    """The ``type`` column of ``ground_truth.csv``, where the file has one (the annotator
+    names the artifact); None for rows without a known type."""
+    with (dataset / "ground_truth.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    found = [(r.get("type") or "").strip().lower() or None for r in rows]
+    return [t if t in ARTIFACT_TYPES else None for t in found][:n] + [None] * max(0, n - len(found))

@@ -212,7 +212,7 @@ def ae_embeddings(settings: Any, rt: Any, dataset_id: int, index: np.ndarray) ->
     from sqlalchemy import select
 
     from server.db.tables import ModelVersion
-    from server.pipeline.features import AEFeatures, features_dir
+    from server.versions.features import AEFeatures, features_dir
 
     with rt.sessions() as session:
         ae = session.scalar(select(ModelVersion).where(ModelVersion.kind == "ae"))

@@ -282,7 +282,7 @@ def write_layers(
 ) -> None:
     """The webKnossos dataset of painted sections: ``color`` and ``artifact_mask`` layers from
     ``(x, y, z)`` uint8 arrays."""
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
     ds = wk.Dataset(out, voxel_size=voxel_size)
     chunk, shard = (32, 32, 32), (1024, 1024, 32)

@@ -11,7 +11,6 @@ per seed and strategy, a copy of that store replays rounds until the budget is s
 
 from __future__ import annotations
 
-import csv
 import json
 import multiprocessing as mp
 import os
@@ -29,13 +28,22 @@ from sqlalchemy import select
 
 from server.acquisition import registry
 from server.errors import InvalidInput
-from server.labels.truth import load_truth
+from server.labels.truth import load_truth, load_truth_types
 from server.sim import report as rep
 from server.sim.baselines import ALL_BASELINES, ae_embeddings, baseline_curves, patch_features
 
 # the product's classifier with every pool patch labelled at once (random order, one round)
 FULLY_LABELLED = "product-all-labels"
-_NOT_A_STRATEGY = {FULLY_LABELLED: "random"}  # how such a curve's loop picks patches
+
+
+def loop_strategy(curve: str) -> str | None:
+    """How a curve's loop picks patches: its own strategy, a fully-labelled one at random;
+    None for a baseline, which runs no loop."""
+    if curve == FULLY_LABELLED:
+        return registry.RANDOM
+    return curve if curve in registry.REGISTRY else None
+
+
 ORACLE = "ground truth"
 
 
@@ -91,9 +99,7 @@ def _settings(
         train_epochs=config.train_epochs,
         tta=config.tta,
         # a baseline's curve never runs the loop; its settings name the default strategy
-        acquisition=strategy
-        if strategy in registry.REGISTRY
-        else _NOT_A_STRATEGY.get(strategy, registry.DEFAULT),
+        acquisition=loop_strategy(strategy) or registry.DEFAULT,
         seed=seed,
         device=device,
         torch_threads=1 if config.workers != 1 else 0,
@@ -110,20 +116,17 @@ def run_simulation(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     known = (*registry.names(), *ALL_BASELINES, FULLY_LABELLED)
-    unknown = set(config.strategies) - set(known)
-    if unknown:
+    if unknown := set(config.strategies) - set(known):
         raise InvalidInput(
             f"unknown strategies {', '.join(sorted(unknown))}; use {', '.join(known)}"
         )
     started = time.perf_counter()
     rounds = -(-config.budget // config.batch)
-    product = [s for s in config.strategies if s in (*registry.names(), FULLY_LABELLED)]
+    product = [s for s in config.strategies if loop_strategy(s)]
     baselines = [s for s in config.strategies if s in ALL_BASELINES]
     runs = [(seed, strategy) for seed in range(config.seeds) for strategy in product]
     # curves that score candidates every round take longest: start them first
-    runs.sort(
-        key=lambda run: not (run[1] in registry.REGISTRY and registry.get(run[1]).needs_scores)
-    )
+    runs.sort(key=lambda run: not registry.get(loop_strategy(run[1]) or "").needs_scores)
     total = len(runs) * rounds
 
     def setup(message: str) -> None:
@@ -203,7 +206,7 @@ def _prepare(
     from server.runtime import Runtime
 
     origins, truth = load_truth(dataset)
-    types = _truth_types(dataset, len(truth))
+    types = load_truth_types(dataset, len(truth))
     settings = _settings(folder, config, seed=0, strategy=registry.DEFAULT, device=device)
     # the shared start runs before the curves, alone: on every core
     rt = Runtime.start(settings.model_copy(update={"torch_threads": 0}))
@@ -281,16 +284,6 @@ def _prepare(
         "test": int(test.sum()),
         "test_positives": int(truth[test].sum()),
     }
-
-
-def _truth_types(dataset: Path, n: int) -> list[str | None]:
-    """The ``type`` column, where the file has one (the annotator names the artifact)."""
-    from models.vocab import ARTIFACT_TYPES
-
-    with (dataset / "ground_truth.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    found = [(r.get("type") or "").strip().lower() or None for r in rows]
-    return [t if t in ARTIFACT_TYPES else None for t in found][:n] + [None] * max(0, n - len(found))
 
 
 def _raise_failed(rt: Any) -> None:

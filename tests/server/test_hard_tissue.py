@@ -62,7 +62,7 @@ def test_labels_follow_mask_coverage_and_kinds_faint_share_and_prevalence(
     summary = make_hard_dataset(
         sections, tmp_path / "ds", painter=painter, seed=7, artifacts_per_section=density
     )
-    from server.webknossos.lib import wk
+    from server.wklib import wk
 
     mask = wk.Dataset.open(tmp_path / "ds").get_layer("artifact_mask").get_mag("1").read()[0]
     with (tmp_path / "ds" / "ground_truth.csv").open() as fh:

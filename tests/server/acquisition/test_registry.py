@@ -41,6 +41,7 @@ def test_every_strategy_has_every_piece(name: str) -> None:
 
 
 def test_settings_and_job_parameters_take_their_choices_from_the_registry() -> None:
+    assert {registry.DEFAULT, registry.RANDOM} <= NAMES
     assert set(Settings.model_json_schema()["properties"]["acquisition"]["enum"]) == NAMES
     for params in (ProposeParams, ScoreParams):
         schema = json.dumps(params.model_json_schema()["properties"]["strategy"])
