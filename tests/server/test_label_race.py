@@ -41,7 +41,7 @@ def test_a_twin_label_request_waits_and_gets_the_first_label(
     twin_result: dict[str, object] = {}
     try:
         me = first.get(type(someone), annotator_id)
-        label, created, may_start = label_task(
+        label, created, may_start, _audit = label_task(
             first, task_id=task_id, annotator=me, label="artifact",
             artifact_type="fold", source="api", idempotency_key="k-1", ask_training=True,
         )  # fmt: skip
@@ -54,7 +54,7 @@ def test_a_twin_label_request_waits_and_gets_the_first_label(
         def twin() -> None:
             with sessions() as other:
                 who = other.get(type(someone), annotator_id)
-                got, was_created, _ = label_task(
+                got, was_created, *_ = label_task(
                     other, task_id=task_id, annotator=who, label="artifact",
                     artifact_type="fold", source="api", idempotency_key="k-1",
                 )  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -130,11 +130,20 @@ def test_the_migration_retires_duplicates_it_finds(sqlite_url: str) -> None:
     try:
         with session_scope(sessions) as session:
             ds = factories.dataset(session)
-            old = factories.task(session, ds, grid_index=1)
-            new = factories.task(session, ds, grid_index=1)
-            leased = factories.task(session, ds, grid_index=2, status="leased")
-            opened = factories.task(session, ds, grid_index=2)
-            ids = (old.id, new.id, leased.id, opened.id)
+            # rows as revision 0004 has them: only its columns (later ones add more)
+            columns = ("dataset_id", "kind", "grid_index", "x", "y", "z", "w", "h", "rank")
+            columns += ("reason", "status", "updated_at", "created_at")
+            ids = tuple(
+                session.execute(
+                    text(
+                        f"INSERT INTO annotation_tasks ({', '.join(columns)}) VALUES "
+                        f"(:ds, 'proposal', :g, 0, 0, 0, 140, 140, :g, 'test', :status, "
+                        "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP) RETURNING id"
+                    ),
+                    {"ds": ds.id, "g": grid, "status": status},
+                ).scalar_one()
+                for grid, status in ((1, "open"), (1, "open"), (2, "leased"), (2, "open"))
+            )
         command.upgrade(migrate.alembic_config(sqlite_url), "head")
         with session_scope(sessions) as session:
             status = dict(
