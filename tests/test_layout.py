@@ -99,11 +99,6 @@ def test_packages_import_each_other_in_one_direction_only() -> None:
     assert _cycle(edges) == []
 
 
-# server.sim.simulate runs server.sim.replay for each curve, and replay names the oracle
-# annotator that simulate defines: a circle that goes when that constant moves
-KNOWN_MODULE_CIRCLES = {frozenset({"server.sim.replay", "server.sim.simulate"})}
-
-
 def test_no_two_modules_import_each_other() -> None:
     """Splitting a long module must not leave two halves that import each other."""
     imports = {
@@ -117,7 +112,7 @@ def test_no_two_modules_import_each_other() -> None:
         for b in found
         if b != a and b in imports and a in imports[b]
     }
-    assert circles - KNOWN_MODULE_CIRCLES == set()
+    assert circles == set()
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

@@ -31,6 +31,7 @@ from server.errors import InvalidInput
 from server.labels.truth import load_truth, load_truth_types
 from server.sim import report as rep
 from server.sim.baselines import ALL_BASELINES, ae_embeddings, baseline_curves, patch_features
+from server.sim.replay import ORACLE, replay
 
 # the product's classifier with every pool patch labelled at once (random order, one round)
 FULLY_LABELLED = "product-all-labels"
@@ -42,9 +43,6 @@ def loop_strategy(curve: str) -> str | None:
     if curve == FULLY_LABELLED:
         return registry.RANDOM
     return curve if curve in registry.REGISTRY else None
-
-
-ORACLE = "ground truth"
 
 
 @dataclass(frozen=True)
@@ -371,8 +369,6 @@ def run_curve(
 ) -> dict[str, Any]:
     """One strategy and seed: a copy of the shared store, then rounds of propose -> label
     -> train -> score until the budget is spent. Returns the curve and the jobs that ran."""
-    from server.sim.replay import replay
-
     folder = work / f"{strategy}-{seed}"
     template = work / "template"
     folder.mkdir(parents=True)
