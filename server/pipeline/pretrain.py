@@ -19,6 +19,8 @@ from server.db.tables import Dataset, Job
 from server.jobs.context import Report, StepContext
 from server.jobs.kinds import JobKind
 from server.jobs.params import PretrainParams
+from server.labels.service import labels_arrived
+from server.labels.training_set import training_labels
 from server.pipeline.versions import Outcome, train_version
 from server.pixels.reading import read_at, use_all_cores
 from server.pixels.source import PatchSource
@@ -88,10 +90,9 @@ def fit_autoencoder(
 
 def after(ctx: StepContext, job: Job) -> None:
     """A new autoencoder: compute its features (reconstruction error, embedding) once.
-    Labels that waited for an autoencoder (imported before it existed) start their training
-    now, not at the next label that happens to arrive."""
-    from server.labels.service import labels_arrived
-
+    Training labels that waited for an autoencoder (imported before it existed) start their
+    training now, not at the next label that happens to arrive; audit labels alone start
+    none (they never train)."""
     with write_transaction(ctx.sessions) as session:
         ctx.start(
             session,
@@ -99,5 +100,7 @@ def after(ctx: StepContext, job: Job) -> None:
             dataset_id=job.dataset_id,
             params={"model_version_id": job.result["model_version_id"]},
         )
-    if job.dataset_id is not None:
+        dataset = session.get(Dataset, job.dataset_id) if job.dataset_id is not None else None
+        waiting = dataset is not None and bool(training_labels(session, dataset=dataset))
+    if waiting and job.dataset_id is not None:
         labels_arrived(ctx.rt, ctx.sender, dataset_id=job.dataset_id)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from server.acquisition import registry
 from server.annotation.proposals import ensure_audit_set, excluded_indices
 from server.datasets.service import grid_of
-from server.db.tables import Job
+from server.db.tables import AnnotationTask, Job
 from server.jobs import state
 from server.jobs.context import StepContext
 from server.jobs.kinds import JobKind, JobState
@@ -107,6 +107,21 @@ def test_labels_that_waited_for_the_autoencoder_start_a_training_once_it_is_read
     assert training.params["trigger"] == "4 new labels"
 
 
+def test_audit_labels_alone_start_no_training_once_the_autoencoder_is_ready(
+    ctx: StepContext, session: Session
+) -> None:
+    ds = make.dataset(session)
+    grid = grid_of(ds)
+    ensure_audit_set(session, dataset=ds, grid=grid, size=4)
+    for task in session.scalars(select(AnnotationTask).where(AnnotationTask.kind == "audit")):
+        make.label(session, ds, x=task.x, y=task.y, z=task.z, task_id=task.id)
+    ae = make.version(session, ds)
+    session.commit()
+    assert training_labels(session, dataset=ds) == [] and audit_labels(session, dataset=ds)
+    pretrain.after(ctx, _succeeded(session, ds.id, JobKind.PRETRAIN, {"model_version_id": ae.id}))
+    assert _jobs(session, JobKind.TRAIN) == [], "audit labels never train"
+
+
 def test_a_measurement_that_changes_the_active_classifier_scores_the_pool_with_it(
     ctx: StepContext, session: Session
 ) -> None:
@@ -162,7 +177,6 @@ def test_audit_set_is_drawn_once_and_never_trained_on(session: Session) -> None:
     grid = grid_of(ds)
     assert ensure_audit_set(session, dataset=ds, grid=grid, size=4) == 4
     assert ensure_audit_set(session, dataset=ds, grid=grid, size=10) == 4, "drawn once"
-    from server.db.tables import AnnotationTask
 
     audit = list(session.scalars(select(AnnotationTask).where(AnnotationTask.kind == "audit")))
     a = audit[0]
