@@ -26,9 +26,7 @@ def run(out: Path) -> None:
     dataset = out.parent / "same-curves-dataset"
     if not dataset.exists():
         make_synthetic_dataset(dataset, seed=2, shape=(840, 10), artifact_rate=3.0)
-    config = replace(
-        quick_config(SimulationConfig().strategies), workers=1, budget=100, seeds=2
-    )
+    config = replace(quick_config(SimulationConfig().strategies), workers=1, budget=100, seeds=2)
     run_simulation(dataset, out_dir=out, config=config, device="cpu")
 
 
@@ -37,7 +35,9 @@ def compare(a: Path, b: Path) -> bool:
     new = json.loads((b / "results.json").read_text())["strategies"]
     same = True
     for name in sorted(set(old) | set(new)):
-        for seed, (x, y) in enumerate(zip(old[name]["per_seed"], new[name]["per_seed"], strict=True)):
+        for seed, (x, y) in enumerate(
+            zip(old[name]["per_seed"], new[name]["per_seed"], strict=True)
+        ):
             keys = ("labels", "pr_auc", "positives_found")
             agree = [[r.get(k) for k in keys] for r in x] == [[r.get(k) for k in keys] for r in y]
             same &= agree
