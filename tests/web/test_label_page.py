@@ -237,8 +237,9 @@ def test_unsure_goes_to_the_review_list_and_undo_brings_a_skip_back(
     page.keyboard.press("f")
     expect(page.locator("#pos")).not_to_have_attribute("data-origin", flagged)
     review = page.evaluate(f"api('/datasets/{site.dataset_id}/tasks/review')")
-    assert [f"{t['x']}, {t['y']}, {t['z']}" for t in review["items"]] == [flagged]
-    assert review["items"][0]["unsure_flags"] == 1
+    # the site is shared: other tests' flagged patches may be listed too
+    (mine,) = [t for t in review["items"] if f"{t['x']}, {t['y']}, {t['z']}" == flagged]
+    assert mine["unsure_flags"] == 1, "the undone flag is gone, the second one counts"
     assert errors == []
 
 
