@@ -1,12 +1,14 @@
 """Does a change leave the loop's choices as they were? Run the same small simulation on two
 checkouts and compare the curves point by point.
 
-    PYTHONPATH=OLD_CHECKOUT python bench/same_curves.py run OUT_OLD
-    PYTHONPATH=NEW_CHECKOUT python bench/same_curves.py run OUT_NEW
+    PYTHONPATH=OLD_CHECKOUT python bench/same_curves.py run OUT_OLD [CANDIDATES]
+    PYTHONPATH=NEW_CHECKOUT python bench/same_curves.py run OUT_NEW [CANDIDATES]
     python bench/same_curves.py compare OUT_OLD OUT_NEW
 
 ``run`` writes a tiny synthetic dataset (once, beside OUT) and runs every registry strategy for
-2 seeds, 100 labels in batches of 20, in one process (workers 1, so the run is deterministic).
+2 seeds, 100 labels in batches of 20, in one process (workers 1, so the run is deterministic);
+CANDIDATES below the pool's 288 patches (say 100) has each classifier score a bounded
+candidate set instead of the whole pool.
 ``compare`` prints, per strategy and seed, whether the test PR-AUC and the artifacts found
 agree at every point; the exit code is 1 when anything differs.
 """
@@ -19,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 
-def run(out: Path) -> None:
+def run(out: Path, candidates: int | None = None) -> None:
     from server.sim.simulate import SimulationConfig, quick_config, run_simulation
     from server.sim.synth import make_synthetic_dataset
 
@@ -47,7 +49,7 @@ def compare(a: Path, b: Path) -> bool:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["run"]:
-        run(Path(sys.argv[2]))
+        run(Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None)
     elif sys.argv[1:2] == ["compare"]:
         sys.exit(0 if compare(Path(sys.argv[2]), Path(sys.argv[3])) else 1)
     else:
