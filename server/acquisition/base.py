@@ -4,6 +4,7 @@ chooses a batch, with a classifier and before there is one (the cold start)."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,7 +22,7 @@ from server.acquisition.candidates import (
 )
 
 
-class Strategy:
+class Strategy(ABC):
     """One way to choose the next batch. A subclass sets the class attributes and
     :meth:`choose`; the rest has defaults that fit most strategies."""
 
@@ -34,11 +35,11 @@ class Strategy:
         "typical patches (k-means centres of the embedding) and the most anomalous"
     )
 
+    @abstractmethod
     def choose(
         self, candidates: Candidates, *, excluded: np.ndarray, batch_size: int, seed: int
     ) -> list[Pick]:
         """A ranked batch of the candidates, none of them ``excluded``."""
-        raise NotImplementedError
 
     def gather(self, pool: Pool, *, batch_size: int, seed: int) -> Gathered:
         """The candidates it chooses among once a classifier exists."""

@@ -24,6 +24,7 @@ END = "<!-- demo-results:end -->"
 # what decides the demo's numbers: the models, the loop, acquisition, the data and the demo
 FINGERPRINTED = (
     "models",
+    "server/acquisition",
     "server/pipeline",
     "server/annotation",
     "server/jobs",
