@@ -40,17 +40,17 @@ def get(name: str) -> Strategy:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise InvalidInput(_unknown(name)) from None
+        raise InvalidInput(
+            f"unknown acquisition strategy {name!r}; choose one of {', '.join(names())}"
+        ) from None
 
 
 def _known(name: str) -> str:
     if name not in REGISTRY:  # asked at validation time: a strategy added later counts
-        raise ValueError(_unknown(name))
+        raise ValueError(
+            f"unknown acquisition strategy {name!r}; choose one of {', '.join(names())}"
+        )
     return name
-
-
-def _unknown(name: str) -> str:
-    return f"unknown acquisition strategy {name!r}; choose one of {', '.join(names())}"
 
 
 # a strategy's name in settings and job parameters
