@@ -1,7 +1,7 @@
 """Load test of the annotation API: concurrent simulated annotators against uvicorn + PostgreSQL.
 
     python bench/api_load.py [--annotators 50] [--seconds 60] [--workers 2] [--think-ms 500]
-                             [--replace-at 15] [--repeats 3]
+                             [--replace-at 15] [--repeats 3] [--training]
 
 Creates a scratch database on the PostgreSQL server (ARTIFACT_LOOP_BENCH_PG, default
 postgresql://postgres@127.0.0.1:5432/postgres), starts ``uvicorn server.main:app`` with
@@ -12,6 +12,8 @@ labelled twice, no label lost and no "no tasks" answer given while tasks were op
 ``--replace-at`` replaces the batch of proposals that many seconds into the measurement, as a
 propose job does, with a new batch overlapping the old one. ``--repeats`` runs it several
 times on fresh databases and reports the median and the spread (min-max) of each figure,
+``--training`` keeps the loop's own classifier training running beside the annotators, in a
+worker process started as ``artifact-loop worker`` starts one (bench/load_training.py),
 with the load average of the machine beside each run, and the CPU time per request of the
 API workers, PostgreSQL and the load generator itself (aiohttp: it shares the cores with the
 server). Writes bench/results/api_load.json.
@@ -50,6 +52,7 @@ from bench.load_setup import (  # noqa: E402
     seed,
     write_dataset,
 )
+from bench.load_training import TrainingBeside, settings_env  # noqa: E402
 from server.db import migrate  # noqa: E402
 from server.db.base import make_engine, make_sessionmaker, session_scope  # noqa: E402
 from server.db.tables import AnnotationTask, Label  # noqa: E402
@@ -122,6 +125,7 @@ async def run_load(
     url: str,
     replace_at: float | None,
     server_pid: int,
+    training: TrainingBeside | None = None,
 ) -> dict:
     log: dict[str, list] = {
         "next_ms": [],
@@ -141,6 +145,8 @@ async def run_load(
     if replace_at is not None:
         jobs.append(replace_batch(url, dataset_id, at=warm_until + replace_at, log=log))
     jobs.append(count_cpu(server_pid, at=(warm_until, stop_at), log=log))
+    if training is not None:
+        jobs.append(training.keep(at=(warm_until, stop_at), log=log))
     await asyncio.gather(*jobs)
     log["elapsed_s"] = [time.perf_counter() - warm_until]
     return log
@@ -224,6 +230,7 @@ def run_once(args: argparse.Namespace, admin_url: str) -> dict:
     url = make_database(admin_url)
     tmp = Path(tempfile.mkdtemp(prefix="al-bench-"))
     proc = None
+    training = None
     try:
         migrate.upgrade(url)
         write_dataset(tmp / "ds")
@@ -236,6 +243,7 @@ def run_once(args: argparse.Namespace, admin_url: str) -> dict:
             "ARTIFACT_LOOP_BROKER_URL": "filesystem://",
             # the bench measures the annotation path, not training triggers
             "ARTIFACT_LOOP_RETRAIN_EVERY": "1000000",
+            **(settings_env() if args.training else {}),
         }
         proc = subprocess.Popen(
             [
@@ -256,6 +264,9 @@ def run_once(args: argparse.Namespace, admin_url: str) -> dict:
         )
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, proc)
+        if args.training:
+            training = TrainingBeside(url=url, base=base, env=env, folder=tmp)
+            training.start()
         load_before = loadavg()
         log = asyncio.run(
             run_load(
@@ -267,23 +278,28 @@ def run_once(args: argparse.Namespace, admin_url: str) -> dict:
                 url=url,
                 replace_at=args.replace_at,
                 server_pid=proc.pid,
+                training=training,
             )
         )
         load_after = loadavg()
         elapsed = log["elapsed_s"][0]
         engine = make_engine(url)
         with session_scope(make_sessionmaker(engine)) as session:
-            stored = set(session.scalars(select(Label.id)))
+            # the annotators' dataset only (a --training run labels another one)
+            stored = set(session.scalars(select(Label.id).where(Label.dataset_id == dataset_id)))
             twice = session.scalar(
                 select(func.count()).select_from(
                     select(Label.x, Label.y, Label.z)
+                    .where(Label.dataset_id == dataset_id)
                     .group_by(Label.x, Label.y, Label.z)
                     .having(func.count() > 1)
                     .subquery()
                 )
             )
             still_open = session.scalar(
-                select(func.count(AnnotationTask.id)).where(AnnotationTask.status == "open")
+                select(func.count(AnnotationTask.id)).where(
+                    AnnotationTask.status == "open", AnnotationTask.dataset_id == dataset_id
+                )
             )
         engine.dispose()
         leased = Counter(log["leased"])
@@ -308,11 +324,14 @@ def run_once(args: argparse.Namespace, admin_url: str) -> dict:
             },
             "replacement_s": [round(v, 3) for v in log["replacement_s"]],
             "errors": dict(Counter(log["errors"])),
+            "training": training.figures(elapsed, log) if training else None,
             "seconds": round(elapsed, 1),
             "loadavg_before": load_before,
             "loadavg_after": load_after,
         }
     finally:
+        if training is not None:
+            training.stop()
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
@@ -345,6 +364,9 @@ def main() -> None:
         "--replace-at", type=float, default=None, help="Replace the batch this many s in"
     )
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--training", action="store_true", help="Keep a classifier training running beside"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "api_load.json")
     args = parser.parse_args()
 
@@ -357,6 +379,7 @@ def main() -> None:
             f"run {i + 1}/{args.repeats}: {args.annotators} annotators for {args.seconds:.0f} s "
             f"against {args.workers} API workers"
             + (f", batch replaced at {args.replace_at:.0f} s" if args.replace_at else "")
+            + (", a training running beside" if args.training else "")
             + f" (load average {loadavg()}) ..."
         )
         run = run_once(args, admin_url)
@@ -378,12 +401,20 @@ def main() -> None:
             f"  CPU per request: API {cpu['api']:.2f} ms, PostgreSQL {cpu['postgres']:.2f} ms, "
             f"load generator {cpu['load_generator']:.2f} ms"
         )
+        if run["training"]:
+            t = run["training"]
+            print(
+                f"  training beside: running {t['training_running_share']:.0%} of the run, "
+                f"{t['training_cpu_s']:.1f} CPU s, worker nice {t['worker_nice']}, "
+                f"{t['trainings_started']} started"
+            )
     result = {
         "annotators": args.annotators,
         "seconds": args.seconds,
         "api_workers": args.workers,
         "think_ms": args.think_ms,
         "replace_at_s": args.replace_at,
+        "training_beside": args.training,
         "repeats": args.repeats,
         "summary": {
             "next_p50_ms": spread(runs, "next", "p50_ms"),

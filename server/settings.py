@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     task_expires_s: int = 24 * 3600
     device: str = "auto"
     torch_threads: int = Field(default=0, ge=0)  # CPU threads per model job (0: one per core)
+    # a worker lowers its CPU priority by this much (nice): where it shares cores with the API,
+    # annotators' requests go first and a training takes what is left (0: no change)
+    worker_nice: int = Field(default=10, ge=0, le=19)
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:

@@ -4,11 +4,13 @@ completion, the API keeps answering. PostgreSQL + Redis, real worker processes."
 from __future__ import annotations
 
 import csv
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 import pytest
 
@@ -28,6 +30,8 @@ def test_killing_the_worker_mid_training(pg_url: str, redis_url: str, tmp_path: 
         )
         with celery_worker(env, queues="gpu,io", name="faulty", log=tmp_path / "w1.log") as proc:
             ds, ae, job = _training_under_way(http, dataset, epoch=5)
+            # the training yields the cores to the API (ARTIFACT_LOOP_WORKER_NICE, default 10)
+            assert psutil.Process(proc.pid).nice() == min(19, os.nice(0) + 10)
             kill_process(proc)  # SIGKILL, like the OOM killer
 
         # the API keeps answering and nothing changed for users
