@@ -67,6 +67,29 @@ def pg_redis_env(
     return env, secret
 
 
+@contextmanager
+def api_with_dataset(
+    pg_url: str, redis_url: str, tmp_path: Path, *, seed: int, shape: tuple[int, int], **extra: str
+) -> Iterator[tuple[dict[str, str], httpx.Client, Path]]:
+    """The API on a migrated PostgreSQL database with Redis as the broker, and a synthetic
+    dataset (artifacts three times as common as by default) not yet registered: yields the
+    services' environment, an admin client and the dataset's folder."""
+    from server.sim.synth import make_synthetic_dataset
+
+    env, secret = pg_redis_env(pg_url, tmp_path / "data", broker=redis_url, **extra)
+    dataset = tmp_path / "ds"
+    make_synthetic_dataset(dataset, seed=seed, shape=shape, artifact_rate=3.0)
+    with api_server(env, log=tmp_path / "api.log") as base, admin_api(base, secret) as http:
+        yield env, http, dataset
+
+
+def admin_api(base: str, secret: str) -> httpx.Client:
+    """An HTTP client for the API at ``base`` with the admin token ``secret``."""
+    return httpx.Client(
+        base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
+    )
+
+
 def service_env(**values: str) -> dict[str, str]:
     env = {**os.environ, "WEBKNOSSOS_SKIP_VERSION_CHECK": "True", "PYTHONUNBUFFERED": "1"}
     env.update(values)

@@ -17,6 +17,7 @@ import pytest
 
 from server.sim.synth import make_synthetic_dataset
 from tests.processes import (
+    admin_api,
     api_server,
     celery_worker,
     free_port,
@@ -73,9 +74,7 @@ def test_a_training_queued_before_redis_restarts_empty_still_runs(
     first = redis_server(port)
     first_proc = first.__enter__()
     with api_server(env, log=tmp_path / "api.log") as base:
-        http = httpx.Client(
-            base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
-        )
+        http = admin_api(base, secret)
         with celery_worker(env, queues="gpu,io", name="w", log=tmp_path / "w1.log"):
             ds = http.post("/datasets", json={"name": "b", "path": str(dataset)}).json()["id"]
             wait_for(

@@ -14,20 +14,19 @@ import psutil
 import psycopg
 import pytest
 
-from server.sim.synth import make_synthetic_dataset
-from tests.processes import api_server, celery_worker, kill_process, pg_redis_env, wait_for
+from tests.processes import (
+    api_with_dataset,
+    celery_worker,
+    kill_process,
+    wait_for,
+)
 
 
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_killing_the_worker_mid_training(pg_url: str, redis_url: str, tmp_path: Path) -> None:
-    env, secret = pg_redis_env(pg_url, tmp_path / "data", broker=redis_url)
-    dataset = tmp_path / "ds"
-    make_synthetic_dataset(dataset, seed=4, shape=(840, 6), artifact_rate=3.0)
-    with api_server(env, log=tmp_path / "api.log") as base:
-        http = httpx.Client(
-            base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
-        )
+    setup = api_with_dataset(pg_url, redis_url, tmp_path, seed=4, shape=(840, 6))
+    with setup as (env, http, dataset):
         with celery_worker(env, queues="gpu,io", name="faulty", log=tmp_path / "w1.log") as proc:
             ds, ae, job = _training_under_way(http, dataset, epoch=5)
             # the training yields the cores to the API (ARTIFACT_LOOP_WORKER_NICE, default 10)
@@ -65,13 +64,8 @@ def test_killing_the_worker_mid_training(pg_url: str, redis_url: str, tmp_path: 
 def test_a_training_that_loses_its_database_connection_is_retried(
     pg_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    env, secret = pg_redis_env(pg_url, tmp_path / "data", broker=redis_url)
-    dataset = tmp_path / "ds"
-    make_synthetic_dataset(dataset, seed=4, shape=(840, 6), artifact_rate=3.0)
-    with api_server(env, log=tmp_path / "api.log") as base:
-        http = httpx.Client(
-            base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
-        )
+    setup = api_with_dataset(pg_url, redis_url, tmp_path, seed=4, shape=(840, 6))
+    with setup as (env, http, dataset):
         with celery_worker(env, queues="gpu,io", name="w", log=tmp_path / "w.log"):
             _, _, job = _training_under_way(http, dataset, epoch=2, epochs=40)
             _kill_connection_reporting_progress(pg_url, job_id=job["id"])

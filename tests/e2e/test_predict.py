@@ -6,25 +6,23 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
-from server.sim.synth import make_synthetic_dataset
 from server.wklib import wk
-from tests.processes import api_server, celery_worker, kill_process, pg_redis_env, wait_for
+from tests.processes import (
+    api_with_dataset,
+    celery_worker,
+    kill_process,
+    wait_for,
+)
 
 
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_predict_survives_a_killed_worker(pg_url: str, redis_url: str, tmp_path: Path) -> None:
-    env, secret = pg_redis_env(pg_url, tmp_path / "data", broker=redis_url)
-    dataset = tmp_path / "ds"
-    make_synthetic_dataset(dataset, seed=5, shape=(1400, 16), artifact_rate=3.0)
-    with api_server(env, log=tmp_path / "api.log") as base:
-        http = httpx.Client(
-            base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
-        )
+    setup = api_with_dataset(pg_url, redis_url, tmp_path, seed=5, shape=(1400, 16))
+    with setup as (env, http, dataset):
         with celery_worker(env, queues="gpu,io", name="predictor", log=tmp_path / "w1.log") as proc:
             ds = http.post("/datasets", json={"name": "p", "path": str(dataset)}).json()["id"]
             wait_for(

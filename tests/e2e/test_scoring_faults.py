@@ -11,9 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from server.sim.synth import make_synthetic_dataset
 from server.versions.features import CURRENT_SCORES
-from tests.processes import api_server, celery_worker, kill_process, pg_redis_env, wait_for
+from tests.processes import (
+    api_with_dataset,
+    celery_worker,
+    kill_process,
+    wait_for,
+)
 
 
 def _running_chunk(http: httpx.Client, ds: int) -> dict[str, Any] | None:
@@ -41,16 +45,11 @@ def _kill_during_a_chunk(http: httpx.Client, ds: int, proc: Any, what: str) -> d
 def test_a_worker_killed_while_scoring_loses_nothing(
     pg_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    env, secret = pg_redis_env(
-        pg_url, tmp_path / "data", broker=redis_url, ARTIFACT_LOOP_RESEND_AFTER_S="5"
+    setup = api_with_dataset(  # 3,456 patches
+        pg_url, redis_url, tmp_path, seed=6, shape=(1680, 24), ARTIFACT_LOOP_RESEND_AFTER_S="5"
     )
-    dataset = tmp_path / "ds"
-    make_synthetic_dataset(dataset, seed=6, shape=(1680, 24), artifact_rate=3.0)  # 3,456 patches
     logs = iter(tmp_path / f"worker-{i}.log" for i in range(10))
-    with api_server(env, log=tmp_path / "api.log") as base:
-        http = httpx.Client(
-            base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
-        )
+    with setup as (env, http, dataset):
         # 1. killed while it computes the autoencoder's features (2 chunks of 2,048 patches)
         with celery_worker(env, queues="gpu,io", name="w", log=next(logs)) as proc:
             ds = http.post("/datasets", json={"name": "k", "path": str(dataset)}).json()["id"]

@@ -16,7 +16,7 @@ import pytest
 
 from server.sim.synth import make_synthetic_dataset
 from server.wklib import wk
-from tests.processes import api_server, celery_worker, pg_redis_env, wait_for
+from tests.processes import admin_api, api_server, celery_worker, pg_redis_env, wait_for
 from tests.wkserver import ANNOTATOR_ID, serve
 
 TOKEN = "wk-secret-token"
@@ -83,9 +83,7 @@ def test_push_finish_sync_retrain(pg_url: str, redis_url: str, tmp_path: Path) -
             api_server(env, log=tmp_path / "api.log") as base,
             celery_worker(env, queues="gpu,io", name="wk", log=tmp_path / "worker.log"),
         ):
-            http = httpx.Client(
-                base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
-            )
+            http = admin_api(base, secret)
             r = http.post("/datasets", json={"name": NAME, "path": str(dataset)})
             assert r.status_code == 201, r.text
             ds = r.json()["id"]
@@ -231,9 +229,7 @@ def _unreachable_sync(pg_url: str, tmp_path: Path, env: dict, secret: str, ds: i
         api_server(env, log=tmp_path / "api2.log") as base,
         celery_worker(env, queues="gpu,io", name="wk2", log=tmp_path / "worker2.log"),
     ):
-        http = httpx.Client(
-            base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=60
-        )
+        http = admin_api(base, secret)
         return _run_sync(http, ds)
 
 
