@@ -1,7 +1,8 @@
 """How well the prediction's re-image list finds the sections and fields a lab must image again.
 
-For each volume (the synthetic generator's clean tissue, and real EM tissue from the
-real-tissue benchmark when its archive can be had), sections are painted at random with one
+For each volume (the synthetic generator's clean tissue, and the real EM tissue of the
+real-tissue benchmark when its archive can be had: cremi-c, ssTEM sections of a 3-D stack, and
+tau-tem, 560 x 560 px tiles of one TEM image stacked as sections), sections are painted at random with one
 of: nothing (clean), one missing field of the 4 x 4 montage (blank), or a charging region
 (a bright soft-edged disc over 25-45% of the section). A classifier is trained as the QC
 test trains it (clean patches of other sections against the same patches with a blank or a
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -166,7 +168,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench/results/qc_reimage.json"))
     ap.add_argument("--cache", type=Path, default=Path(".real_tissue/downloads"))
-    ap.add_argument("--volumes", default="synthetic,cremi-c")
+    ap.add_argument(
+        "--volumes",
+        default="synthetic,cremi-c,tau-tem",
+        help="comma-separated: synthetic and/or names of server.sim.real_tissue.VOLUMES",
+    )
     ap.add_argument("--sections", type=int, default=24, help="painted sections per volume")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -199,7 +205,10 @@ def main() -> None:
     out = {
         "command": "python bench/qc_reimage.py " + " ".join(sys.argv[1:]),
         "defaults": {"field_grid": "4x4", "field_rate": 0.5, "reimage_rate": 0.5, "stride": 32},
-        "machine": f"{platform.processor() or platform.machine()}, python {platform.python_version()}",
+        "machine": (
+            f"{platform.processor() or platform.machine()}, python {platform.python_version()}, "
+            f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end"
+        ),
         "volumes": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

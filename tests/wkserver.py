@@ -15,7 +15,9 @@ recorded ones (uploads through ``/data/v13/datasets/reserveUpload``, ``/data/dat
 server does, and takes uploads by the current datastore's routes
 (webknossos-datastore/conf/datastore.latest.routes of scalableminds/webknossos at 05522d43:
 ``POST /datasets/upload/dataset/reserveUpload``, ``POST /datasets/upload/:uploadDomain`` for
-the chunks, ``POST /datasets/upload/:uploadDomain/finishUpload?uploadId=``).
+the chunks, ``POST /datasets/upload/:uploadDomain/finishUpload?uploadId=``); no exchange
+with those routes was recorded, so their answers follow the datastore's UploadController
+(cited at :meth:`FakeWebknossos._finish_dataset_upload`).
 
 Its datastore keeps what is uploaded in a data folder of its own and, like a current
 datastore at finishUpload, refuses a datasource whose paths leave the uploaded dataset
@@ -83,6 +85,9 @@ DATASET_NAME_RULES = (
     ),
     (lambda n: len(n) >= 3, "Dataset name is invalid. Please use at least three characters."),
 )
+# Msg.Dataset.Upload.noSuchUpload and .finishFailed (Msg.scala as stored at f7787bc7)
+NO_SUCH_UPLOAD = "Could not find running upload with upload id \u201c{0}\u201d."
+FINISH_FAILED = "Could not finalize upload for dataset \u201c{0}\u201d."
 # Msg.Dataset.Upload.disallowedPaths, raised at finishUpload by UploadService
 # .checkPathsInUploadedDatasourcePropertiesJson (webknossos-datastore)
 DISALLOWED_PATHS = (
@@ -397,6 +402,29 @@ class FakeWebknossos:
         self.state.datasets[dataset_id] = ds
         return 200, dataset_id, {}
 
+    def _finish_dataset_upload(self, upload_id: str) -> tuple[int, Any, dict[str, str]]:
+        """API 14+: UploadController.finishUpload (webknossos-datastore/app/com/scalableminds/
+        webknossos/datastore/controllers/UploadController.scala of scalableminds/webknossos, as
+        stored at 05522d43 and at 2c0d2135) answers ``Ok(Json.obj("datasetId" -> datasetId))``;
+        an unknown upload id fails ``?~> Msg.Dataset.Upload.noSuchUpload``, a refused finish
+        ``?~> Msg.Dataset.Upload.finishFailed(datasetId)`` over the datastore's own failure.
+        A failure without a status is answered 400 as ``{"messages": [{"error": msg},
+        {"chain": "[Server Time <time>]  <~ <cause>"}]}`` (ResultBox.asResult, formatChain and
+        JsonResult in util/src/main/scala/com/scalableminds/util/mvc/ExtendedController.scala,
+        as stored at d0c2d461)."""
+        if upload_id not in self.state.uploads:
+            return 400, _messages("error", NO_SUCH_UPLOAD.format(upload_id)), {}
+        status, answer, headers = self._finish_upload(upload_id)
+        if status == 200:
+            return 200, {"datasetId": answer}, headers
+        cause = "; ".join(v for m in answer["messages"] for v in m.values())
+        when = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        messages = [
+            {"error": FINISH_FAILED.format(self.state.new_id())},
+            {"chain": f"[Server Time {when}]  <~ {cause}"},
+        ]
+        return status, {"messages": messages}, headers
+
     # -- the API -------------------------------------------------------------------------------
     def handle(
         self,
@@ -459,9 +487,7 @@ class FakeWebknossos:
         if method == "POST" and re.fullmatch(
             r"/data/v\d+/datasets/upload/dataset/finishUpload", path
         ):
-            status, answer, headers = self._finish_upload(query.get("uploadId", ""))
-            # the library's ApiDatasetUploadSuccess: {"datasetId": ...}
-            return status, ({"datasetId": answer} if status == 200 else answer), headers
+            return self._finish_dataset_upload(query.get("uploadId", ""))
         if method in ("GET", "HEAD"):
             return self._zarr_file(path, range_header)
         return 404, b"", {}

@@ -3,6 +3,7 @@ refusals as errors that carry the server's own words, a dataset's link to a serv
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from server.wklib import ApiClientError, wk
 
 DATASET_ID = re.compile(r"^[0-9a-f]{24}$")  # the server's ids are MongoDB-style ObjectIds
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")  # all a project name may contain
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
 
 
 class WebknossosError(ArtifactLoopError):
@@ -49,13 +52,21 @@ def server_reason(text: str) -> str:
     try:
         data = json.loads(body)
     except ValueError:
-        return body[:500]
+        return _page_text(body)[:500]
     messages = data.get("messages") if isinstance(data, dict) else None
     if isinstance(messages, list):
         said = [str(v) for m in messages if isinstance(m, dict) for v in m.values()]
         if said:
             return "; ".join(said)
     return body[:500]
+
+
+def _page_text(body: str) -> str:
+    """A body that is not JSON (a proxy's or a crashed server's answer) in words: an HTML
+    page by its title, else its text without markup, on one line."""
+    title = _TITLE.search(body)
+    text = title.group(1) if title else _TAG.sub(" ", body)
+    return " ".join(html.unescape(text).split())
 
 
 def refusal(exc: Exception) -> str:

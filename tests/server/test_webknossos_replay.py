@@ -104,10 +104,12 @@ def replay(answers: dict[tuple[str, str], list[dict[str, Any]]]) -> Iterator[Rep
                 status, body, headers = exchange["status"], exchange["body"], exchange["headers"]
             data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            # JSON as the server answers, unless the exchange names its own (a proxy's page)
+            self.send_header("Content-Type", headers.get("Content-Type", "application/json"))
             self.send_header("Content-Length", str(len(data)))
             for key, value in headers.items():
-                self.send_header(key, value)
+                if key != "Content-Type":
+                    self.send_header(key, value)
             self.end_headers()
             self.wfile.write(data)
 
