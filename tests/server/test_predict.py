@@ -74,6 +74,15 @@ def test_bad_parameters_are_refused(tmp_path: Path, params: dict, message: str) 
         predict.validate_params(_dataset(tmp_path, (840, 840, 4)), params)
 
 
+def test_a_ground_truth_of_clean_patches_only_is_read_not_refused(tmp_path: Path) -> None:
+    (tmp_path / "ground_truth.csv").write_text("x,y,z,label\n0,0,0,clean\n140,0,0,clean\n")
+    truth = predict.ground_truth(str(tmp_path))
+    assert truth is not None
+    origins, labels = truth
+    assert origins.tolist() == [[0, 0, 0], [140, 0, 0]]
+    assert not labels.any()
+
+
 def test_touching_boxes_merge_into_one_cluster() -> None:
     boxes = [
         [0, 0, 0, 64, 64, 1],
