@@ -52,7 +52,7 @@ from bench.load_setup import (  # noqa: E402
     seed,
     write_dataset,
 )
-from bench.load_training import TrainingBeside, settings_env  # noqa: E402
+from bench.load_training import TrainingBeside, make_training_dataset, settings_env  # noqa: E402
 from server.db import migrate  # noqa: E402
 from server.db.base import make_engine, make_sessionmaker, session_scope  # noqa: E402
 from server.db.tables import AnnotationTask, Label  # noqa: E402
@@ -265,7 +265,9 @@ def run_once(args: argparse.Namespace, admin_url: str) -> dict:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, proc)
         if args.training:
-            training = TrainingBeside(url=url, base=base, env=env, folder=tmp)
+            training = TrainingBeside(
+                url=url, base=base, env=env, folder=tmp, dataset=args.training_dataset
+            )
             training.start()
         load_before = loadavg()
         log = asyncio.run(
@@ -353,6 +355,52 @@ def spread(runs: list[dict], *path: str) -> dict[str, float]:
     }
 
 
+def run_repeats(args: argparse.Namespace, admin_url: str) -> list[dict]:
+    """``--repeats`` runs, each on a fresh database and API, printed as they end."""
+    runs: list[dict] = []
+    scratch = Path(tempfile.mkdtemp(prefix="al-bench-training-"))
+    try:
+        if args.training:
+            args.training_dataset = make_training_dataset(scratch / "training-ds")
+        for i in range(args.repeats):
+            print(
+                f"run {i + 1}/{args.repeats}: {args.annotators} annotators for {args.seconds:.0f} s "
+                f"against {args.workers} API workers"
+                + (f", batch replaced at {args.replace_at:.0f} s" if args.replace_at else "")
+                + (", a training running beside" if args.training else "")
+                + f" (load average {loadavg()}) ..."
+            )
+            run = run_once(args, admin_url)
+            runs.append(run)
+            for op in ("next", "label"):
+                r = run[op]
+                print(
+                    f"  {op:>5}: p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
+                    f"{r['rps']:.0f} req/s  ({r['count']} requests)"
+                )
+            print(
+                f"  double leases {run['double_leases']}, doubly labelled patches "
+                f"{run['doubly_labelled_patches']}, lost labels {run['lost_labels']}, "
+                f"'no tasks' answers {run['no_tasks_answers']}, errors {run['errors'] or 'none'}, "
+                f"load average {run['loadavg_before']} -> {run['loadavg_after']}"
+            )
+            cpu = run["cpu_ms_per_request"]
+            print(
+                f"  CPU per request: API {cpu['api']:.2f} ms, PostgreSQL {cpu['postgres']:.2f} ms, "
+                f"load generator {cpu['load_generator']:.2f} ms"
+            )
+            if run["training"]:
+                t = run["training"]
+                print(
+                    f"  training beside: running {t['training_running_share']:.0%} of the run, "
+                    f"{t['training_cpu_s']:.1f} CPU s, worker nice {t['worker_nice']}, "
+                    f"{t['trainings_started']} started"
+                )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--annotators", type=int, default=50)
@@ -373,41 +421,7 @@ def main() -> None:
     admin_url = os.environ.get(
         "ARTIFACT_LOOP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
-    runs = []
-    for i in range(args.repeats):
-        print(
-            f"run {i + 1}/{args.repeats}: {args.annotators} annotators for {args.seconds:.0f} s "
-            f"against {args.workers} API workers"
-            + (f", batch replaced at {args.replace_at:.0f} s" if args.replace_at else "")
-            + (", a training running beside" if args.training else "")
-            + f" (load average {loadavg()}) ..."
-        )
-        run = run_once(args, admin_url)
-        runs.append(run)
-        for op in ("next", "label"):
-            r = run[op]
-            print(
-                f"  {op:>5}: p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
-                f"{r['rps']:.0f} req/s  ({r['count']} requests)"
-            )
-        print(
-            f"  double leases {run['double_leases']}, doubly labelled patches "
-            f"{run['doubly_labelled_patches']}, lost labels {run['lost_labels']}, "
-            f"'no tasks' answers {run['no_tasks_answers']}, errors {run['errors'] or 'none'}, "
-            f"load average {run['loadavg_before']} -> {run['loadavg_after']}"
-        )
-        cpu = run["cpu_ms_per_request"]
-        print(
-            f"  CPU per request: API {cpu['api']:.2f} ms, PostgreSQL {cpu['postgres']:.2f} ms, "
-            f"load generator {cpu['load_generator']:.2f} ms"
-        )
-        if run["training"]:
-            t = run["training"]
-            print(
-                f"  training beside: running {t['training_running_share']:.0%} of the run, "
-                f"{t['training_cpu_s']:.1f} CPU s, worker nice {t['worker_nice']}, "
-                f"{t['trainings_started']} started"
-            )
+    runs = run_repeats(args, admin_url)
     result = {
         "annotators": args.annotators,
         "seconds": args.seconds,
@@ -426,6 +440,14 @@ def main() -> None:
             "doubly_labelled_patches": sum(r["doubly_labelled_patches"] for r in runs),
             "lost_labels": sum(r["lost_labels"] for r in runs),
             "no_tasks_answers": sum(r["no_tasks_answers"] for r in runs),
+            **(
+                {
+                    "training_running_share": spread(runs, "training", "training_running_share"),
+                    "training_cpu_s": spread(runs, "training", "training_cpu_s"),
+                }
+                if args.training
+                else {}
+            ),
         },
         "runs": runs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "

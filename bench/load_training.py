@@ -41,8 +41,11 @@ class TrainingBeside:
     """Start with :meth:`start` (blocking: pretraining, labels, the first training), keep it
     going with :meth:`keep` inside the measured run, end with :meth:`stop`."""
 
-    def __init__(self, *, url: str, base: str, env: dict[str, str], folder: Path) -> None:
+    def __init__(
+        self, *, url: str, base: str, env: dict[str, str], folder: Path, dataset: Path
+    ) -> None:
         self.url, self.base, self.env, self.folder = url, base, env, folder
+        self.dataset = dataset
         self.proc: subprocess.Popen[bytes] | None = None
         self.headers: dict[str, str] = {}
         self.dataset_id = 0
@@ -58,8 +61,7 @@ class TrainingBeside:
                 "Authorization": f"Bearer {create_token(session, name='trainer', role='admin')[1]}"
             }
         engine.dispose()
-        path = self.folder / "training-ds"
-        make_synthetic_dataset(path, seed=4, shape=(840, 6), artifact_rate=3.0)
+        path = self.dataset
         argv = worker_argv(queues="gpu,io", name="bench-training", loglevel="WARNING")
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -156,6 +158,13 @@ class TrainingBeside:
 
     def _log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+def make_training_dataset(path: Path) -> Path:
+    """The dataset the trainings learn from (840 x 840 px, 6 sections); made once per bench
+    run and registered anew in each repeat's database."""
+    make_synthetic_dataset(path, seed=4, shape=(840, 6), artifact_rate=3.0)
+    return path
 
 
 def settings_env() -> dict[str, str]:
