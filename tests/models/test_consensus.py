@@ -125,8 +125,9 @@ def test_one_annotator_per_patch_keeps_each_verdict_and_says_rates_are_unknown()
         assert q.reliability is None and q.sensitivity is None and q.agreement is None
         assert q.shared == 0 and "another annotator" in (q.reason or "")
     assert [q.labels for q in consensus.annotators] == [2, 1, 1]
-    (ab, ac, bc) = pairwise_kappa(triples)
-    assert ab.kappa.value is None and ab.kappa.n == 0 and ab.kappa.reason
+    for pair in pairwise_kappa(triples):
+        assert pair.kappa.value is None and pair.kappa.n == 0
+        assert pair.kappa.reason == "no patch labelled by both"
     alpha = krippendorff_alpha(triples)
     assert alpha.value is None and alpha.n == 0 and "two or more" in (alpha.reason or "")
 
