@@ -52,8 +52,11 @@ class AnnotatorReport:
 
 def labels_per_hour(times: list[datetime]) -> Estimate:
     """Labels per hour of active time: the gaps between consecutive labels, breaks left out."""
+    if not times:
+        why = "no label given in the page or API (imported and synced labels carry no time)"
+        return Estimate(None, None, 0, why)
     if len(times) < 2:
-        return Estimate(None, None, len(times), "fewer than two labels given in the page or API")
+        return Estimate(None, None, 1, "only one label given in the page or API")
     ordered = sorted(times)
     gaps = [b - a for a, b in itertools.pairwise(ordered)]
     active = [g for g in gaps if g <= BREAK]
