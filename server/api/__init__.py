@@ -7,8 +7,17 @@ router's routes on every request, and walking seven of them cost more than match
 
 from fastapi import APIRouter
 
-from server.api import datasets, health, jobs, labels, model_versions, tasks, webknossos
+from server.api import (
+    annotators,
+    datasets,
+    health,
+    jobs,
+    labels,
+    model_versions,
+    tasks,
+    webknossos,
+)
 
 router = APIRouter()
-for module in (health, datasets, tasks, labels, model_versions, jobs, webknossos):
+for module in (health, datasets, tasks, labels, annotators, model_versions, jobs, webknossos):
     router.routes.extend(module.router.routes)

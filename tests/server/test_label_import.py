@@ -55,10 +55,13 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def sparse_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_genem3_dataset(tmp_path_factory.mktemp("sparse") / DATASET_NAME)
+
+
+def write_genem3_dataset(path: Path) -> Path:
     """A Zarr3 dataset with the fixtures' bounding box; one chunk written, the rest empty."""
     from server.wklib import wk
 
-    path = tmp_path_factory.mktemp("sparse") / "scMS109"
     dataset = wk.Dataset(path, voxel_size=VOXEL_SIZE)
     layer = dataset.add_layer("color", wk.COLOR_CATEGORY, dtype="uint8", data_format="zarr3")
     mag = layer.add_mag(1, chunk_shape=(32, 32, 32), shard_shape=(1024, 1024, 32))
