@@ -19,11 +19,13 @@ PR-AUC is over all of them. Detectors:
 - ``product+section-stats``: the product classifier's pooled embedding beside per-patch
   statistics as z-scores against the section, a logistic regression on both;
 - ``section-norm+section-stats``: the same with the section-normalised classifier;
-- ``features-gbm`` / ``features-logistic``: the benchmark's hand features
-  (``server.sim.baselines.patch_features``);
-- ``section-features-gbm`` / ``section-features-logistic``: the same features beside their
-  z-scores against the section (median and MAD of the section's patches).
+- ``features-gbm`` / ``-logistic``: the hand features (``server.sim.baselines``);
+- ``section-features-gbm`` / ``-logistic``: those beside their z-scores against the section
+  (median and MAD of its patches) and those of :func:`section_stats`;
+- ``block-features-gbm`` / ``-logistic``: those and :func:`block_zscores`.
 
+Per detector, ``found_all_labels`` counts the positives among the top-k validation patches
+(k: the positives), per artifact kind and per painted coverage: what each detector misses.
 The autoencoders pretrain briefly (``--pretrain-epochs``) and the classifiers train for at
 most ``--epochs``: cheap settings, the same for every CNN detector.
 """
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -56,10 +59,7 @@ from server.sim.real_tissue import VOLUMES
 from server.sim.synth import PATCH
 
 CNN = ("product", "section-norm", "product+section-stats", "section-norm+section-stats")
-FEATURES = (
-    "features-gbm", "features-logistic", "section-features-gbm", "section-features-logistic",
-    "block-features-gbm", "block-features-logistic",
-)  # fmt: skip
+FEATURES = tuple(f"{t}-{m}" for t in ("features", "section-features", "block-features") for m in ("gbm", "logistic"))  # fmt: skip
 DETECTORS = CNN + FEATURES
 LABELS = 200
 
@@ -186,12 +186,12 @@ def cnn_scores(
 
 
 def embedding(model: Any, x: np.ndarray) -> np.ndarray:
-    import torch
-
+    """The classifier's pooled encoder features (the head's input) of ``x``."""
     with torch.inference_mode():
-        return np.concatenate(
-            [model.eval().features(torch.from_numpy(x[s : s + 64])).numpy() for s in range(0, len(x), 64)]
-        )  # fmt: skip
+        parts = [
+            model.eval().features(torch.from_numpy(x[s : s + 64])) for s in range(0, len(x), 64)
+        ]
+        return np.concatenate([p.numpy() for p in parts])
 
 
 def fit_predict(kind: str, features: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> np.ndarray:  # fmt: skip
@@ -204,8 +204,6 @@ def fit_predict(kind: str, features: np.ndarray, y: np.ndarray, train: np.ndarra
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
     torch.set_num_threads(1)
     started = time.perf_counter()
     data = paint(args.volume, args.painter, args.seed, args.work, args.cache)
