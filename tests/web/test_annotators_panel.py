@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from server.auth import create_token
 from server.datasets.service import register_dataset
 from server.db import migrate
 from server.db.base import make_engine, make_sessionmaker, session_scope
-from tests.processes import api_server, service_env
+from tests.processes import admin_api, api_server, service_env
 from tests.server.test_label_import import DATASET_NAME, DISAGREEMENT_NML, write_genem3_dataset
 from tests.web.conftest import Site, shoot
 
@@ -48,9 +47,7 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, d
         ARTIFACT_LOOP_BROKER_URL="filesystem://",
     )
     with api_server(env, log=root / "api.log") as base:
-        http = httpx.Client(
-            base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {admin}"}, timeout=60
-        )
+        http = admin_api(base, admin)
         r = http.post(
             f"/datasets/{dataset_id}/labels/import",
             files={"file": (DISAGREEMENT_NML.name, DISAGREEMENT_NML.read_bytes())},

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
@@ -31,7 +30,7 @@ from server.sim.montage import paint_charging, paint_missing_field
 from server.sim.synth import make_synthetic_dataset
 from server.versions.service import refresh_active_flags
 from server.wklib import wk
-from tests.processes import api_server, service_env
+from tests.processes import admin_api, api_server, service_env
 from tests.server.test_predict_fields import _classifier
 from tests.web.conftest import Site, shoot
 
@@ -86,9 +85,7 @@ def predicted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, 
         ARTIFACT_LOOP_BROKER_URL="filesystem://",
     )
     with api_server(env, log=root / "api.log") as base:
-        http = httpx.Client(
-            base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {admin}"}, timeout=60
-        )
+        http = admin_api(base, admin)
         asked = http.post(
             f"/datasets/{dataset_id}/jobs",
             json={"kind": "predict", "params": {"sections_per_chunk": 2}},
