@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
 import subprocess
 import sys
 import time
@@ -169,7 +168,4 @@ def make_training_dataset(path: Path) -> Path:
 
 def settings_env() -> dict[str, str]:
     """Settings the API and the training worker share in ``--training`` runs."""
-    return {
-        **SETTINGS,
-        "WEBKNOSSOS_SKIP_VERSION_CHECK": os.environ.get("WEBKNOSSOS_SKIP_VERSION_CHECK", "True"),
-    }
+    return dict(SETTINGS)

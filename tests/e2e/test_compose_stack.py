@@ -15,6 +15,7 @@ checked not to keep it. ``TORCH_CPU_INDEX_URL`` picks the index of torch's CPU b
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -23,9 +24,8 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import httpx
 import pytest
 
 from server.sim.synth import make_synthetic_dataset
-from tests.processes import free_port
+from tests.processes import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -233,14 +233,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
 
 
-def _wait(predicate: Callable[[], Any], what: str, timeout: float = 600, every: float = 2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+# containers answer slower than local processes: a longer wait, polled less often
+_wait = functools.partial(wait_for, timeout=600, every=2)
 
 
 def _up(stack: Stack) -> None:
