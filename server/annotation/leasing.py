@@ -1,4 +1,6 @@
-"""Leasing annotation tasks: one annotator per task at a time.
+"""Leasing annotation tasks: one annotator per task at a time, never a task the annotator
+skipped, nor a patch they labelled already (a task that wants a second annotator, a patch
+offered again for a new label).
 
 PostgreSQL hands out tasks with ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent
 ``next`` calls never wait on each other and never get the same row. SQLite has one writer:
@@ -27,6 +29,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from server.annotation import task_state
+from server.annotation.overlap import labelled_by
 from server.db.base import utcnow
 from server.db.tables import AnnotationTask, Annotator, Dataset, TaskSkip
 from server.db.vocabulary import TaskStatus
@@ -76,6 +79,7 @@ def lease_next(
             AnnotationTask.dataset_id == dataset_id,
             AnnotationTask.status == TaskStatus.OPEN,
             ~passed.exists(),  # a task someone skipped goes to the others, not back to them
+            ~labelled_by(annotator.id),  # nor a patch to someone who labelled it already
         )
         .order_by(AnnotationTask.rank, AnnotationTask.id)
         .limit(1)
@@ -167,7 +171,7 @@ def _one_statement_lease() -> Executable:
     pick = (
         select(table.c.id)
         .where(table.c.dataset_id == dataset_id, table.c.status == TaskStatus.OPEN)
-        .where(~passed.exists())
+        .where(~passed.exists(), ~labelled_by(annotator_id, table))
         .order_by(table.c.rank, table.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)

@@ -12,6 +12,12 @@ from sqlalchemy.orm import Session
 
 from models.acquisition import draw_audit_set
 from server.annotation import task_state
+from server.annotation.overlap import (
+    AUDIT_LABELS_WANTED,
+    half_done,
+    overlap_share,
+    proposal_labels_wanted,
+)
 from server.annotation.review import kept_for_review
 from server.db.base import utcnow
 from server.db.tables import PROPOSAL_IN_PLAY, AnnotationTask, Dataset, Label
@@ -92,6 +98,7 @@ def add_audit_patches(
                 # interleave audit patches with proposals: one in every few
                 rank=rank * 4 + 3,
                 reason="audit",
+                labels_wanted=AUDIT_LABELS_WANTED,
                 **task_state.new_task(),
             )
         )
@@ -136,7 +143,11 @@ def replace_proposals(
     Replacements of one dataset run one after the other (:func:`_serialise_replacements`):
     two at once both retired the batch before them and left both new batches open. A patch
     in play in another batch all the same (a lease given back meanwhile) is left out of
-    this one: the database keeps a patch in play in at most one batch.
+    this one: the database keeps a patch in play in at most one batch. A proposal that has
+    a label and waits for a second annotator is neither retired nor demoted.
+
+    A seeded share of the new proposals (the dataset's ``overlap_share``) wants labels from
+    two annotators (:mod:`server.annotation.overlap`).
     """
     _serialise_replacements(session, dataset_id=dataset.id)
     w, h = patch_extent(dataset)
@@ -145,6 +156,7 @@ def replace_proposals(
     picks = _unique(picks, blocked)
     indices = np.asarray([p["index"] for p in picks], dtype=np.int64)
     origins = grid.origins(indices) if indices.size else np.empty((0, 3), dtype=np.int64)
+    share = overlap_share(dataset)
     now = utcnow()
     rows = [
         {
@@ -163,6 +175,9 @@ def replace_proposals(
             "recon_error": _opt_float(pick.get("recon_error")),
             "score": _opt_float(pick.get("score")),
             "reason": str(pick.get("reason", "")),
+            "labels_wanted": proposal_labels_wanted(
+                dataset_id=dataset.id, grid_index=int(pick["index"]), share=share
+            ),
             **task_state.new_task(),
             "created_at": now,
             "updated_at": now,
@@ -177,6 +192,7 @@ def replace_proposals(
             AnnotationTask.kind == "proposal",
             AnnotationTask.status.in_(task_state.WAITING),
             ~kept_for_review(),
+            ~half_done(),  # its first label waits for a second annotator
         )
         .values(task_state.retired())
         .values(updated_at=now)
@@ -246,6 +262,7 @@ def demote_superseded(session: Session, *, dataset_id: int, first_new_id: int) -
             AnnotationTask.status.in_((TaskStatus.LEASED, *task_state.WAITING)),
             AnnotationTask.id < first_new_id,
             AnnotationTask.rank < SUPERSEDED_RANK,
+            ~half_done(),  # keeps its place: its first label waits for a second annotator
         )
         .values(rank=AnnotationTask.rank + SUPERSEDED_RANK)
     )

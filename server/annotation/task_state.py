@@ -3,14 +3,16 @@ goes with it). Routers and services call it; statements that change many tasks a
 their values from it.
 
 A task is ``open`` in the queue, ``leased`` to one annotator until the lease expires,
-``labelled`` once someone gave a verdict, ``retired`` when its batch was replaced before
-anyone took it.
+``labelled`` once as many distinct annotators as it wants gave a verdict (until then it goes
+back to ``open`` after each label), ``retired`` when its batch was replaced before anyone
+took it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import ColumnElement, case
 from sqlalchemy.orm.attributes import set_committed_value
 
 from server.db.tables import AnnotationTask
@@ -40,6 +42,21 @@ def leased(*, holder_id: Any, expires: Any) -> dict[str, Any]:
 def labelled(*, holder_id: Any) -> dict[str, Any]:
     """Answered by annotator ``holder_id``: no lease runs any more."""
     return {"status": TaskStatus.LABELLED, "lease_holder_id": holder_id, "lease_expires_at": None}
+
+
+def answered(*, holder_id: Any, complete: bool) -> dict[str, Any]:
+    """A label arrived: labelled once the task has labels from as many distinct annotators as
+    it wants (``complete``), else back in the queue for another annotator."""
+    return labelled(holder_id=holder_id) if complete else reopened()
+
+
+def answered_in_sql(*, holder_id: Any, complete: ColumnElement[bool]) -> dict[str, Any]:
+    """:func:`answered` for a statement: ``complete`` is decided by the database."""
+    return {
+        "status": case((complete, TaskStatus.LABELLED.value), else_=TaskStatus.OPEN.value),
+        "lease_holder_id": case((complete, holder_id), else_=None),
+        "lease_expires_at": None,
+    }
 
 
 def retired() -> dict[str, Any]:

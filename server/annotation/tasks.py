@@ -7,11 +7,13 @@ import functools
 from datetime import timedelta
 from typing import NamedTuple, cast
 
-from sqlalchemy import Executable, Table, bindparam, func, select, update
+from sqlalchemy import Executable, Table, bindparam, case, func, select, true, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.orm import Session, aliased
 
 from server.annotation import task_state
+from server.annotation.overlap import annotators_of
+from server.annotation.prelabel import check_accepted
 from server.db.base import as_utc, utcnow
 from server.db.tables import AnnotationTask, Annotator, Dataset, Label, TaskSkip
 from server.db.vocabulary import TaskStatus
@@ -63,11 +65,14 @@ def label_task(
     source: str,
     idempotency_key: str | None,
     ask_training: bool = False,
+    from_prelabel: bool = False,
 ) -> Labelled:
     """Record ``annotator``'s verdict on a task. A repeat with the same idempotency key
     returns the first label; a task leased by someone else is refused. ``ask_training``:
     also answer :func:`~server.labels.service.training_may_start` for a new label (on
-    PostgreSQL in the same statement that records it)."""
+    PostgreSQL in the same statement that records it). ``from_prelabel``: the verdict is the
+    task's pre-label, accepted (refused if it is not). A task that wants labels from more
+    annotators than it has goes back to the queue (:mod:`server.annotation.overlap`)."""
     task, dataset, existing = _task_to_label(
         session, task_id=task_id, annotator=annotator, idempotency_key=idempotency_key
     )
@@ -85,6 +90,8 @@ def label_task(
         raise Conflict(f"task {task_id} is leased by another annotator")
     if task.status == TaskStatus.RETIRED and task.lease_holder_id != annotator.id:
         raise Conflict(f"task {task_id} was retired: ask for the next task")
+    if from_prelabel:
+        check_accepted(session, task, label=label)
     new = _task_label(task, label=label, artifact_type=artifact_type)
     if session.get_bind().dialect.name == "postgresql":
         inserted = _label_and_close(
@@ -96,6 +103,7 @@ def label_task(
             source=source,
             idempotency_key=idempotency_key,
             ask_training=ask_training,
+            from_prelabel=from_prelabel,
         )
         if inserted is not None:
             return inserted
@@ -110,8 +118,10 @@ def label_task(
         task_id=task.id,
         idempotency_key=idempotency_key,
         key_checked=True,
+        from_prelabel=from_prelabel,
     )
-    task_state.set_state(task, task_state.labelled(holder_id=annotator.id))
+    complete = annotators_of(session, task_id=task.id) >= task.labels_wanted
+    task_state.set_state(task, task_state.answered(holder_id=annotator.id, complete=complete))
     session.flush()
     may_start = ask_training and created and training_may_start(session, dataset_id=dataset.id)
     return Labelled(created_label, created, may_start, created and task.kind == "audit")
@@ -127,6 +137,7 @@ def _label_and_close(
     source: str,
     idempotency_key: str | None,
     ask_training: bool,
+    from_prelabel: bool,
 ) -> Labelled | None:
     """PostgreSQL: insert the label and mark the task labelled in one statement (see
     :func:`_label_and_close_statement`). ``None`` when a label with the same idempotency key
@@ -140,6 +151,7 @@ def _label_and_close(
         source_ref=f"task:{task.id}",
         task_id=task.id,
         idempotency_key=idempotency_key,
+        from_prelabel=from_prelabel,
     )
     values["created_at"] = now
     params = {f"lbl_{column}": value for column, value in values.items()}
@@ -150,18 +162,20 @@ def _label_and_close(
     if row is None:
         return None
     # what the statement wrote, without making the task dirty (no second UPDATE on commit)
-    task_state.record_written(task, task_state.labelled(holder_id=annotator.id))
+    complete = row[1] == TaskStatus.LABELLED
+    task_state.record_written(task, task_state.answered(holder_id=annotator.id, complete=complete))
     task_state.record_written(task, {"updated_at": now})
     return Labelled(
-        row[0], True, ask_training and training_state_allows(*row[1:]), task.kind == "audit"
+        row[0], True, ask_training and training_state_allows(*row[2:]), task.kind == "audit"
     )
 
 
 @functools.cache
 def _label_and_close_statement(columns: tuple[str, ...], *, with_training: bool) -> Executable:
     """``WITH ins AS (INSERT INTO labels ... ON CONFLICT (annotator, idempotency_key) DO
-    NOTHING RETURNING *), closed AS (UPDATE annotation_tasks SET status = 'labelled' ...
-    WHERE id = :lbl_task_id AND EXISTS (SELECT FROM ins)) SELECT ins.*``: one round trip
+    NOTHING RETURNING *), closed AS (UPDATE annotation_tasks SET status = 'labelled' (or
+    'open' while it wants another annotator) ... WHERE id = :lbl_task_id AND EXISTS (SELECT
+    FROM ins) RETURNING status) SELECT ins.*, (SELECT status FROM closed)``: one round trip
     instead of an insert and an update; ``with_training`` adds the columns of
     :func:`~server.labels.service.training_state_query` (parameter ``arrived_in``), one
     round trip instead of two. Built once: building the statement cost more than running
@@ -176,16 +190,26 @@ def _label_and_close_statement(columns: tuple[str, ...], *, with_training: bool)
         .returning(*labels.c)
         .cte("ins")
     )
+    # labels of other annotators on the task (the statement does not see its own insert)
+    others = (
+        select(func.count(func.distinct(labels.c.annotator)))
+        .where(labels.c.task_id == tasks.c.id, labels.c.annotator != bindparam("lbl_annotator"))
+        .scalar_subquery()
+    )
+    complete = case((tasks.c.labels_wanted <= 1, true()), else_=others + 1 >= tasks.c.labels_wanted)
     closed = (
         update(tasks)
         .where(tasks.c.id == bindparam("lbl_task_id"), select(inserted.c.id).exists())
-        .values(task_state.labelled(holder_id=bindparam("lbl_annotator_id")))
+        .values(
+            task_state.answered_in_sql(holder_id=bindparam("lbl_annotator_id"), complete=complete)
+        )
         .values(updated_at=bindparam("lbl_created_at"))
-        .returning(tasks.c.id)
+        .returning(tasks.c.status)
         .cte("closed")
     )
     training = training_state_query().selected_columns if with_training else ()
-    return select(aliased(Label, inserted), *training).add_cte(closed)
+    status = select(closed.c.status).scalar_subquery()
+    return select(aliased(Label, inserted), status, *training).add_cte(closed)
 
 
 def _task_to_label(
@@ -343,8 +367,9 @@ def release_task(session: Session, *, task_id: int, annotator: Annotator) -> Ann
 def undo_label(
     session: Session, *, label_id: int, annotator: Annotator, lease_seconds: int
 ) -> None:
-    """Delete a label (the annotator's own; an admin's any). A task it was the only label of
-    goes back under the annotator's lease, so it can be labelled again."""
+    """Delete a label (the annotator's own; an admin's any). A labelled task left with labels
+    from fewer annotators than it wants goes back under the annotator's lease, so it can be
+    labelled again."""
     label = session.get(Label, label_id)
     if label is None:
         raise NotFound(f"no label {label_id}")
@@ -356,7 +381,10 @@ def undo_label(
     if task_id is None:
         return
     task = session.get(AnnotationTask, task_id)
-    others = session.scalar(select(func.count(Label.id)).where(Label.task_id == task_id))
-    if task is not None and not others and task.status == TaskStatus.LABELLED:
+    if (
+        task is not None
+        and task.status == TaskStatus.LABELLED
+        and annotators_of(session, task_id=task_id) < task.labels_wanted
+    ):
         expires = utcnow() + timedelta(seconds=lease_seconds)
         task_state.set_state(task, task_state.leased(holder_id=annotator.id, expires=expires))

@@ -92,6 +92,12 @@ class DatasetDetail(DatasetOut):
 
 
 # -- tasks -------------------------------------------------------------------------------------
+class PreLabelOut(BaseModel):
+    label: LabelValue = Field(description="The model's verdict: p_artifact at its threshold")
+    p_artifact: float
+    threshold: float
+
+
 class TaskOut(Orm):
     id: int
     dataset_id: int
@@ -107,10 +113,20 @@ class TaskOut(Orm):
     uncertainty: float | None
     recon_error: float | None
     score: float | None
-    rank: int
+    rank: int | None = Field(description="Queue order (not shown to annotators)")
     reason: str
     status: str
     lease_expires_at: UtcDateTime | None
+    labels_wanted: int | None = Field(
+        default=None,
+        description="Distinct annotators whose labels finish the task (not shown to annotators)",
+    )
+    prelabel: PreLabelOut | None = Field(
+        default=None,
+        description="As handed to an annotator: the model's verdict on a scored proposal, which "
+        "the labeling page can show and accept; never for an audit patch. The model's other "
+        "figures (p_artifact, scores, version) are left out of what annotators get.",
+    )
     image_url: str = ""
     webknossos_url: str | None = Field(
         default=None,
@@ -135,6 +151,17 @@ class ReviewTaskOut(TaskOut):
     labels: list[ReviewLabel] = Field(default_factory=list, description="Its labels since")
     resolved_by: str | None = Field(default=None, description="The admin who resolved it")
     resolved_at: UtcDateTime | None = None
+
+
+class OverlapSetting(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"overlap_share": 0.05}]})
+
+    overlap_share: float = Field(
+        ge=0,
+        le=1,
+        description="Share of new proposals that go to a second annotator (0 turns overlap off; "
+        "every audit patch goes to two annotators regardless)",
+    )
 
 
 class ResolveTask(BaseModel):
@@ -185,6 +212,11 @@ class LabelTask(BaseModel):
         default=None, min_length=1, max_length=200, description="Repeat-safe request key."
     )
     source: Literal["ui", "api"] = "api"
+    from_prelabel: bool = Field(
+        default=False,
+        description="The verdict is the task's pre-label, accepted; refused (422) when it is "
+        "not the pre-label or the task has none",
+    )
 
 
 class LabelChange(BaseModel):
@@ -229,6 +261,7 @@ class LabelOut(Orm):
     source_ref: str | None
     task_id: int | None
     created_at: UtcDateTime
+    from_prelabel: bool = False
 
 
 class ImportReportOut(BaseModel):

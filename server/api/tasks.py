@@ -9,6 +9,8 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 
 from server.annotation.leasing import lease_next, open_task_count
+from server.annotation.overlap import overlap_share
+from server.annotation.prelabel import PreLabel, prelabel_of
 from server.annotation.progress import labelling_progress
 from server.annotation.review import resolve_task, review_details
 from server.annotation.tasks import (
@@ -34,7 +36,9 @@ from server.api.schemas import (
     LabelOut,
     LabelTask,
     NextTask,
+    OverlapSetting,
     PageOf,
+    PreLabelOut,
     ResolveTask,
     ReviewTaskOut,
     SkipTask,
@@ -57,12 +61,19 @@ def task_out(
     dataset: Dataset | None = None,
     server: str | None = None,
     blind: bool = False,
+    prelabel: PreLabel | None = None,
 ) -> TaskOut:
     """``blind``: as an annotator is handed it, an audit patch like any other (it is a random
-    pick), so nobody knows which answers measure the models."""
+    pick), so nobody knows which answers measure the models: no queue rank, no count of
+    annotators wanted, and the model's view only as the ``prelabel`` of a scored proposal."""
     out = TaskOut.model_validate(task)
-    if blind and task.kind == "audit":
-        out.kind, out.reason = "proposal", "random"
+    if blind:
+        if task.kind == "audit":
+            out.kind, out.reason = "proposal", "random"
+        out.model_version_id = out.p_artifact = out.uncertainty = None
+        out.recon_error = out.score = out.rank = out.labels_wanted = None
+    if prelabel is not None and task.kind == "proposal":
+        out.prelabel = PreLabelOut(**prelabel._asdict())
     out.image_url = f"/api/v1/tasks/{task.id}/image.png"
     if dataset is not None:
         out.webknossos_url = position_url(
@@ -98,7 +109,13 @@ def next_task(dataset_id: DatasetId, state: StateDep, user: CurrentUser) -> Resp
         task, dataset = leased
         return json_response(
             NextTask(
-                task=task_out(task, dataset=dataset, server=state.settings.wk_url, blind=True),
+                task=task_out(
+                    task,
+                    dataset=dataset,
+                    server=state.settings.wk_url,
+                    blind=True,
+                    prelabel=prelabel_of(session, task),
+                ),
                 remaining=open_task_count(session, dataset_id=dataset_id),
             )
         )
@@ -178,6 +195,30 @@ def resolve(
 
 
 @router.get(
+    "/datasets/{dataset_id}/overlap",
+    response_model=OverlapSetting,
+    summary="Share of new proposals that go to a second annotator",
+)
+def get_overlap(dataset_id: DatasetId, session: SessionDep, _user: CurrentUser) -> OverlapSetting:
+    return OverlapSetting(overlap_share=overlap_share(get_dataset(session, dataset_id)))
+
+
+@router.put(
+    "/datasets/{dataset_id}/overlap",
+    response_model=OverlapSetting,
+    summary="Set the share of new proposals that go to a second annotator (admin)",
+    description="Applies from the next batch of proposals on; tasks already made keep theirs.",
+)
+def set_overlap(
+    dataset_id: DatasetId, body: OverlapSetting, state: StateDep, _user: AdminUser
+) -> OverlapSetting:
+    with write_transaction(state.runtime.sessions) as session:
+        dataset = get_dataset(session, dataset_id)
+        dataset.settings = {**(dataset.settings or {}), "overlap_share": body.overlap_share}
+    return body
+
+
+@router.get(
     "/datasets/{dataset_id}/progress",
     response_model=LabellingProgress,
     summary="Labelling progress: the caller's rate, labels until the next training, training",
@@ -200,7 +241,13 @@ def progress(
 def get_one(task_id: TaskId, session: SessionDep, state: StateDep, user: CurrentUser) -> TaskOut:
     task = get_task(session, task_id)
     dataset = get_dataset(session, task.dataset_id)
-    return task_out(task, dataset=dataset, server=state.settings.wk_url, blind=user.role != "admin")
+    return task_out(
+        task,
+        dataset=dataset,
+        server=state.settings.wk_url,
+        blind=user.role != "admin",
+        prelabel=prelabel_of(session, task),
+    )
 
 
 @router.post(
@@ -221,6 +268,7 @@ def label(task_id: TaskId, body: LabelTask, state: StateDep, user: CurrentUser) 
             source=body.source,
             idempotency_key=body.idempotency_key,
             ask_training=True,
+            from_prelabel=body.from_prelabel,
         )
         out = LabelOut.model_validate(labelled.label)
         dataset_id = labelled.label.dataset_id
@@ -261,7 +309,13 @@ def unskip(task_id: TaskId, state: StateDep, user: CurrentUser) -> TaskOut:
             session, task_id=task_id, annotator=user, lease_seconds=state.settings.lease_seconds
         )
         dataset = get_dataset(session, task.dataset_id)
-        return task_out(task, dataset=dataset, server=state.settings.wk_url, blind=True)
+        return task_out(
+            task,
+            dataset=dataset,
+            server=state.settings.wk_url,
+            blind=True,
+            prelabel=prelabel_of(session, task),
+        )
 
 
 @router.post("/tasks/{task_id}/release", response_model=TaskOut, summary="Give a leased task back")

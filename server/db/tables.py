@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -199,6 +200,9 @@ class AnnotationTask(Timestamped, Base):
         ForeignKey("annotators.id", ondelete="SET NULL")
     )
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # distinct annotators whose labels finish the task: 2 for every audit patch and a share of
+    # the proposals (see server.annotation.overlap), so agreement is measured as the loop runs
+    labels_wanted: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
 
     __table_args__ = (
         CheckConstraint(_in("kind", TASK_KINDS), name="kind"),
@@ -240,6 +244,8 @@ class Label(Base):
     )
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # the annotator accepted the model's pre-label shown on the labeling page
+    from_prelabel: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         CheckConstraint(_in("label", LABEL_VALUES), name="label"),

@@ -59,8 +59,10 @@ def label_row(
     source_ref: str | None,
     task_id: int | None,
     idempotency_key: str | None,
+    from_prelabel: bool = False,
 ) -> dict[str, Any]:
-    """The ``labels`` row for ``new`` (its column values), after :func:`validate_label`."""
+    """The ``labels`` row for ``new`` (its column values), after :func:`validate_label`.
+    ``from_prelabel``: the annotator accepted the model's pre-label."""
     validate_label(dataset, new, source=source)
     return {
         "dataset_id": dataset.id,
@@ -77,4 +79,5 @@ def label_row(
         "source_ref": source_ref,
         "task_id": task_id,
         "idempotency_key": idempotency_key or None,
+        "from_prelabel": from_prelabel,
     }

@@ -35,6 +35,7 @@ def create_label(
     task_id: int | None = None,
     idempotency_key: str | None = None,
     key_checked: bool = False,
+    from_prelabel: bool = False,
 ) -> tuple[Label, bool]:
     """Add a label; with an ``idempotency_key`` a repeated request returns the first label.
     Returns the label and whether it was created now."""
@@ -46,6 +47,7 @@ def create_label(
         source_ref=source_ref,
         task_id=task_id,
         idempotency_key=idempotency_key,
+        from_prelabel=from_prelabel,
     )
     if not idempotency_key:
         label = Label(**values)

@@ -213,6 +213,8 @@ def _prepare(
             ds = register_dataset(
                 session, name=dataset.name or "dataset", path=str(dataset), layer=config.layer
             )
+            # one simulated annotator: no second one to give a patch to
+            ds.settings = {**(ds.settings or {}), "overlap_share": 0.0}
             grid = grid_of(ds)
             index = grid.indices(origins)
             if (index < 0).any():
