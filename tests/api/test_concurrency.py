@@ -86,3 +86,90 @@ def test_concurrent_annotators_never_share_a_task(pg_url: str, tmp_path: Path) -
     for name, task_id, label_id in (item for per in results for item in per):
         assert labels[label_id].annotator == name and labels[label_id].task_id == task_id
     assert sum(1 for per in results if per) > 1, "the work was actually shared"
+
+
+OVERLAP_ANNOTATORS = 6
+OVERLAP_TASKS = 40
+
+
+@pytest.mark.postgres
+def test_annotators_racing_on_overlap_tasks_give_each_two_distinct_labels(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Every task wants two annotators: each ends with exactly two labels, from two different
+    people, however the leases interleave."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from server.db.tables import AnnotationTask
+    from tests.conftest import write_test_dataset
+
+    migrate.upgrade(pg_url)
+    settings = make_settings(tmp_path, pg_url)
+    settings.ensure_dirs()
+    write_test_dataset(tmp_path / "ds", shape=(1400, 1400, 2))
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings, {}, {}, tmp_path / "ds")
+        admin = api.token("admin", "admin")
+        ds = client.post(
+            "/api/v1/datasets",
+            json={"name": "o", "path": str(tmp_path / "ds"), "pretrain": False},
+            headers=admin,
+        ).json()
+        task_ids = add_tasks(api, ds["id"], OVERLAP_TASKS)
+        with session_scope(api.sessions()) as session:
+            for task in session.scalars(select(AnnotationTask)):
+                task.labels_wanted = 2
+        names = [f"annotator-{i}" for i in range(OVERLAP_ANNOTATORS)]
+        tokens = {name: api.token(name) for name in names}
+
+    env = service_env(
+        ARTIFACT_LOOP_DATABASE_URL=pg_url,
+        ARTIFACT_LOOP_DATA_DIR=str(tmp_path / "data"),
+        ARTIFACT_LOOP_BROKER_URL="filesystem://",
+    )
+
+    def annotate(name: str, base: str) -> list[int]:
+        done: list[int] = []
+        deadline = time.monotonic() + 120
+        with httpx.Client(base_url=base, headers=tokens[name], timeout=30) as http:
+            while time.monotonic() < deadline:
+                r = http.post(f"/api/v1/datasets/{ds['id']}/tasks/next")
+                assert r.status_code == 200, r.text
+                task = r.json()["task"]
+                if task is None:
+                    # others may still hold tasks that come back wanting a second label
+                    counts = http.get(f"/api/v1/datasets/{ds['id']}", headers=admin).json()
+                    if counts["tasks"].get("labelled", 0) == OVERLAP_TASKS:
+                        return done
+                    time.sleep(0.05)
+                    continue
+                body = {"label": "clean", "idempotency_key": f"{name}-{task['id']}"}
+                r = http.post(f"/api/v1/tasks/{task['id']}/label", json=body)
+                assert r.status_code == 200, r.text
+                done.append(task["id"])
+        raise AssertionError(f"{name}: the overlap tasks were not all labelled in time")
+
+    with (
+        api_server(env, log=tmp_path / "api.log", workers=2) as base,
+        ThreadPoolExecutor(OVERLAP_ANNOTATORS) as pool,
+    ):
+        results = [f.result() for f in [pool.submit(annotate, n, base) for n in names]]
+
+    for per in results:
+        assert len(per) == len(set(per)), "nobody got the same task twice"
+    engine = make_engine(pg_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            labels = list(session.scalars(select(Label)))
+            statuses = set(session.scalars(select(AnnotationTask.status)))
+    finally:
+        engine.dispose()
+    by_task: dict[int, list[str]] = {}
+    for lab in labels:
+        by_task.setdefault(int(lab.task_id or 0), []).append(lab.annotator)
+    assert sorted(by_task) == sorted(task_ids)
+    assert all(len(who) == 2 == len(set(who)) for who in by_task.values()), by_task
+    assert statuses == {"labelled"}
+    assert sum(1 for per in results if per) > 2, "the work was shared"
