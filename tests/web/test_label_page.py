@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -293,3 +294,81 @@ def test_a_label_retried_after_a_lost_answer_is_stored_once(site: Site, open_pag
     assert answers == [503, 200]
     labels = site.labels()[before:]
     assert [(lab.label, f"{lab.x}, {lab.y}, {lab.z}") for lab in labels] == [("artifact", shown)]
+
+
+def test_prelabels_are_off_by_default_and_p_accepts_one_never_on_an_audit_patch(
+    site: Site, open_page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    from server.auth import create_token
+
+    def first_task_and_token(session: Any) -> tuple[int, str]:
+        first = session.scalar(select(AnnotationTask).order_by(AnnotationTask.id).limit(1))
+        # an audit patch first in the queue, carrying a score that must not reach anyone
+        audit = AnnotationTask(
+            dataset_id=first.dataset_id, kind="audit", x=first.x, y=first.y, z=first.z + 1,
+            w=first.w, h=first.h, rank=-100, reason="audit", status="open", labels_wanted=2,
+            p_artifact=0.97,
+        )  # fmt: skip
+        session.add(audit)
+        session.flush()
+        return audit.id, create_token(session, name="erin", role="annotator")[1]
+
+    audit_id, erin = site.query(first_task_and_token)
+    api = httpx.Client(base_url=f"{site.base}/api/v1", headers={"Authorization": f"Bearer {erin}"})
+    # what the API hands an annotator: the audit patch without any view of the model
+    handed = api.post(f"/datasets/{site.dataset_id}/tasks/next").json()["task"]
+    assert handed["id"] == audit_id and handed["kind"] == "proposal"
+    model_view = ("prelabel", "p_artifact", "uncertainty", "recon_error", "score", "rank")
+    assert all(handed[key] is None for key in model_view), handed
+    assert api.post(f"/tasks/{audit_id}/release").status_code == 200
+    page, errors = open_page(site, erin, (1280, 800), "/label")
+    try:
+        shown = _ready(page)
+        assert shown.endswith(str(site.query(lambda s: s.get(AnnotationTask, audit_id)).z))
+        expect(page.locator("#prelabels")).not_to_be_checked()
+        expect(page.locator("#prelabel")).to_be_hidden()
+        page.keyboard.press("p")  # off: nothing is accepted
+        expect(page.locator("#message")).to_contain_text("Pre-labels are off")
+        assert not [lab for lab in site.labels() if lab.annotator == "erin"]
+
+        page.locator("#prelabels").check()
+        expect(page.locator("#prelabel-text")).to_have_text("no pre-label for this patch")
+        expect(page.locator("#btn-accept")).to_be_disabled()
+        page.keyboard.press("c")  # the focus is on the switch: the keys still work
+        expect(page.locator("#count")).to_have_text("1")
+
+        # a proposal: its verdict at the threshold (0.5: its version recorded none)
+        x, y, z = (int(v) for v in _origin(page).split(", "))
+        task = site.query(
+            lambda s: s.scalar(
+                select(AnnotationTask).where(
+                    AnnotationTask.x == x, AnnotationTask.y == y, AnnotationTask.z == z
+                )
+            )
+        )
+        verdict = "artifact" if task.p_artifact >= 0.5 else "clean"
+        expect(page.locator("#prelabel-text")).to_have_text(
+            f"{verdict} (p(artifact) {task.p_artifact:.2f}, threshold 0.50)"
+        )
+        page.keyboard.press("p")
+        expect(page.locator("#count")).to_have_text("2")
+        first, second = [lab for lab in site.labels() if lab.annotator == "erin"]
+        assert (first.task_id, first.label, first.from_prelabel) == (audit_id, "clean", False)
+        assert (second.task_id, second.label, second.from_prelabel) == (task.id, verdict, True)
+        assert second.source == "ui"
+
+        # the switch is remembered
+        page.reload()
+        _ready(page)
+        expect(page.locator("#prelabels")).to_be_checked()
+        expect(page.locator("#prelabel")).to_be_visible()
+        assert errors == []
+    finally:  # the audit patch waits for a second annotator: out of the other tests' way
+        api.close()
+
+        def retire(session: Any) -> None:
+            session.get(AnnotationTask, audit_id).status = "retired"
+
+        site.query(retire)

@@ -60,7 +60,8 @@ async function show() {
   state.dz = 0;
   if (!task) {
     viewer.clear();
-    for (const id of ["reason", "p", "pos"]) $(id).textContent = "–";
+    for (const id of ["reason", "pos"]) $(id).textContent = "–";
+    drawPrelabel();
     $("pos").removeAttribute("data-origin");
     $("wk-link").hidden = true;
     $("view-state").textContent = "section –";
@@ -75,7 +76,7 @@ async function show() {
   viewer.configure({ patchPx: state.dataset.patch_size, marginPx: MARGIN, nmPerPx: nmPerPixel(state.dataset) });
   viewer.show(await imageUrl(imagePath(task)));
   $("reason").textContent = task.reason || task.kind;
-  $("p").textContent = fmt(task.p_artifact);
+  drawPrelabel();
   const [cx, cy, cz] = centre(task);
   $("pos").textContent = `${cx}, ${cy}, ${cz}`;
   $("pos").dataset.origin = `${task.x}, ${task.y}, ${task.z}`;
@@ -87,6 +88,29 @@ async function show() {
   message("");
   announce(`New patch at ${cx}, ${cy}, section ${cz}; ${task.reason || task.kind}.`);
   fill().then(prefetchNeighbours).catch(report);
+}
+
+// Pre-labels: the model's verdict on the patch, off until the annotator switches them on (kept
+// in this browser). Audit patches come without one, like proposals the model has not scored.
+const PRELABELS = "al_prelabels";
+function prelabelsOn() { return localStorage.getItem(PRELABELS) === "1"; }
+
+function drawPrelabel() {
+  const on = prelabelsOn();
+  const pre = state.current && state.current.prelabel;
+  $("prelabels").checked = on;
+  $("prelabel").hidden = !on;
+  $("prelabel-text").textContent = !state.current ? "–"
+    : pre ? `${pre.label} (p(artifact) ${fmt(pre.p_artifact)}, threshold ${fmt(pre.threshold)})`
+    : "no pre-label for this patch";
+  $("btn-accept").disabled = !pre;
+}
+
+function acceptPrelabel() {
+  const pre = state.current && state.current.prelabel;
+  if (!prelabelsOn()) message("Pre-labels are off: switch them on to accept one with P.");
+  else if (!pre) message("No pre-label for this patch.");
+  else act(pre.label, null, true);
 }
 
 function prefetchNeighbours() {
@@ -148,13 +172,13 @@ async function run(action) {
 // One idempotency key per verdict on a task until it is stored: the same key pressed again
 // after a failed answer (503, connection lost) repeats the request, so a label the server
 // stored before the answer was lost is returned, not stored a second time.
-function labelKey(task, kind, artifactType) {
-  const verdict = `${task.id}-${kind}-${artifactType || ""}`;
+function labelKey(task, kind, artifactType, fromPrelabel = false) {
+  const verdict = `${task.id}-${kind}-${artifactType || ""}${fromPrelabel ? "-pre" : ""}`;
   if (!state.keys.has(verdict)) state.keys.set(verdict, `${verdict}-${crypto.randomUUID()}`);
   return state.keys.get(verdict);
 }
 
-function act(kind, artifactType = null) {
+function act(kind, artifactType = null, fromPrelabel = false) {
   return run(async () => {
     const task = state.current;
     if (!task) return;
@@ -163,8 +187,9 @@ function act(kind, artifactType = null) {
         await api(`/tasks/${task.id}/skip`, { method: "POST", json: { unsure: kind === "unsure" } });
         state.history.push({ kind, task });
       } else {
-        const body = { label: kind, source: "ui", idempotency_key: labelKey(task, kind, artifactType) };
+        const body = { label: kind, source: "ui", idempotency_key: labelKey(task, kind, artifactType, fromPrelabel) };
         if (artifactType) body.artifact_type = artifactType;
+        if (fromPrelabel) body.from_prelabel = true;
         const label = await api(`/tasks/${task.id}/label`, { method: "POST", json: body });
         const entry = { kind: "label", task, label };
         state.history.push(entry);
@@ -286,13 +311,14 @@ async function copyPosition() {
 
 function onKey(e) {
   if (isModified(e)) return; // Ctrl+C copies, Ctrl+S saves, Ctrl+- zooms the page: not ours
-  if (e.target.tagName === "SELECT" || (e.target.tagName === "INPUT" && e.target.type !== "range")) return;
+  if (e.target.tagName === "SELECT" || (e.target.tagName === "INPUT" && !["range", "checkbox"].includes(e.target.type))) return;
   if ($("help").open) return;
   const k = e.key.length === 1 ? e.key.toLowerCase() : e.key;
   if (k === "c") act("clean");
   else if (k === "a") act("artifact");
   else if (k === "s") act("skip");
   else if (k === "f") act("unsure");
+  else if (k === "p") acceptPrelabel();
   else if (k === "u" || k === "Backspace") undo();
   else if (k === "+" || k === "=") viewer.zoomBy(1.25);
   else if (k === "-") viewer.zoomBy(0.8);
@@ -316,6 +342,12 @@ function setup() {
   $("btn-skip").addEventListener("click", () => act("skip"));
   $("btn-unsure").addEventListener("click", () => act("unsure"));
   $("btn-undo").addEventListener("click", undo);
+  $("btn-accept").addEventListener("click", acceptPrelabel);
+  $("prelabels").addEventListener("change", () => {
+    localStorage.setItem(PRELABELS, $("prelabels").checked ? "1" : "0");
+    drawPrelabel();
+  });
+  drawPrelabel();
   $("btn-help").addEventListener("click", () => $("help").showModal());
   $("btn-copy").addEventListener("click", copyPosition);
   $("btn-zprev").addEventListener("click", () => showSection(-1));
