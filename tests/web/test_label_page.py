@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from server.db.tables import AnnotationTask, TaskSkip
 from tests.web.conftest import WK_DATASET, WK_SERVER, Site
@@ -303,9 +303,13 @@ def test_prelabels_are_off_by_default_and_p_accepts_one_never_on_an_audit_patch(
 
     from server.auth import create_token
 
+    first = site.query(
+        lambda s: s.scalar(select(AnnotationTask).order_by(AnnotationTask.id).limit(1))
+    )
+
     def first_task_and_token(session: Any) -> tuple[int, str]:
-        first = session.scalar(select(AnnotationTask).order_by(AnnotationTask.id).limit(1))
         # an audit patch first in the queue, carrying a score that must not reach anyone
+        # (written in a transaction that reads nothing first: SQLite's lock upgrade would fail)
         audit = AnnotationTask(
             dataset_id=first.dataset_id, kind="audit", x=first.x, y=first.y, z=first.z + 1,
             w=first.w, h=first.h, rank=-100, reason="audit", status="open", labels_wanted=2,
@@ -369,6 +373,7 @@ def test_prelabels_are_off_by_default_and_p_accepts_one_never_on_an_audit_patch(
         api.close()
 
         def retire(session: Any) -> None:
-            session.get(AnnotationTask, audit_id).status = "retired"
+            retired = update(AnnotationTask).where(AnnotationTask.id == audit_id)
+            session.execute(retired.values(status="retired"))
 
         site.query(retire)
