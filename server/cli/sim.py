@@ -54,9 +54,25 @@ def register(app: typer.Typer) -> None:
                 "default 3,000).",
             ),
         ] = None,
+        annotators: Annotated[
+            str | None,
+            typer.Option(
+                help="Simulated annotators and the share of their labels that are wrong, e.g. "
+                "a:0,b:0,c:0.2 (default: the ground truth labels every proposal)."
+            ),
+        ] = None,
+        label_aggregation: Annotated[
+            str | None,
+            typer.Option(
+                help="How several labels of a patch become one: consensus (default) or latest."
+            ),
+        ] = None,
     ) -> None:
         """Offline benchmark: acquisition strategies vs. random sampling, ground truth as oracle."""
+        from server.errors import InvalidInput
         from server.labels.truth import read_truth
+        from server.sim.crowd import LABEL_AGGREGATIONS, parse_annotators
+        from server.sim.replay import ORACLE
         from server.sim.simulate import SimulationConfig, quick_config, run_simulation
 
         read_truth(dataset_dir)  # a bad ground truth stops here, before the progress bar
@@ -71,6 +87,15 @@ def register(app: typer.Typer) -> None:
             config = replace(config, workers=workers)
         if candidates is not None:
             config = replace(config, candidates=candidates)
+        if annotators is not None:
+            config = replace(config, annotators=parse_annotators(annotators, reserved=ORACLE))
+        if label_aggregation is not None:
+            if label_aggregation not in LABEL_AGGREGATIONS:
+                raise InvalidInput(
+                    f"--label-aggregation {label_aggregation!r}: use "
+                    + " or ".join(LABEL_AGGREGATIONS)
+                )
+            config = replace(config, label_aggregation=label_aggregation)
         with Progress(console=err_console) as progress:
             bar = progress.add_task("simulating", total=None)
 

@@ -19,9 +19,11 @@ from server.db.vocabulary import TaskStatus, VersionStatus
 from server.jobs import state
 from server.jobs.kinds import JobKind
 from server.jobs.runner import InlineSender
+from server.labels.agreement import annotator_report
 from server.labels.service import labels_arrived
 from server.pipeline.audit import CACHE_FILE as AUDIT_CACHE
 from server.runtime import Runtime
+from server.sim.crowd import Crowd
 
 METRICS = ("f1", "pr_auc", "precision_at_recall_0.9", "precision", "recall")
 
@@ -29,8 +31,16 @@ ORACLE = "ground truth"  # the annotator whose labels are the ground truth
 
 
 def replay(
-    settings: Any, *, template: Path, budget: int, name: str, say: Callable[[str], None]
+    settings: Any,
+    *,
+    template: Path,
+    budget: int,
+    name: str,
+    say: Callable[[str], None],
+    crowd: Crowd | None = None,
 ) -> dict[str, Any]:
+    """Rounds of propose -> label -> train -> score. The ground truth labels every proposal,
+    or, with ``crowd``, simulated annotators with error rates do."""
     verdicts = {int(i): bool(t) for i, t in np.load(template / "verdicts.npy")}
     types: dict[str, str] = json.loads((template / "types.json").read_text())
     rt = Runtime.start(settings)
@@ -68,6 +78,9 @@ def replay(
                 )
                 for task in tasks:
                     is_artifact = verdicts[int(task.grid_index)]
+                    if crowd is not None:
+                        _crowd_labels(session, crowd, task, is_artifact, types)
+                        continue
                     label_task(
                         session, task_id=task.id, annotator=oracle,
                         label="artifact" if is_artifact else "clean",
@@ -109,6 +122,8 @@ def replay(
                     row.update(_test_scores(version))
                 else:  # no training yet (one class only): the prevalence, as chance ranks
                     row = {"f1": 0.0, "pr_auc": prevalence, "precision_at_recall_0.9": 0.0}
+            if crowd is not None:
+                row.update(_crowd_view(rt, crowd, dataset_id, labelled))
             row.update(
                 round=len(curve) + 1,
                 labels=labelled,
@@ -123,7 +138,40 @@ def replay(
             )
     finally:
         rt.close()
-    return {"curve": curve, "jobs": {str(k): int(v) for k, v in ran.items()}}
+    outcome: dict[str, Any] = {"curve": curve, "jobs": {str(k): int(v) for k, v in ran.items()}}
+    if crowd is not None:
+        outcome["reliability_ranking"] = crowd.ranking_at
+    return outcome
+
+
+def _crowd_labels(
+    session: Any, crowd: Crowd, task: AnnotationTask, truth: bool, types: dict[str, str]
+) -> None:
+    """One simulated annotator's label of ``task``: the least busy one who has not labelled
+    the patch, flipped with their error rate."""
+    who = crowd.choose(int(task.grid_index))
+    if who is None:  # every simulated annotator has labelled this patch already
+        return
+    said, flipped = crowd.verdict(who, truth)
+    row = session.scalar(select(Annotator).where(Annotator.name == who.name))
+    done = label_task(
+        session, task_id=task.id, annotator=row, label="artifact" if said else "clean",
+        artifact_type=types.get(str(task.grid_index)) if said and truth else None,
+        source="simulation", idempotency_key=None,
+    )  # fmt: skip
+    crowd.record(who, int(task.grid_index), int(done.label.id), flipped)
+
+
+def _crowd_view(rt: Runtime, crowd: Crowd, dataset_id: int, labelled: int) -> dict[str, Any]:
+    """The service's view of the simulated annotators after a round: each one's estimated
+    reliability beside their true error rate, and how many flipped labels there are."""
+    with write_transaction(rt.sessions) as session:
+        report = annotator_report(session, dataset_id=dataset_id)
+    reliabilities = {r.annotator: r.reliability.value for r in report.annotators}
+    return {
+        "annotators": crowd.observe(reliabilities, labelled),
+        "flipped": len(crowd.flipped),
+    }
 
 
 def _test_scores(version: Any) -> dict[str, Any]:

@@ -49,7 +49,11 @@ def summarise(
     seconds: float,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "config": {**config.__dict__, "strategies": list(config.strategies)},
+        "config": {
+            **config.__dict__,
+            "strategies": list(config.strategies),
+            "annotators": [[a.name, a.error_rate] for a in config.annotators],
+        },
         "workers": workers,
         "pool": n_pool,
         "test": n_test,

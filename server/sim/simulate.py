@@ -23,15 +23,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from sqlalchemy import select
-
 from server.acquisition import registry
 from server.errors import InvalidInput
-from server.labels.truth import load_truth, load_truth_types
 from server.sim import report as rep
-from server.sim.baselines import ALL_BASELINES, ae_embeddings, baseline_curves, patch_features
-from server.sim.replay import ORACLE, replay
+from server.sim.baselines import ALL_BASELINES, baseline_curves
+from server.sim.crowd import Crowd, SimulatedAnnotator
+from server.sim.prepare import prepare
+from server.sim.replay import replay
 
 # the product's classifier with every pool patch labelled at once (random order, one round)
 FULLY_LABELLED = "product-all-labels"
@@ -61,6 +59,10 @@ class SimulationConfig:
     tta: int = 4
     workers: int = 0  # processes running curves side by side; 0 = one per CPU core
     layer: str = "color"
+    # simulated annotators with error rates; none: the ground truth labels every proposal
+    annotators: tuple[SimulatedAnnotator, ...] = ()
+    # the dataset's label_aggregation setting ("consensus" or "latest"); None: the default
+    label_aggregation: str | None = None
 
 
 def quick_config(strategies: tuple[str, ...]) -> SimulationConfig:
@@ -136,15 +138,19 @@ def run_simulation(
     shutil.rmtree(work, ignore_errors=True)
     template = work / "template"
     template.mkdir(parents=True)
-    facts = _prepare(
-        dataset, template, config, device=device, report=setup, features=bool(baselines)
+    settings = _settings(template, config, seed=0, strategy=registry.DEFAULT, device=device)
+    facts = prepare(
+        dataset, template, config, settings, device=device, report=setup, features=bool(baselines)
     )
     finished: dict[tuple[int, str], list[dict[str, Any]]] = {}
     jobs: dict[str, dict[str, int]] = {}
+    rankings: dict[str, Any] = {}
 
     def record(seed: int, strategy: str, outcome: dict[str, Any]) -> None:
         finished[(seed, strategy)] = outcome["curve"]
         jobs[f"{strategy}/{seed}"] = outcome["jobs"]
+        if "reliability_ranking" in outcome:
+            rankings[f"{strategy}/{seed}"] = outcome["reliability_ranking"]
         rep.write_partial(out_dir, finished, seed=seed, strategy=strategy)
 
     try:
@@ -174,127 +180,12 @@ def run_simulation(
         seconds=time.perf_counter() - started,
     )
     results["jobs"] = jobs  # what the service's steps ran, per curve
+    if config.annotators:  # is the noisiest annotator ranked lowest after their first labels?
+        results["reliability_ranking"] = rankings
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / "results.partial.json").unlink(missing_ok=True)
     rep.plot(results, out_dir / "learning_curves.png")
     return results
-
-
-def _prepare(
-    dataset: Path,
-    folder: Path,
-    config: SimulationConfig,
-    *,
-    device: str,
-    report: Callable[[str], None],
-    features: bool = False,
-) -> dict[str, int]:
-    """The shared start of every curve: the dataset registered, the held-out sections as a
-    labelled audit set, the autoencoder pretrained and its features computed; with
-    ``features``, the baselines' patch statistics of every ground-truth patch as well."""
-    from server.annotation.proposals import add_audit_patches
-    from server.annotation.tasks import label_task
-    from server.datasets.service import grid_of, open_source, register_dataset
-    from server.db.base import write_transaction
-    from server.db.tables import AnnotationTask, Annotator, Dataset
-    from server.jobs import state
-    from server.jobs.kinds import JobKind
-    from server.jobs.runner import InlineSender
-    from server.pixels.reading import read_at
-    from server.runtime import Runtime
-
-    origins, truth = load_truth(dataset)
-    types = load_truth_types(dataset, len(truth))
-    settings = _settings(folder, config, seed=0, strategy=registry.DEFAULT, device=device)
-    # the shared start runs before the curves, alone: on every core
-    rt = Runtime.start(settings.model_copy(update={"torch_threads": 0}))
-    try:
-        with write_transaction(rt.sessions) as session:
-            ds = register_dataset(
-                session, name=dataset.name or "dataset", path=str(dataset), layer=config.layer
-            )
-            # one simulated annotator: no second one to give a patch to
-            ds.settings = {**(ds.settings or {}), "overlap_share": 0.0}
-            grid = grid_of(ds)
-            index = grid.indices(origins)
-            if (index < 0).any():
-                raise InvalidInput(
-                    f"{int((index < 0).sum())} ground-truth patches are not on the dataset's "
-                    f"grid of {ds.patch_size} px patches"
-                )
-            sections = np.unique(origins[:, 2])
-            test = np.isin(origins[:, 2], sections[:: config.test_every])
-            add_audit_patches(session, dataset=ds, grid=grid, indices=np.sort(index[test]))
-            oracle = Annotator(name=ORACLE, role="annotator")
-            session.add(oracle)
-            session.flush()
-            dataset_id = ds.id
-        report(f"labelling {int(test.sum()):,} held-out patches (the audit set)")
-        verdict = {int(i): (bool(t), ty) for i, t, ty in zip(index, truth, types, strict=True)}
-        with write_transaction(rt.sessions) as session:
-            oracle_row = session.scalar(select(Annotator).where(Annotator.name == ORACLE))
-            for task in session.scalars(
-                select(AnnotationTask).where(AnnotationTask.kind == "audit")
-            ):
-                is_artifact, kind = verdict[int(task.grid_index)]
-                label_task(
-                    session, task_id=task.id, annotator=oracle_row,
-                    label="artifact" if is_artifact else "clean",
-                    artifact_type=kind if is_artifact else None, source="simulation", idempotency_key=None,
-                )  # fmt: skip
-        report("pretraining the autoencoder and computing its features")
-        sender = InlineSender()
-        with write_transaction(rt.sessions) as session:
-            state.start_job(
-                session,
-                sender=sender,
-                kind=JobKind.PRETRAIN,
-                dataset_id=dataset_id,
-                requested_by="simulate",
-            )
-        sender.run_pending(rt)
-        _raise_failed(rt)
-        if features:
-            report(f"computing the baselines' features of {len(origins):,} patches")
-            with write_transaction(rt.sessions) as session:
-                ds = session.get(Dataset, dataset_id)
-                assert ds is not None
-                session.expunge(ds)
-            with open_source(ds) as source:
-                values = np.concatenate(
-                    [
-                        patch_features(read_at(source, ds, origins[s : s + 256]))
-                        for s in range(0, len(origins), 256)
-                    ]
-                )
-            np.savez(
-                folder / "baseline_features.npz", features=values, truth=truth, test=test,
-                embedding=ae_embeddings(settings, rt, dataset_id, index),
-            )  # fmt: skip
-    finally:
-        rt.close()
-    np.save(
-        folder / "verdicts.npy", np.asarray([[i, t] for i, (t, _) in verdict.items()], np.int64)
-    )
-    (folder / "types.json").write_text(
-        json.dumps({str(i): ty for i, (t, ty) in verdict.items() if t and ty})
-    )
-    return {
-        "pool": int((~test).sum()),
-        "test": int(test.sum()),
-        "test_positives": int(truth[test].sum()),
-    }
-
-
-def _raise_failed(rt: Any) -> None:
-    from server.db.base import write_transaction
-    from server.db.tables import Job
-    from server.jobs.kinds import JobState
-
-    with write_transaction(rt.sessions) as session:
-        failed = session.scalar(select(Job).where(Job.state == JobState.FAILED).limit(1))
-        if failed is not None:
-            raise InvalidInput(f"{failed.kind} job failed: {failed.error}")
 
 
 def _workers(config: SimulationConfig, runs: int) -> int:
@@ -388,8 +279,10 @@ def run_curve(
         elif _MESSAGES:
             _MESSAGES[0].put(message)
 
+    crowd = Crowd(config.annotators, seed) if config.annotators else None
     outcome = replay(
-        settings, template=template, budget=config.budget, name=f"seed {seed} {strategy}", say=say
-    )
+        settings, template=template, budget=config.budget, name=f"seed {seed} {strategy}",
+        say=say, crowd=crowd,
+    )  # fmt: skip
     shutil.rmtree(folder, ignore_errors=True)
     return outcome
