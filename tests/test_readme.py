@@ -185,21 +185,32 @@ def test_readme_commands_in_a_fresh_venv_lead_to_a_proposal(tmp_path: Path) -> N
         bob = re.search(r"token for bob \(annotator\), shown only now:\n(\S+)\n", text)
         assert bob, text[-3000:]
         headers = {"Authorization": f"Bearer {bob.group(1)}"}
+        alice = re.search(r"token for alice \(admin\), shown only now:\n(\S+)\n", text)
+        assert alice, text[-3000:]
+        admin = {"Authorization": f"Bearer {alice.group(1)}"}
 
         def open_proposals() -> int:
             assert proc.poll() is None, log.read_text(errors="replace")[-5000:]
             page = httpx.get(
                 f"{base}/datasets/1/tasks",
                 params={"kind": "proposal", "status": "open", "limit": 1},
-                headers=headers,
+                headers=admin,
                 timeout=30,
             ).json()
             return int(page["total"])
 
         wait_for(open_proposals, "proposals after pretraining", timeout=900, every=2)
+        listed = httpx.get(
+            f"{base}/datasets/1/tasks",
+            params={"kind": "proposal", "status": "open", "limit": 1},
+            headers=admin,
+            timeout=30,
+        ).json()["items"]
+        assert listed[0]["model_version_id"] is not None, "a model proposed it"
         handed = httpx.post(f"{base}/datasets/1/tasks/next", headers=headers, timeout=30).json()
+        # an annotator is handed a task without the model's figures (they would bias the label)
         assert handed["task"] is not None and handed["task"]["kind"] == "proposal", handed
-        assert handed["task"]["model_version_id"] is not None
+        assert handed["task"]["model_version_id"] is None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C

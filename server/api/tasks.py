@@ -47,7 +47,7 @@ from server.api.schemas import (
 from server.datasets.service import get_dataset
 from server.db.base import write_transaction
 from server.db.tables import TASK_KINDS, TASK_STATUSES, AnnotationTask, Dataset
-from server.errors import InvalidInput
+from server.errors import Forbidden, InvalidInput
 from server.labels.rows import check_artifact_type
 from server.labels.service import audit_labels_arrived, labels_arrived
 from server.webknossos.links import position_url
@@ -131,11 +131,17 @@ def list_tasks(
     session: SessionDep,
     state: StateDep,
     page: PageDep,
-    _user: CurrentUser,
+    user: CurrentUser,
     status: Annotated[str | None, Query(description="open, leased, labelled, ...")] = None,
-    kind: Annotated[str | None, Query(description="proposal or audit")] = None,
+    kind: Annotated[
+        str | None, Query(description="proposal or audit (admins only: annotators see all alike)")
+    ] = None,
 ) -> PageOf[TaskOut]:
     dataset = get_dataset(session, dataset_id)
+    # annotators see tasks as they are handed out: nobody tells an audit patch from another
+    blind = user.role != "admin"
+    if blind and kind is not None:
+        raise Forbidden("only admins list tasks by kind: to annotators every task looks alike")
     if status is not None and status not in TASK_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(TASK_STATUSES)}")
     if kind is not None and kind not in TASK_KINDS:
@@ -147,7 +153,9 @@ def list_tasks(
         stmt = stmt.where(AnnotationTask.kind == kind)
     rows, total = page.rows(session, stmt, order_by=(AnnotationTask.rank, AnnotationTask.id))
     return PageOf(
-        items=[task_out(t, dataset=dataset, server=state.settings.wk_url) for t in rows],
+        items=[
+            task_out(t, dataset=dataset, server=state.settings.wk_url, blind=blind) for t in rows
+        ],
         total=total,
         limit=page.limit,
         offset=page.offset,

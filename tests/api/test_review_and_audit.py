@@ -94,6 +94,18 @@ def test_audit_tasks_look_like_every_other_task_to_annotators(api: Api, dataset_
     one = api.client.get(f"{V1}/tasks/{task_id}", headers=api.annotator).json()
     assert "audit" not in (one["kind"], one["reason"])
     assert api.client.get(f"{V1}/tasks/{task_id}", headers=api.admin).json()["kind"] == "audit"
+    # nor does the task list tell annotators which ones are graded
+    listed = api.client.get(f"{V1}/datasets/{dataset_id}/tasks", headers=api.annotator).json()
+    (item,) = listed["items"]
+    assert item["kind"] == "proposal" and item["reason"] == "random" and item["rank"] is None
+    by_kind = api.client.get(
+        f"{V1}/datasets/{dataset_id}/tasks", params={"kind": "audit"}, headers=api.annotator
+    )
+    assert by_kind.status_code == 403 and "only admins" in by_kind.json()["detail"]
+    as_admin = api.client.get(
+        f"{V1}/datasets/{dataset_id}/tasks", params={"kind": "audit"}, headers=api.admin
+    ).json()
+    assert [t["id"] for t in as_admin["items"]] == [task_id]
 
 
 def _ready_classifier(api: Api, dataset_id: int) -> int:
