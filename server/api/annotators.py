@@ -13,6 +13,7 @@ from server.api.schemas import PageOf
 from server.datasets.service import get_dataset
 from server.db.base import write_transaction
 from server.labels.agreement import annotator_report
+from server.labels.consensus import LABEL_AGGREGATIONS, check_aggregation, label_aggregation
 from server.labels.consensus_view import PositionConsensus, positions_with_several_labels
 from server.labels.weights import retrain_after_weight_change, set_label_weight
 
@@ -224,3 +225,37 @@ def list_consensus(
     return PageOf(
         items=[_position_out(p) for p in rows], total=total, limit=page.limit, offset=page.offset
     )
+
+
+class AggregationSetting(BaseModel):
+    label_aggregation: str = Field(
+        description="How several labels of a position become the one training and the audit "
+        f"use: {' or '.join(LABEL_AGGREGATIONS)} (default {LABEL_AGGREGATIONS[0]})"
+    )
+
+
+@router.get(
+    "/datasets/{dataset_id}/label-aggregation",
+    response_model=AggregationSetting,
+    summary="How several labels of a position become one: consensus or latest",
+)
+def get_aggregation(
+    dataset_id: DatasetId, session: SessionDep, _user: CurrentUser
+) -> AggregationSetting:
+    return AggregationSetting(label_aggregation=label_aggregation(get_dataset(session, dataset_id)))
+
+
+@router.put(
+    "/datasets/{dataset_id}/label-aggregation",
+    response_model=AggregationSetting,
+    summary="Set how several labels of a position become one (admin)",
+    description="Applies from the next training on.",
+)
+def set_aggregation(
+    dataset_id: DatasetId, body: AggregationSetting, state: StateDep, _user: AdminUser
+) -> AggregationSetting:
+    value = check_aggregation(body.label_aggregation)
+    with write_transaction(state.runtime.sessions) as session:
+        dataset = get_dataset(session, dataset_id)
+        dataset.settings = {**(dataset.settings or {}), "label_aggregation": value}
+    return AggregationSetting(label_aggregation=value)

@@ -147,3 +147,18 @@ def test_the_consensus_list_shows_each_verdict_and_whether_it_counts(
     }
     r = api.client.get("/api/v1/datasets/999/consensus", headers=api.annotator)
     assert r.status_code == 404
+
+
+def test_the_label_aggregation_setting_switches_training_to_the_latest_label(
+    api: Api, dataset_id: int
+) -> None:
+    _label_three(api, dataset_id)
+    url = f"/api/v1/datasets/{dataset_id}/label-aggregation"
+    assert api.client.get(url, headers=api.annotator).json() == {"label_aggregation": "consensus"}
+    r = api.client.put(url, json={"label_aggregation": "latest"}, headers=api.annotator)
+    assert r.status_code == 403
+    r = api.client.put(url, json={"label_aggregation": "majority"}, headers=api.admin)
+    assert r.status_code == 422 and "consensus or latest" in r.json()["detail"]
+    r = api.client.put(url, json={"label_aggregation": "latest"}, headers=api.admin)
+    assert r.status_code == 200 and r.json() == {"label_aggregation": "latest"}
+    assert _training_positions(api, dataset_id)[(0, 0)] == ("clean", "dan", 1.0), "dan's, last"
