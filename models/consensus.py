@@ -9,7 +9,7 @@ with a reason in words, never NaN.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,6 +123,7 @@ def dawid_skene(
     *,
     prior_accuracy: float = PRIOR_ACCURACY,
     prior_strength: float = PRIOR_STRENGTH,
+    weights: Mapping[Hashable, float] | None = None,
 ) -> Consensus:
     """Consensus P(artifact) per patch and each annotator's sensitivity and specificity,
     estimated jointly by EM (Dawid & Skene 1979, two classes) with a Beta prior on the rates.
@@ -130,17 +131,31 @@ def dawid_skene(
     Only patches with two or more verdicts inform the rates; a patch judged once keeps that
     verdict (there is nothing to weigh it against). Error rates are identifiable only where
     at least three annotators are linked by shared patches: with two, only their agreement
-    is measured, so their rates are reported as uninformative."""
+    is measured, so their rates are reported as uninformative.
+
+    ``weights``: per annotator, how much their verdicts count in the consensus (default 1; an
+    annotator left out counts fully): each verdict's log-likelihood ratio is scaled by it (a
+    tempered likelihood), so 0.5 counts half and 0 not at all. An annotator's own rates are
+    still estimated from all of their verdicts."""
     t = _table(triples)
+    weights = weights or {}
+    for name, w in weights.items():
+        if not 0.0 <= w <= 1.0:
+            raise ValueError(f"the weight of annotator {name!r} is {w!r}, not within [0, 1]")
+    per_annotator = np.array([float(weights.get(a, 1.0)) for a in t.annotators])
     n_patches, n_annotators = len(t.patches), len(t.annotators)
     labels_per_patch = np.bincount(t.patch, minlength=n_patches)
     shared = labels_per_patch[t.patch] >= 2
     multi = labels_per_patch >= 2
     verdict = t.verdict.astype(np.float64)
 
-    # start from the soft majority vote
-    sums = np.bincount(t.patch, weights=verdict, minlength=n_patches)
-    p = sums / np.maximum(labels_per_patch, 1)
+    # start from the (weighted) soft majority vote
+    w_all = per_annotator[t.annotator] if n_annotators else np.zeros(0)
+    sums = np.bincount(t.patch, weights=verdict * w_all, minlength=n_patches)
+    totals = np.bincount(t.patch, weights=w_all, minlength=n_patches)
+    p = np.where(totals > 0, sums / np.maximum(totals, 1e-12), 0.5)
+    single = labels_per_patch == 1
+    p[single] = np.bincount(t.patch, weights=verdict, minlength=n_patches)[single]
     right, wrong = prior_strength * prior_accuracy, prior_strength * (1 - prior_accuracy)
     sp, sa, sv = t.patch[shared], t.annotator[shared], verdict[shared]
     sensitivity = np.full(n_annotators, prior_accuracy)
@@ -164,7 +179,7 @@ def dawid_skene(
             np.log((1 - sensitivity[sa]) / specificity[sa]),
         )  # fmt: skip
         log_odds = np.log(prevalence / (1 - prevalence)) + np.bincount(
-            sp, weights=weight_if_1, minlength=n_patches
+            sp, weights=weight_if_1 * per_annotator[sa], minlength=n_patches
         )
         updated = np.where(multi, 1.0 / (1.0 + np.exp(-np.clip(log_odds, -700, 700))), p)
         change = float(np.max(np.abs(updated - p))) if n_patches else 0.0

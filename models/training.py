@@ -179,6 +179,7 @@ def train_classifier(
     autoencoder: Autoencoder | None = None,
     init: Classifier | None = None,
     types: np.ndarray | None = None,
+    sample_weights: np.ndarray | None = None,
     config: ClassifierConfig | None = None,
     epochs: int = 60,
     frozen_epochs: int = 0,
@@ -210,10 +211,13 @@ def train_classifier(
     can be lowest after one epoch, for a model that ranks typical patches at random). A
     temperature and a threshold are fitted on the validation split, on logits averaged over
     ``tta`` flips/rotations (:func:`predict_logits`), the way the model is then used.
+    ``sample_weights`` (0 to 1 per patch, e.g. how sure a consensus of several annotators is)
+    scale each patch's share of the training and validation loss; None trains as all ones.
     """
     seed_everything(seed)
     dev = pick_device(device)
     y = np.asarray(labels, dtype=np.float32)
+    sw = _checked_weights(sample_weights, len(y))
     n_types = int(types.max()) + 1 if types is not None and (types >= 0).any() else 0
     base = config or ClassifierConfig()
     config = ClassifierConfig(base.encoder, n_types, base.dropout, base.hidden)
@@ -272,7 +276,8 @@ def train_classifier(
             yb = yt[idx].to(dev)
             with torch.autocast(dev.type, enabled=cuda):
                 logit, type_logits = model(xb)
-                loss = F.binary_cross_entropy_with_logits(logit.float(), yb)
+                wb = sw[idx].to(dev) if sw is not None else None
+                loss = F.binary_cross_entropy_with_logits(logit.float(), yb, weight=wb)
                 if type_logits is not None and tt is not None:
                     tb = tt[idx].to(dev)
                     typed = tb >= 0
@@ -288,7 +293,10 @@ def train_classifier(
         val_logits = predict_logits(kept, patches[val_idx])
         val_loss = float(
             F.binary_cross_entropy_with_logits(
-                torch.from_numpy(val_logits), yt[val_idx], pos_weight=pos_weight
+                torch.from_numpy(val_logits),
+                yt[val_idx],
+                pos_weight=pos_weight,
+                weight=sw[val_idx] if sw is not None else None,
             )
         )
         record = {
@@ -327,6 +335,15 @@ def train_classifier(
             "threshold": best_f1_threshold(y[val_idx], calibrated(one, t1)),
         }
     return ClassifierResult(result, temperature, threshold, history, validation, tta, single)
+
+
+def _checked_weights(weights: np.ndarray | None, n: int) -> torch.Tensor | None:
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float32)
+    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"sample_weights: {n} finite weights >= 0, one per patch, expected")
+    return torch.from_numpy(w)
 
 
 def _ema_with_warmup(decay: float) -> Callable[..., None]:

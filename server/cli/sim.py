@@ -70,8 +70,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Offline benchmark: acquisition strategies vs. random sampling, ground truth as oracle."""
         from server.errors import InvalidInput
+        from server.labels.consensus import LABEL_AGGREGATIONS
         from server.labels.truth import read_truth
-        from server.sim.crowd import LABEL_AGGREGATIONS, parse_annotators
+        from server.sim.crowd import parse_annotators
         from server.sim.replay import ORACLE
         from server.sim.simulate import SimulationConfig, quick_config, run_simulation
 

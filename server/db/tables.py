@@ -85,10 +85,16 @@ class Annotator(Timestamped, Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     role: Mapped[str] = mapped_column(String(20), default="annotator")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # how much their labels count in training and audit consensus (admin-set; 0 = excluded)
+    label_weight: Mapped[float] = mapped_column(Float, default=1.0, server_default=text("1"))
+    label_weight_reason: Mapped[str | None] = mapped_column(Text)
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="annotator")
 
-    __table_args__ = (CheckConstraint(_in("role", ROLES), name="role"),)
+    __table_args__ = (
+        CheckConstraint(_in("role", ROLES), name="role"),
+        CheckConstraint("label_weight >= 0 AND label_weight <= 1", name="label_weight_range"),
+    )
 
 
 class ApiToken(Timestamped, Base):

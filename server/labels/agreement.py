@@ -17,7 +17,7 @@ from models.consensus import (
     krippendorff_alpha,
     pairwise_kappa,
 )
-from server.db.tables import Label
+from server.db.tables import Annotator, Label
 
 # Labels given one at a time carry the moment they were given; imported or synced ones carry
 # the moment of the import or sync, which says nothing about a person's pace.
@@ -38,6 +38,8 @@ class AnnotatorRow:
     reliability: Estimate
     sensitivity: float | None
     specificity: float | None
+    label_weight: float
+    label_weight_reason: str | None
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,15 @@ def annotator_report(session: Session, *, dataset_id: int) -> AnnotatorReport:
         if r.source in TIMED_SOURCES and r.created_at is not None:
             timed[r.annotator].append(r.created_at)
 
+    # everyone is measured alike, counted in training or not: the figures are what an admin
+    # weighs when setting a label weight
     consensus = dawid_skene(triples)
+    weights = {
+        name: (float(w), reason)
+        for name, w, reason in session.execute(
+            select(Annotator.name, Annotator.label_weight, Annotator.label_weight_reason)
+        ).all()
+    }
     annotators = []
     for q in consensus.annotators:
         name = str(q.annotator)
@@ -99,6 +109,8 @@ def annotator_report(session: Session, *, dataset_id: int) -> AnnotatorReport:
                 reliability=Estimate(q.reliability, None, q.shared, q.reason),
                 sensitivity=q.sensitivity,
                 specificity=q.specificity,
+                label_weight=weights.get(name, (1.0, None))[0],
+                label_weight_reason=weights.get(name, (1.0, None))[1],
             )
         )
     pairs = [

@@ -28,7 +28,7 @@ from server.jobs.context import Report, StepContext
 from server.jobs.kinds import JobKind
 from server.jobs.params import TrainParams
 from server.labels.service import labels_arrived
-from server.labels.training_set import audit_labels, training_labels
+from server.labels.training_set import audit_labels, training_set
 from server.pipeline.audit import remeasure
 from server.pipeline.versions import Outcome, train_version
 from server.pixels.reading import label_origins, read_at, use_all_cores
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainingSet:
     train: list[Label]
+    weights: list[float]  # per training label: how much it counts (see server.labels.consensus)
+    aggregation: str
     audit: list[Label]
     snapshot_id: int  # the newest label when the set was taken
     ae_id: int
@@ -57,7 +59,8 @@ def load_training_set(
         ae = active_model(session, dataset_id=dataset.id, kind="ae")
         if ae is None or ae.weights_path is None:
             raise InvalidInput("no autoencoder yet: pretrain first")
-        train = training_labels(session, dataset=dataset)
+        chosen = training_set(session, dataset=dataset)
+        train = chosen.labels
         audit = audit_labels(session, dataset=dataset)
         snapshot_id = (
             session.scalar(select(func.max(Label.id)).where(Label.dataset_id == dataset.id)) or 0
@@ -77,7 +80,10 @@ def load_training_set(
                 and Path(current.weights_path).is_file()
             ):
                 warm = (current.id, Path(current.weights_path))
-        return TrainingSet(train, audit, snapshot_id, ae.id, Path(ae.weights_path), warm)
+        return TrainingSet(
+            train, chosen.weights, chosen.aggregation, audit, snapshot_id, ae.id,
+            Path(ae.weights_path), warm,
+        )  # fmt: skip
 
 
 def run(ctx: StepContext, job: Job) -> dict[str, Any]:
@@ -153,6 +159,9 @@ def fit_classifier(
         dtype=np.int64,
     )
     use_types = bool((types >= 0).sum() >= 10)
+    weights = np.asarray(data.weights, dtype=np.float32)
+    # all ones (one label per patch): exactly the unweighted training
+    weighted = bool((weights != 1.0).any())
 
     def on_epoch(fraction: float, message: str, _record: dict[str, Any]) -> None:
         progress(0.1 + 0.8 * fraction, message)
@@ -164,6 +173,7 @@ def fit_classifier(
         autoencoder=ae,
         init=start,
         types=types if use_types else None,
+        sample_weights=weights if weighted else None,
         epochs=params.epochs or settings.train_epochs,
         patience=params.patience,
         tta=settings.tta,
@@ -173,7 +183,13 @@ def fit_classifier(
     )
     metrics: dict[str, Any] = {
         "history": result.history,
-        "labels": {"total": len(y), "artifact": int(y.sum()), "clean": int(len(y) - y.sum())},
+        "labels": {
+            "total": len(y),
+            "artifact": int(y.sum()),
+            "clean": int(len(y) - y.sum()),
+            "aggregation": data.aggregation,
+            "weighted": int((weights != 1.0).sum()),
+        },
         "validation": result.validation,
         "temperature": result.temperature,
         "threshold": result.threshold,

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from server.errors import InvalidInput
+from server.labels.consensus import LABEL_AGGREGATIONS as LABEL_AGGREGATIONS  # simulate's choices
 
-# how several labels of one patch become one (the dataset setting ``label_aggregation``)
-LABEL_AGGREGATIONS = ("consensus", "latest")
 NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
 # the reliability ranking is read once an annotator has given this many labels
 RANKED_AFTER = 100

@@ -13,6 +13,7 @@ import numpy as np
 from sqlalchemy import select
 
 from server.errors import InvalidInput
+from server.labels.consensus import check_aggregation
 from server.labels.truth import load_truth, load_truth_types
 from server.sim.baselines import ae_embeddings, patch_features
 from server.sim.replay import ORACLE
@@ -66,7 +67,8 @@ def prepare(
             if not config.annotators:  # the oracle alone: no second person to give a patch to
                 ds.settings = {**(ds.settings or {}), "overlap_share": 0.0}
             if config.label_aggregation is not None:
-                ds.settings = {**(ds.settings or {}), "label_aggregation": config.label_aggregation}
+                aggregation = check_aggregation(config.label_aggregation)
+                ds.settings = {**(ds.settings or {}), "label_aggregation": aggregation}
             session.flush()
             dataset_id = ds.id
         report(f"labelling {int(test.sum()):,} held-out patches (the audit set)")

@@ -163,3 +163,19 @@ def test_the_later_verdict_of_the_same_annotator_counts_and_verdicts_are_checked
     assert consensus.p_artifact.tolist() == [0.0] and consensus.annotators[0].labels == 1
     with pytest.raises(ValueError, match="verdict"):
         dawid_skene([(0, "a", 2)])
+
+
+def test_weights_scale_an_annotators_say_and_weight_zero_is_leaving_them_out() -> None:
+    truth = [1, 1, 1, 0, 0, 0, 0, 0]
+    triples = [(p, a, t) for p, t in enumerate(truth) for a in ("a", "b")]
+    triples += [(p, "c", 1 - t if p == 0 else t) for p, t in enumerate(truth)]  # c errs once
+    triples += [(0, "d", 0)]  # and d sides with c there
+    full = dawid_skene(triples)
+    half = dawid_skene(triples, weights={"c": 0.5, "d": 0.5})
+    zero = dawid_skene(triples, weights={"c": 0.0, "d": 0.0})
+    alone = dawid_skene([t for t in triples if t[1] not in ("c", "d")])
+    np.testing.assert_allclose(zero.p_artifact, alone.p_artifact, atol=1e-6)
+    # less say for c and d: the consensus on patch 0 moves towards a and b
+    assert full.p_artifact[0] < half.p_artifact[0] < zero.p_artifact[0]
+    with pytest.raises(ValueError, match="not within"):
+        dawid_skene(triples, weights={"c": 1.5})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -323,3 +324,18 @@ def test_balanced_order_draws_half_positives() -> None:
     assert set(order[y[order] == 0]).__len__() == 50, "negatives without replacement"
     only_neg = balanced_order(np.zeros(10, np.float32), np.arange(10), torch.Generator())
     assert sorted(only_neg.tolist()) == list(range(10))
+
+
+def test_sample_weights_scale_each_patch_and_all_ones_train_as_none() -> None:
+    x = patches(16, seed=4)
+    y = np.array([0, 1] * 8, dtype=np.float32)
+    kw: dict[str, Any] = {"epochs": 2, "min_epochs": 1, "batch_size": 8, "tta": 1, "device": "cpu"}
+    plain = train_classifier(x, y, **kw)
+    ones = train_classifier(x, y, sample_weights=np.ones(16, dtype=np.float32), **kw)
+    assert ones.history == plain.history, "weight 1 everywhere is the unweighted training"
+    halves = train_classifier(x, y, sample_weights=np.full(16, 0.5, dtype=np.float32), **kw)
+    first = halves.history[0]
+    assert first["train_loss"] == pytest.approx(plain.history[0]["train_loss"] / 2, rel=1e-2)
+    for bad in (np.ones(15), np.array([-1.0] + [1.0] * 15), np.array([np.nan] + [1.0] * 15)):
+        with pytest.raises(ValueError, match="sample_weights"):
+            train_classifier(x, y, sample_weights=bad, **kw)
