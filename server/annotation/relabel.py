@@ -6,6 +6,8 @@ label arrives the position has two, and how several labels become one decides.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -81,3 +83,70 @@ def grid_index_of(grid: Grid, position: Position) -> int | None:
         return int(grid.indices([[x, y, z]])[0])
     except ValueError:
         return None
+
+
+def suspect_page(
+    session: Session, *, dataset_id: int, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The dataset's suspect labels, strongest first, with the model's view and the newest
+    re-label task at each label's position (its state, and the second verdict once given)."""
+    total = session.scalar(
+        select(func.count(LabelSuspect.id)).where(LabelSuspect.dataset_id == dataset_id)
+    )
+    rows = session.execute(
+        select(LabelSuspect, Label)
+        .join(Label, Label.id == LabelSuspect.label_id)
+        .where(LabelSuspect.dataset_id == dataset_id)
+        .order_by(LabelSuspect.score.desc(), LabelSuspect.label_id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    positions = {(lab.x, lab.y, lab.z, lab.w, lab.h) for _, lab in rows}
+    tasks: dict[Position, AnnotationTask] = {}
+    if positions:
+        for task in session.scalars(
+            select(AnnotationTask)
+            .where(
+                AnnotationTask.dataset_id == dataset_id,
+                AnnotationTask.reason == REASON,
+                AnnotationTask.z.in_({p[2] for p in positions}),
+            )
+            .order_by(AnnotationTask.id)
+        ):
+            key = (task.x, task.y, task.z, task.w, task.h)
+            kept = tasks.get(key)
+            if key in positions and (
+                kept is None
+                or task.status != TaskStatus.RETIRED
+                or kept.status == TaskStatus.RETIRED
+            ):
+                tasks[key] = task  # the newest wins, one still in play over a retired one
+    second: dict[int, Label] = {}
+    if tasks:
+        for lab in session.scalars(
+            select(Label).where(Label.task_id.in_([t.id for t in tasks.values()]))
+        ):
+            second[lab.task_id or 0] = lab
+    items = []
+    for suspect, label in rows:
+        task = tasks.get((label.x, label.y, label.z, label.w, label.h))
+        again = second.get(task.id) if task is not None else None
+        items.append(
+            {
+                "label_id": label.id,
+                "position": {"x": label.x, "y": label.y, "z": label.z, "w": label.w,
+                             "h": label.h},
+                "annotator": label.annotator,
+                "label": label.label,
+                "p_artifact": suspect.p_artifact,
+                "p_given": suspect.p_given,
+                "score": suspect.score,
+                "model_version_id": suspect.model_version_id,
+                "relabel_task": None if task is None else dict(  # a read, not a write
+                    id=task.id, status=task.status,
+                    label=None if again is None else again.label,
+                    annotator=None if again is None else again.annotator,
+                ),
+            }
+        )  # fmt: skip
+    return items, int(total or 0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
+from server.annotation import task_state
 from server.annotation.leasing import lease_next
 from server.datasets.service import register_dataset
 from server.db.base import write_transaction
@@ -137,7 +138,7 @@ def test_wrong_labels_become_suspects_and_relabel_tasks_for_another_annotator(
             session.execute(
                 AnnotationTask.__table__.update()
                 .where(AnnotationTask.status == "leased")
-                .values(status="open", lease_holder_id=None, lease_expires_at=None)
+                .values(task_state.reopened())
             )
         offered_second = _lease_all(rt, annotator_id=second.id, dataset_id=ds.id)
         assert relabel_ids <= offered_second
@@ -159,4 +160,5 @@ def _lease_all(rt: Runtime, *, annotator_id: int, dataset_id: int) -> set[int]:
             task, _ = got
             assert task.id not in offered
             offered.add(task.id)
-            task.status = "retired"  # out of this annotator's way, without a label
+            # out of this annotator's way, without a label
+            task_state.set_state(task, task_state.retired())
