@@ -161,20 +161,21 @@ def replace_proposals(
     rows = []
     for pick in picks:
         relabel = pick.get("relabel")
+        box: tuple[int, ...]
+        index: int | None
         if relabel is None:
-            index = int(pick["index"])
-            x, y, z = (int(v) for v in grid.origins(index)[0])
-            box, wanted = (
-                (x, y, z, w, h),
-                proposal_labels_wanted(dataset_id=dataset.id, grid_index=index, share=share),
+            index = new_index = int(pick["index"])
+            box = (*(int(v) for v in grid.origins(new_index)[0]), w, h)
+            wanted = proposal_labels_wanted(
+                dataset_id=dataset.id, grid_index=new_index, share=share
             )
         else:  # a second look at a label, at its exact position, by one other annotator
-            index = pick.get("index")
+            index = None if pick.get("index") is None else int(pick["index"])
             box, wanted = tuple(int(relabel[k]) for k in ("x", "y", "z", "w", "h")), 1
         rows.append(
             {
                 "dataset_id": dataset.id, "kind": "proposal",
-                "grid_index": None if index is None else int(index),
+                "grid_index": index,
                 "x": box[0], "y": box[1], "z": box[2], "w": box[3], "h": box[4],
                 "model_version_id": model_version_id, "job_id": job_id,
                 "p_artifact": _opt_float(pick.get("p_artifact")),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -80,7 +81,7 @@ def grid_index_of(grid: Grid, position: Position) -> int | None:
     if (w, h) != (ex, ey):
         return None
     try:
-        return int(grid.indices([[x, y, z]])[0])
+        return int(grid.indices(np.asarray([[x, y, z]]))[0])
     except ValueError:
         return None
 
@@ -129,8 +130,8 @@ def suspect_page(
             second[lab.task_id or 0] = lab
     items = []
     for suspect, label in rows:
-        task = tasks.get((label.x, label.y, label.z, label.w, label.h))
-        again = second.get(task.id) if task is not None else None
+        found = tasks.get((label.x, label.y, label.z, label.w, label.h))
+        again = second.get(found.id) if found is not None else None
         items.append(
             {
                 "label_id": label.id,
@@ -142,8 +143,8 @@ def suspect_page(
                 "p_given": suspect.p_given,
                 "score": suspect.score,
                 "model_version_id": suspect.model_version_id,
-                "relabel_task": None if task is None else dict(  # a read, not a write
-                    id=task.id, status=task.status,
+                "relabel_task": None if found is None else dict(  # a read, not a write
+                    id=found.id, status=found.status,
                     label=None if again is None else again.label,
                     annotator=None if again is None else again.annotator,
                 ),

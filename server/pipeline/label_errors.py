@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 
 from models.label_errors import find_label_errors
 from models.networks import Classifier
@@ -81,7 +81,7 @@ def record_suspects(
         )
         rows = [r for r in rows if r["label_id"] in kept]
         if rows:
-            session.execute(LabelSuspect.__table__.insert(), rows)
+            session.execute(insert(LabelSuspect), rows)
     summary: dict[str, Any] = {"checked": len(labels), "suspects": len(rows)}
     if found.reason is not None:
         summary["reason"] = found.reason
