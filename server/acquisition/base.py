@@ -20,6 +20,7 @@ from server.acquisition.candidates import (
     scored,
     scoring_candidates,
 )
+from server.acquisition.relabel import mix_relabels
 
 
 class Strategy(ABC):
@@ -65,7 +66,9 @@ class Strategy(ABC):
         self, pool: Pool, *, batch_size: int, seed: int, classifier: bool
     ) -> list[dict[str, Any]]:
         """The next batch as dicts of ``index``, ``reason``, ``score`` and score components;
-        ``classifier``: whether the version proposing is a classifier (else the cold start)."""
+        ``classifier``: whether the version proposing is a classifier (else the cold start).
+        Suspect labels of the pool compete for places in it (:mod:`.relabel`): a re-label pick
+        has ``reason`` "relabel" and the label's position under ``relabel``."""
         gather, choose = (
             (self.gather, self.choose) if classifier else (self.gather_cold, self.choose_cold)
         )
@@ -73,7 +76,7 @@ class Strategy(ABC):
         picks = choose(
             gathered.candidates, excluded=pool.excluded, batch_size=batch_size, seed=seed
         )
-        return gathered.describe(picks)
+        return mix_relabels(gathered.describe(picks), pool.relabels, batch_size=batch_size)
 
     def described_as(self, *, classifier: bool) -> str:
         """How a proposal step reports what chose its batch."""

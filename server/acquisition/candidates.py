@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.acquisition import Candidates, Pick
+from server.acquisition.relabel import Suspect
 
 # bounds of what a proposal step holds in memory, whatever the size of the grid
 RESERVOIR = 50_000  # patches sampled uniformly (typical patches, random picks)
@@ -46,6 +47,8 @@ class Pool:
     excluded: np.ndarray  # audit set, labelled, leased: never proposed
     features: FeatureStore  # the autoencoder's
     scores: Mapping[str, np.ndarray] | None = None  # the classifier's scores of its candidates
+    # suspect labels that may be offered for a second look, competing with new patches
+    relabels: tuple[Suspect, ...] = ()
 
 
 @dataclass(frozen=True)

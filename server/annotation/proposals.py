@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models.acquisition import draw_audit_set
+from server.acquisition.relabel import REASON as RELABEL
 from server.annotation import task_state
 from server.annotation.overlap import (
     AUDIT_LABELS_WANTED,
@@ -18,6 +19,7 @@ from server.annotation.overlap import (
     overlap_share,
     proposal_labels_wanted,
 )
+from server.annotation.relabel import second_looks
 from server.annotation.review import kept_for_review
 from server.db.base import utcnow
 from server.db.tables import PROPOSAL_IN_PLAY, AnnotationTask, Dataset, Label
@@ -154,36 +156,38 @@ def replace_proposals(
     # before taking any lock: what was blocked when the picks were made, and the rows
     blocked = set(excluded_indices(session, dataset=dataset, grid=grid).tolist())
     picks = _unique(picks, blocked)
-    indices = np.asarray([p["index"] for p in picks], dtype=np.int64)
-    origins = grid.origins(indices) if indices.size else np.empty((0, 3), dtype=np.int64)
     share = overlap_share(dataset)
     now = utcnow()
-    rows = [
-        {
-            "dataset_id": dataset.id,
-            "kind": "proposal",
-            "grid_index": int(pick["index"]),
-            "x": int(origin[0]),
-            "y": int(origin[1]),
-            "z": int(origin[2]),
-            "w": w,
-            "h": h,
-            "model_version_id": model_version_id,
-            "job_id": job_id,
-            "p_artifact": _opt_float(pick.get("p_artifact")),
-            "uncertainty": _opt_float(pick.get("uncertainty")),
-            "recon_error": _opt_float(pick.get("recon_error")),
-            "score": _opt_float(pick.get("score")),
-            "reason": str(pick.get("reason", "")),
-            "labels_wanted": proposal_labels_wanted(
-                dataset_id=dataset.id, grid_index=int(pick["index"]), share=share
-            ),
-            **task_state.new_task(),
-            "created_at": now,
-            "updated_at": now,
-        }
-        for pick, origin in zip(picks, origins, strict=True)
-    ]
+    rows = []
+    for pick in picks:
+        relabel = pick.get("relabel")
+        box: tuple[int, ...]
+        index: int | None
+        if relabel is None:
+            index = new_index = int(pick["index"])
+            box = (*(int(v) for v in grid.origins(new_index)[0]), w, h)
+            wanted = proposal_labels_wanted(
+                dataset_id=dataset.id, grid_index=new_index, share=share
+            )
+        else:  # a second look at a label, at its exact position, by one other annotator
+            index = None if pick.get("index") is None else int(pick["index"])
+            box, wanted = tuple(int(relabel[k]) for k in ("x", "y", "z", "w", "h")), 1
+        rows.append(
+            {
+                "dataset_id": dataset.id, "kind": "proposal",
+                "grid_index": index,
+                "x": box[0], "y": box[1], "z": box[2], "w": box[3], "h": box[4],
+                "model_version_id": model_version_id, "job_id": job_id,
+                "p_artifact": _opt_float(pick.get("p_artifact")),
+                "uncertainty": _opt_float(pick.get("uncertainty")),
+                "recon_error": _opt_float(pick.get("recon_error")),
+                "score": _opt_float(pick.get("score")),
+                "reason": str(pick.get("reason", "")),
+                "labels_wanted": wanted,
+                **task_state.new_task(),
+                "created_at": now, "updated_at": now,
+            }
+        )  # fmt: skip
     # from here until the caller commits, the old open proposals are locked
     session.execute(
         update(AnnotationTask)
@@ -207,7 +211,14 @@ def replace_proposals(
             )
         )
     )
-    rows = [row for row in rows if row["grid_index"] not in taken_since]
+    relabels = any(row["reason"] == RELABEL for row in rows)
+    looked_at = second_looks(session, dataset_id=dataset.id) if relabels else set()
+    rows = [
+        row
+        for row in rows
+        if (row["reason"] != RELABEL and row["grid_index"] not in taken_since)
+        or (row["reason"] == RELABEL and _box(row) not in looked_at)
+    ]
     for rank, row in enumerate(rows):
         row["rank"] = rank * 4 // 3
     # every task of any dataset so far (the primary key's last entry, not a scan of the
@@ -294,14 +305,26 @@ def _interleave_audit(session: Session, *, dataset_id: int) -> None:
 
 
 def _unique(picks: list[dict[str, Any]], blocked: set[int]) -> list[dict[str, Any]]:
+    """New patches not blocked, each once; re-labels (of labelled patches) each once."""
     seen: set[int] = set()
+    labels: set[int] = set()
     out: list[dict[str, Any]] = []
     for pick in picks:
+        relabel = pick.get("relabel")
+        if relabel is not None:
+            if int(relabel["label_id"]) not in labels:
+                labels.add(int(relabel["label_id"]))
+                out.append(pick)
+            continue
         index = int(pick["index"])
         if index not in blocked and index not in seen:
             seen.add(index)
             out.append(pick)
     return out
+
+
+def _box(row: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    return (row["x"], row["y"], row["z"], row["w"], row["h"])
 
 
 def _opt_float(value: Any) -> float | None:

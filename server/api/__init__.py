@@ -14,10 +14,21 @@ from server.api import (
     jobs,
     labels,
     model_versions,
+    suspects,
     tasks,
     webknossos,
 )
 
 router = APIRouter()
-for module in (health, datasets, tasks, labels, annotators, model_versions, jobs, webknossos):
+for module in (
+    health,
+    datasets,
+    tasks,
+    labels,
+    annotators,
+    suspects,
+    model_versions,
+    jobs,
+    webknossos,
+):
     router.routes.extend(module.router.routes)

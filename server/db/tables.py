@@ -321,3 +321,24 @@ class TaskSkip(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (UniqueConstraint("task_id", "annotator_id", name="uq_task_skips_once"),)
+
+
+class LabelSuspect(Base):
+    """A training label the model confidently contradicts out of fold (confident learning),
+    found after a training: a candidate for a re-label task. Only the newest check of a
+    dataset is kept (each training replaces the rows of the one before)."""
+
+    __tablename__ = "label_suspects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE")
+    )
+    p_artifact: Mapped[float | None] = mapped_column(Float)  # the version's own view
+    p_given: Mapped[float] = mapped_column(Float)  # out of fold: P(the label given)
+    score: Mapped[float] = mapped_column(Float)  # 1 - p_given: how strongly it disagrees
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

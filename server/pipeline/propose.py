@@ -1,7 +1,7 @@
 """Step ``propose``: a scored version's next batch for annotators.
 
 load (the version's scores, the autoencoder's features, what must not be proposed) ->
-compute (the acquisition strategy's ``propose``) -> record (the batch replaces older open
+compute (the acquisition strategy's ``propose``, suspect labels competing with new patches) -> record (the batch replaces older open
 proposals); then, for a dataset that pushes to webKnossos, a sync sends the new batch there."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from server.annotation.proposals import (
     excluded_indices,
     replace_proposals,
 )
+from server.annotation.relabel import relabel_candidates
 from server.datasets.service import grid_of
 from server.db.base import write_transaction
 from server.db.tables import Dataset, Job, ModelVersion
@@ -43,6 +44,7 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
             session, dataset=dataset, grid=grid, size=ctx.settings.audit_size
         )
         excluded = excluded_indices(session, dataset=dataset, grid=grid)
+        relabels = relabel_candidates(session, dataset=dataset, grid=grid)
     pool = Pool(
         n_patches=len(grid),
         excluded=excluded,
@@ -52,6 +54,7 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
         scores=read_scores(scores_dir(ctx.settings, dataset_id=dataset.id, version_id=version.id))
         if classifier and strategy.needs_scores
         else None,
+        relabels=relabels,
     )
     try:
         picks = strategy.propose(pool, batch_size=batch_size, seed=seed, classifier=classifier)
@@ -69,6 +72,7 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
         demote_superseded(session, dataset_id=dataset.id, first_new_id=batch.first_new_id)
     return {
         "proposed": batch.added,
+        "relabels_chosen": sum(1 for p in picks if p.get("relabel") is not None),
         "audit_set": audit_count,
         "model_version_id": version.id,
         "strategy": strategy.described_as(classifier=classifier),

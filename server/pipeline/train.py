@@ -30,11 +30,12 @@ from server.jobs.params import TrainParams
 from server.labels.service import labels_arrived
 from server.labels.training_set import audit_labels, training_set
 from server.pipeline.audit import remeasure
+from server.pipeline.label_errors import record_suspects, save_label_view
 from server.pipeline.versions import Outcome, train_version
 from server.pixels.reading import label_origins, read_at, use_all_cores
 from server.pixels.source import PatchSource
 from server.settings import Settings
-from server.versions.service import active_model
+from server.versions.service import active_model, model_dir
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
         label_count=len(data.train),
         label_snapshot_id=data.snapshot_id,
     )
+    result["label_errors"] = check_labels(ctx, dataset, result["model_version_id"], params)
     # the new version and every other in play on the same, current audit set: only then
     # does the hold-back rule decide which one is active
     ctx.progress(job.id)(0.95, "measuring the versions on the audit set")
@@ -134,6 +136,24 @@ def run(ctx: StepContext, job: Job) -> dict[str, Any]:
             )  # fmt: skip
         result["audit"] = {"error": f"{type(exc).__name__}: {exc}"}
     return result
+
+
+def check_labels(
+    ctx: StepContext, dataset: Dataset, version_id: int, params: TrainParams
+) -> dict[str, Any]:
+    """The training labels the new version confidently contradicts out of fold become the
+    dataset's suspects (:mod:`server.pipeline.label_errors`); a failure here costs only them."""
+    try:
+        return record_suspects(
+            ctx,
+            dataset_id=dataset.id,
+            version_id=version_id,
+            folder=model_dir(ctx.settings, dataset_id=dataset.id, version_id=version_id),
+            seed=ctx.settings.seed if params.seed is None else params.seed,
+        )
+    except Exception as exc:
+        log.warning("checking the training labels failed: %s", exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def fit_classifier(
@@ -197,6 +217,14 @@ def fit_classifier(
         "single_view": result.single_view,
         "warm_start_from": data.warm[0] if data.warm is not None else None,
     }
+    save_label_view(
+        out_dir,
+        model=result.model,
+        patches=x,
+        label_ids=[lab.id for lab in data.train],
+        labels=y.astype(np.int64),
+        temperature=result.single_view["temperature"],
+    )
     path = out_dir / "classifier.pt"
     sha = save_checkpoint(
         path,

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from server.annotation.tasks import label_task
 from server.db.base import write_transaction
-from server.db.tables import AnnotationTask, Annotator, Job, Label, ModelVersion
+from server.db.tables import AnnotationTask, Annotator, Job, Label, LabelSuspect, ModelVersion
 from server.db.vocabulary import TaskStatus, VersionStatus
 from server.jobs import state
 from server.jobs.kinds import JobKind
@@ -167,10 +167,28 @@ def _crowd_view(rt: Runtime, crowd: Crowd, dataset_id: int, labelled: int) -> di
     reliability beside their true error rate, and how many flipped labels there are."""
     with write_transaction(rt.sessions) as session:
         report = annotator_report(session, dataset_id=dataset_id)
+        suspects = set(
+            session.scalars(
+                select(LabelSuspect.label_id).where(LabelSuspect.dataset_id == dataset_id)
+            )
+        )
     reliabilities = {r.annotator: r.reliability.value for r in report.annotators}
     return {
         "annotators": crowd.observe(reliabilities, labelled),
         "flipped": len(crowd.flipped),
+        "label_errors": label_error_recovery(suspects, crowd.flipped),
+    }
+
+
+def label_error_recovery(suspects: set[int], flipped: set[int]) -> dict[str, Any]:
+    """How many of the labels flipped so far the current suspect list holds (recall), and
+    how many of its suspects are flipped ones (precision); None where nothing to divide by."""
+    hits = len(suspects & flipped)
+    return {
+        "recall": hits / len(flipped) if flipped else None,
+        "precision": hits / len(suspects) if suspects else None,
+        "suspects": len(suspects),
+        "flipped": len(flipped),
     }
 
 

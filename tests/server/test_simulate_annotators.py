@@ -85,3 +85,12 @@ def test_a_quick_simulation_with_three_annotators(tmp_path: Path) -> None:
     assert 0 < last["flipped"] < given["c"], "c errs on about half of their labels, a and b never"
     assert last["annotators"]["c"]["error_rate"] == 0.5
     assert "random/0" in data["reliability_ranking"]
+    # every round says how much of the flipped labels the current suspect list recovers
+    for row in rows:
+        errors = row["label_errors"]
+        assert set(errors) == {"recall", "precision", "suspects", "flipped"}
+        assert errors["flipped"] == row["flipped"]
+        for share in ("recall", "precision"):
+            assert errors[share] is None or 0.0 <= errors[share] <= 1.0
+        assert (errors["precision"] is None) == (errors["suspects"] == 0)
+    assert any(row["label_errors"]["suspects"] for row in rows), "trainings found suspects"

@@ -284,7 +284,7 @@ async function loadLabels() {
   const dis = await api(`/datasets/${dash.dataset}/disagreements?limit=20`);
   $("disagreements").replaceChildren(dis.total ? el("table", {}, el("tr", {}, el("th", { scope: "col" }, "patch (x, y, z)"), el("th", { scope: "col" }, "verdicts")),
     ...dis.items.map((p) => el("tr", {}, el("td", {}, `${p.x}, ${p.y}, ${p.z}`), el("td", {}, p.labels.map((l) => `${l.annotator}: ${l.label}${l.artifact_type ? " (" + l.artifact_type + ")" : ""}`).join(" · "))))) : "No disagreements.");
-  await Promise.all([loadReview(), loadAgreement()]);
+  await Promise.all([loadReview(), loadAgreement(), loadSuspects()]);
 }
 
 const when = (at) => new Date(at).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
