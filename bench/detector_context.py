@@ -16,9 +16,15 @@ is read from the painted dataset and normalised as the service normalises patche
   autoencoder pretrained on those two channels and its classifier trained from it
   (``models.training``, unchanged; only the encoder's input channels differ);
 - ``context-wide``: the window alone, averaged down to the patch's size, one channel;
-- ``context+section-stats``: the context classifier's embedding beside the robust z-scores
-  against the section of the patch's and of its window's statistics (``section_stats``), a
-  logistic regression on both.
+- ``context-centre``: the window at full resolution through the product's encoder (initialised
+  from the product's autoencoder, pretrained on patches: convolutions take any size), the head
+  pooling the deepest features over the patch's own cells only, so the patch's label decides
+  and the margin reaches it through the receptive field (about 36 px beyond the patch's border
+  with the default encoder). The product has no such pooling option: its training code runs
+  with :class:`CentreClassifier` in place of its ``Classifier``;
+- ``context+section-stats`` / ``context-centre+section-stats``: the context classifier's
+  embedding beside the robust z-scores against the section of the patch's and of its window's
+  statistics (``section_stats``), a logistic regression on both.
 
 The settings (``--pretrain-epochs``, ``--epochs``, ``--tta``) are detector_ceiling's cheap ones.
 """
@@ -31,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -38,6 +45,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import models.training
 from bench.detector_ceiling import (
     LABELS,
     cnn_scores,
@@ -54,27 +62,53 @@ from bench.detector_ceiling import (
     training_sets,
 )
 from bench.real_tissue_hard import DENSITY
-from models.networks import AutoencoderConfig, ClassifierConfig, EncoderConfig
+from models.networks import (
+    AutoencoderConfig,
+    Classifier,
+    ClassifierConfig,
+    EncoderConfig,
+    pool_features,
+)
 from models.training import pretrain_autoencoder
 from server.sim.real_tissue import VOLUMES
 from server.sim.synth import PATCH
 
-NETWORKS = ("product", "context", "context-wide")
-FUSED = {"context+section-stats": "context"}  # detector: the network whose embedding it uses
+NETWORKS = ("product", "context", "context-wide", "context-centre")
+# detector: the network whose embedding it uses
+FUSED = {"context+section-stats": "context", "context-centre+section-stats": "context-centre"}
+
+
+class CentreClassifier(Classifier):
+    """The product's classifier on a window larger than a patch, its head pooling the deepest
+    features over the central ``PATCH`` px only (all of them on a patch-sized input)."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        deepest = self.encoder(x)[-1]
+        (h, w), share = deepest.shape[-2:], PATCH / x.shape[-1]
+        rows = slice(round(h * (1 - share) / 2), round(h * (1 + share) / 2))
+        cols = slice(round(w * (1 - share) / 2), round(w * (1 + share) / 2))
+        return pool_features(deepest[..., rows, cols])
+
+
 DETECTORS = (*NETWORKS, *FUSED)
 
 
 def context_inputs(data: dict[str, Any], *, batch: int = 128) -> dict[str, np.ndarray]:
     """``context`` (patch, window downsampled) and ``context-wide`` (window downsampled) as
-    ``(n, channels, PATCH, PATCH)`` float32, normalised by the dataset's mean and std."""
+    ``(n, channels, PATCH, PATCH)`` float32, ``context-centre`` (the window) as ``(n, 1, size,
+    size)``, normalised by the dataset's mean and std."""
     mean, std = data["norm"]
-    small = np.empty((len(data["window"]), 1, PATCH, PATCH), np.float32)
-    for s in range(0, len(small), batch):  # a batch at a time: full-size float windows are big
-        window = (data["window"][s : s + batch].astype(np.float32) - mean) / std
+    full = ((data["window"].astype(np.float32) - mean) / std)[:, None]
+    small = np.empty((len(full), 1, PATCH, PATCH), np.float32)
+    for s in range(0, len(small), batch):
         small[s : s + batch] = F.interpolate(
-            torch.from_numpy(window)[:, None], size=(PATCH, PATCH), mode="area"
+            torch.from_numpy(full[s : s + batch]), size=(PATCH, PATCH), mode="area"
         ).numpy()
-    return {"context": np.concatenate([data["x"], small], axis=1), "context-wide": small}
+    return {
+        "context": np.concatenate([data["x"], small], axis=1),
+        "context-wide": small,
+        "context-centre": full,
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,8 +119,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     detectors = [d for d in args.detectors.split(",") if d]
     inputs = {"product": data["x"], **context_inputs(data)}
     networks = [n for n in NETWORKS if n in detectors or n in (FUSED.get(d) for d in detectors)]
+    # context-centre's encoder starts from the product's autoencoder
+    own_ae = {"context-centre": "product"}
     aes = {}
-    for name in networks:  # as detector_ceiling: one random sample of patches for every input
+    for name in dict.fromkeys(own_ae.get(n, n) for n in networks):  # one sample for every input
         x = inputs[name]
         rng = np.random.default_rng(args.seed)
         sample = np.sort(rng.choice(len(x), size=min(args.pretrain_patches, len(x)), replace=False))
@@ -107,10 +143,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in networks:
                 x = inputs[name]
                 config = ClassifierConfig(encoder=EncoderConfig(in_channels=x.shape[1]))
-                logits, model = cnn_scores(
-                    x, y, data["types"], train, val, ae=aes[name], args=args, seed=args.seed,
-                    config=config,
-                )  # fmt: skip
+                centre = CentreClassifier if name == "context-centre" else Classifier
+                with mock.patch.object(models.training, "Classifier", centre):
+                    logits, model = cnn_scores(
+                        x, y, data["types"], train, val, ae=aes[own_ae.get(name, name)],
+                        args=args, seed=args.seed, config=config,
+                    )  # fmt: skip
                 if name in detectors:
                     scores[name][subset][val] = logits
                 for fused in (d for d in detectors if FUSED.get(d) == name):
