@@ -24,7 +24,9 @@ is read from the painted dataset and normalised as the service normalises patche
   with :class:`CentreClassifier` in place of its ``Classifier``;
 - ``context+section-stats`` / ``context-centre+section-stats``: the context classifier's
   embedding beside the robust z-scores against the section of the patch's and of its window's
-  statistics (``section_stats``), a logistic regression on both.
+  statistics (``section_stats``), a logistic regression on both;
+- controls for where a gain comes from: ``product+context-stats``, the product classifier's
+  embedding beside the same statistics; ``context-stats-logistic``, those statistics alone.
 
 The settings (``--pretrain-epochs``, ``--epochs``, ``--tta``) are detector_ceiling's cheap ones.
 """
@@ -75,7 +77,12 @@ from server.sim.synth import PATCH
 
 NETWORKS = ("product", "context", "context-wide", "context-centre")
 # detector: the network whose embedding it uses
-FUSED = {"context+section-stats": "context", "context-centre+section-stats": "context-centre"}
+FUSED = {
+    "context+section-stats": "context",
+    "context-centre+section-stats": "context-centre",
+    "product+context-stats": "product",
+}
+STATS_ONLY = "context-stats-logistic"
 
 
 class CentreClassifier(Classifier):
@@ -90,7 +97,7 @@ class CentreClassifier(Classifier):
         return pool_features(deepest[..., rows, cols])
 
 
-DETECTORS = (*NETWORKS, *FUSED)
+DETECTORS = (*NETWORKS, *FUSED, STATS_ONLY)
 
 
 def context_inputs(data: dict[str, Any], *, batch: int = 128) -> dict[str, np.ndarray]:
@@ -140,6 +147,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for subset, train in training_sets(fold, k, args.seed).items():
             if y[train].sum() < 2:
                 continue
+            if STATS_ONLY in detectors:
+                scores[STATS_ONLY][subset][val] = fit_predict("logistic", stats, y, train, val)
             for name in networks:
                 x = inputs[name]
                 config = ClassifierConfig(encoder=EncoderConfig(in_channels=x.shape[1]))
