@@ -133,9 +133,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         x = inputs[name]
         rng = np.random.default_rng(args.seed)
         sample = np.sort(rng.choice(len(x), size=min(args.pretrain_patches, len(x)), replace=False))
-        config = AutoencoderConfig(encoder=EncoderConfig(in_channels=x.shape[1]))
+        ae_config = AutoencoderConfig(encoder=EncoderConfig(in_channels=x.shape[1]))
         aes[name] = pretrain_autoencoder(
-            x[sample], config=config, epochs=args.pretrain_epochs, seed=args.seed, device="cpu"
+            x[sample], config=ae_config, epochs=args.pretrain_epochs, seed=args.seed, device="cpu"
         ).model
     patch_stats, window_stats = section_stats(data["raw"]), section_stats(data["window"])
     stats = np.hstack([section_zscores(patch_stats, z), section_zscores(window_stats, z)])
