@@ -123,9 +123,26 @@ def section_normalised(raw: np.ndarray, sections: np.ndarray) -> np.ndarray:
     return out
 
 
-def paint(volume: str, painter: str, seed: int, work: Path, cache: Path) -> dict[str, Any]:
-    """The painted dataset's patches (raw and as the service normalises them), truth, types and
-    sections, painted as the hard benchmark paints this seed."""
+def read_windows(source: PatchSource, origins: np.ndarray, *, margin: int) -> np.ndarray:
+    """Raw windows of ``PATCH + 2 margin`` px centred on the patches at ``origins``: each
+    section read whole and mirrored (reflection padding) beyond its bounding box."""
+    (x0, y0, _), (width, height, _) = source.info.bbox_offset, source.info.bbox_size
+    size = PATCH + 2 * margin
+    out = np.empty((len(origins), size, size), np.dtype(source.info.dtype))
+    for z in np.unique(origins[:, 2]):
+        padded = np.pad(source.read_region((x0, y0, int(z)), (width, height)), margin, "reflect")
+        for i in np.flatnonzero(origins[:, 2] == z):
+            x, y = origins[i, 0] - x0, origins[i, 1] - y0
+            out[i] = padded[y : y + size, x : x + size]
+    return out
+
+
+def paint(
+    volume: str, painter: str, seed: int, work: Path, cache: Path, *, margin: int = 0
+) -> dict[str, Any]:
+    """The painted dataset's patches (raw and as the service normalises them, with the mean and
+    std it uses), truth, types and sections, painted as the hard benchmark paints this seed;
+    with ``margin``, each patch's raw window of ``margin`` px more on every side as well."""
     spec = VOLUMES[volume]
     sections, defects = fetch_with_defects(spec, cache)
     sections, defects = defects_into_test(sections, defects, test_every=TEST_EVERY)
@@ -139,6 +156,7 @@ def paint(volume: str, painter: str, seed: int, work: Path, cache: Path) -> dict
     types = load_truth_types(folder, len(truth))
     with PatchSource.open(folder, layer="color", mag=1) as source:
         raw = source.read_patches(origins, size_px=PATCH)
+        window = read_windows(source, origins, margin=margin) if margin else None
         grid = Grid(
             offset=source.info.bbox_offset, size=source.info.bbox_size, mag=(1, 1, 1),
             patch=PATCH, stride=PATCH,
@@ -155,6 +173,8 @@ def paint(volume: str, painter: str, seed: int, work: Path, cache: Path) -> dict
     z = origins[:, 2]
     return {
         "raw": raw,
+        "window": window,
+        "norm": (mean, std),
         "x": ((raw.astype(np.float32) - mean) / std)[:, None],
         "truth": truth.astype(np.float32),
         "types": np.asarray(
@@ -173,14 +193,14 @@ def paint(volume: str, painter: str, seed: int, work: Path, cache: Path) -> dict
 
 def cnn_scores(
     x: np.ndarray, y: np.ndarray, types: np.ndarray, train: np.ndarray, val: np.ndarray,
-    *, ae: Any, args: argparse.Namespace, seed: int,
+    *, ae: Any, args: argparse.Namespace, seed: int, config: Any = None,
 ) -> tuple[np.ndarray, Any]:  # fmt: skip
     """Validation logits of the product's classifier trained on ``train`` (types as the
-    service passes them: when at least 10 labels have one)."""
+    service passes them: when at least 10 labels have one; ``config`` for other inputs)."""
     typed = types[train]
     result = train_classifier(
         x[train], y[train], autoencoder=ae, types=typed if (typed >= 0).sum() >= 10 else None,
-        epochs=args.epochs, tta=args.tta, seed=seed, device="cpu",
+        config=config, epochs=args.epochs, tta=args.tta, seed=seed, device="cpu",
     )  # fmt: skip
     return predict_logits(result.model, x[val], tta=args.tta), result.model
 
@@ -207,10 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     started = time.perf_counter()
     data = paint(args.volume, args.painter, args.seed, args.work, args.cache)
-    y, z, pool = data["truth"], data["z"], np.flatnonzero(~data["test"])
-    pool_sections = np.unique(z[pool])
-    fold_of = {int(s): i % args.folds for i, s in enumerate(pool_sections)}
-    fold = np.asarray([fold_of.get(int(s), -1) for s in z])
+    y, z, fold = data["truth"], data["z"], pool_folds(data, args.folds)
     detectors = [d for d in args.detectors.split(",") if d]
     inputs = {"product": data["x"]}
     if any(d.startswith("section-norm") for d in detectors):
@@ -235,13 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     for k in range(args.folds):
         val = np.flatnonzero(fold == k)
-        everything = np.flatnonzero((fold >= 0) & (fold != k))
-        rng = np.random.default_rng([args.seed, k, 7])
-        subsets = {
-            "all": everything,
-            str(LABELS): np.sort(rng.choice(everything, LABELS, replace=False)),
-        }
-        for subset, train in subsets.items():
+        for subset, train in training_sets(fold, k, args.seed).items():
             if y[train].sum() < 2:
                 continue
             for d in detectors:
@@ -261,7 +272,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     both = np.hstack([embedding(model, inputs[d]), section_zscores(stats, z)])
                     scores[fused][subset][val] = fit_predict("logistic", both, y, train, val)
             print(f"  fold {k} {subset}: {time.perf_counter() - started:.0f} s", flush=True)
-    validated = fold >= 0
+    return record(args, data, scores, fold, started)
+
+
+def pool_folds(data: dict[str, Any], folds: int) -> np.ndarray:
+    """Per patch its validation fold (the pool's sections dealt in turn), -1 for test patches."""
+    z = data["z"]
+    fold_of = {int(s): i % folds for i, s in enumerate(np.unique(z[~data["test"]]))}
+    return np.asarray([fold_of.get(int(s), -1) for s in z])
+
+
+def training_sets(fold: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
+    """Fold ``k``'s training patches: every other fold's (``all``) and a random ``LABELS``."""
+    everything = np.flatnonzero((fold >= 0) & (fold != k))
+    rng = np.random.default_rng([seed, k, 7])
+    return {"all": everything, str(LABELS): np.sort(rng.choice(everything, LABELS, replace=False))}
+
+
+def record(
+    args: argparse.Namespace, data: dict[str, Any], scores: dict[str, dict[str, np.ndarray]],
+    fold: np.ndarray, started: float,
+) -> dict[str, Any]:  # fmt: skip
+    """A painting's result: PR-AUCs over the validation patches, their counts, what is found."""
+    y, pool, validated = data["truth"], ~data["test"], fold >= 0
     result: dict[str, Any] = {
         "volume": args.volume, "painter": args.painter, "seed": args.seed, "folds": args.folds,
         "validation_patches": int(validated.sum()), "validation_positives": int(y[validated].sum()),
@@ -309,7 +342,7 @@ def found(
     return out
 
 
-def summarise(out: Path) -> dict[str, Any]:
+def summarise(out: Path, detectors: tuple[str, ...] = DETECTORS) -> dict[str, Any]:
     """Per volume, painter and detector: PR-AUC mean and std over paintings (200 and all labels),
     the paired gain over ``product`` and the mean over paintings of the folds' mean (200)."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -319,7 +352,7 @@ def summarise(out: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for key, runs in sorted(groups.items()):
         rows: dict[str, Any] = {}
-        for d in DETECTORS:
+        for d in detectors:
             have = [r for r in runs if d in r["pr_auc"]]
             if not have:
                 continue
@@ -379,11 +412,15 @@ def main() -> None:
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(summary_table(summary))
         return
-    result = run(args)
+    save(args, run(args))
+
+
+def save(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Write a painting's result; detectors of the same painting run before and not now stay."""
     path = args.out / args.volume / args.painter / f"seed-{args.seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     result["commands"] = [" ".join(sys.argv)]
-    if path.exists():  # the same painting: detectors run before and not now are kept
+    if path.exists():
         earlier = json.loads(path.read_text())
         if earlier["settings"] == result["settings"]:
             for key in ("pr_auc", "pr_auc_fold_mean", "found_all_labels"):
