@@ -32,6 +32,17 @@ WK_DATASET = "sample_organization/web-ds"
 TASKS = 60
 
 
+def embedded_env(url: str, root: Path, **extra: str) -> dict[str, str]:
+    """The environment of an embedded API for a page test: SQLite at ``url``, data under
+    ``root / "data"``, the filesystem queue."""
+    return service_env(
+        ARTIFACT_LOOP_DATABASE_URL=url,
+        ARTIFACT_LOOP_DATA_DIR=str(root / "data"),
+        ARTIFACT_LOOP_BROKER_URL="filesystem://",
+        **extra,
+    )
+
+
 @dataclass
 class Site:
     base: str

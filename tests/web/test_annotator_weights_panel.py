@@ -16,9 +16,9 @@ from server.datasets.service import register_dataset
 from server.db import migrate
 from server.db.base import make_engine, make_sessionmaker, session_scope
 from server.db.tables import ModelVersion
-from tests.processes import admin_api, api_server, service_env
+from tests.processes import admin_api, api_server
 from tests.server.test_label_import import DATASET_NAME, DISAGREEMENT_NML, write_genem3_dataset
-from tests.web.conftest import Site, shoot
+from tests.web.conftest import Site, embedded_env, shoot
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +34,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         dataset_id = register_dataset(session, name=DATASET_NAME, path=str(path), stats_sample=4).id
         session.add(ModelVersion(dataset_id=dataset_id, kind="ae", status="ready", active=True))
     engine.dispose()
-    env = service_env(
-        ARTIFACT_LOOP_DATABASE_URL=url,
-        ARTIFACT_LOOP_DATA_DIR=str(root / "data"),
-        ARTIFACT_LOOP_BROKER_URL="filesystem://",
-    )
+    env = embedded_env(url, root)
     with api_server(env, log=root / "api.log") as base:
         r = admin_api(base, admin).post(
             f"/datasets/{dataset_id}/labels/import",

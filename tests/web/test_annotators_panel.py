@@ -16,9 +16,9 @@ from server.auth import create_token
 from server.datasets.service import register_dataset
 from server.db import migrate
 from server.db.base import make_engine, make_sessionmaker, session_scope
-from tests.processes import admin_api, api_server, service_env
+from tests.processes import admin_api, api_server
 from tests.server.test_label_import import DATASET_NAME, DISAGREEMENT_NML, write_genem3_dataset
-from tests.web.conftest import Site, shoot
+from tests.web.conftest import Site, embedded_env, shoot
 
 
 def _signed(x: float) -> str:
@@ -41,11 +41,7 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, d
         _, annotator = create_token(session, name="bob", role="annotator")
         dataset_id = register_dataset(session, name=DATASET_NAME, path=str(path), stats_sample=4).id
     engine.dispose()
-    env = service_env(
-        ARTIFACT_LOOP_DATABASE_URL=url,
-        ARTIFACT_LOOP_DATA_DIR=str(root / "data"),
-        ARTIFACT_LOOP_BROKER_URL="filesystem://",
-    )
+    env = embedded_env(url, root)
     with api_server(env, log=root / "api.log") as base:
         http = admin_api(base, admin)
         r = http.post(

@@ -15,8 +15,8 @@ from server.db import migrate
 from server.db.base import make_engine, make_sessionmaker, session_scope
 from server.db.tables import AnnotationTask, Label, LabelSuspect, ModelVersion
 from tests.conftest import write_test_dataset
-from tests.processes import api_server, service_env
-from tests.web.conftest import Site, shoot
+from tests.processes import api_server
+from tests.web.conftest import Site, embedded_env, shoot
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +65,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         )  # fmt: skip
         ids = {"dataset": ds.id, "version": version.id, "strong": strong.id, "weak": weak.id}
     engine.dispose()
-    env = service_env(
-        ARTIFACT_LOOP_DATABASE_URL=url,
-        ARTIFACT_LOOP_DATA_DIR=str(root / "data"),
-        ARTIFACT_LOOP_BROKER_URL="filesystem://",
-    )
+    env = embedded_env(url, root)
     with api_server(env, log=root / "api.log") as base:
         yield Site(base, url, admin, annotator, annotator, ids["dataset"], ids)
 
