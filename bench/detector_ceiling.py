@@ -391,21 +391,28 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def painting_arguments(
+    ap: argparse.ArgumentParser, *, detectors: tuple[str, ...], out: Path
+) -> None:
+    """The options every detector bench on the hard benchmark's paintings takes."""
     ap.add_argument("--volume", default="cremi-c", choices=sorted(VOLUMES))
     ap.add_argument("--painter", default="msem", choices=sorted(DENSITY))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--detectors", default=",".join(DETECTORS))
+    ap.add_argument("--detectors", default=",".join(detectors), help="of: " + ",".join(detectors))
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--pretrain-patches", type=int, default=1000)
     ap.add_argument("--pretrain-epochs", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--tta", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/detector_ceiling"))
+    ap.add_argument("--out", type=Path, default=out)
     ap.add_argument("--work", type=Path, default=Path(".real_tissue/ceiling"))
     ap.add_argument("--cache", type=Path, default=Path(".real_tissue/downloads"))
     ap.add_argument("--table", action="store_true", help="summarise --out's paintings, run none")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    painting_arguments(ap, detectors=DETECTORS, out=Path("bench/results/detector_ceiling"))
     args = ap.parse_args()
     if args.table:
         summary = summarise(args.out)

@@ -54,6 +54,7 @@ from bench.detector_ceiling import (
     embedding,
     fit_predict,
     paint,
+    painting_arguments,
     pool_folds,
     record,
     save,
@@ -63,7 +64,6 @@ from bench.detector_ceiling import (
     summary_table,
     training_sets,
 )
-from bench.real_tissue_hard import DENSITY
 from models.networks import (
     AutoencoderConfig,
     Classifier,
@@ -72,7 +72,6 @@ from models.networks import (
     pool_features,
 )
 from models.training import pretrain_autoencoder
-from server.sim.real_tissue import VOLUMES
 from server.sim.synth import PATCH
 
 NETWORKS = ("product", "context", "context-wide", "context-centre")
@@ -171,20 +170,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--volume", default="cremi-c", choices=sorted(VOLUMES))
-    ap.add_argument("--painter", default="msem", choices=sorted(DENSITY))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--detectors", default=",".join(DETECTORS), help="of: " + ",".join(DETECTORS))
+    painting_arguments(ap, detectors=DETECTORS, out=Path("bench/results/detector_ceiling/context"))
     ap.add_argument("--margin", type=int, default=PATCH // 2, help="px of context on every side")
-    ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--pretrain-patches", type=int, default=1000)
-    ap.add_argument("--pretrain-epochs", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--tta", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/detector_ceiling/context"))
-    ap.add_argument("--work", type=Path, default=Path(".real_tissue/ceiling"))
-    ap.add_argument("--cache", type=Path, default=Path(".real_tissue/downloads"))
-    ap.add_argument("--table", action="store_true", help="summarise --out's paintings, run none")
     args = ap.parse_args()
     if args.table:
         summary = summarise(args.out, DETECTORS)
