@@ -124,6 +124,7 @@ def dawid_skene(
     prior_accuracy: float = PRIOR_ACCURACY,
     prior_strength: float = PRIOR_STRENGTH,
     weights: Mapping[Hashable, float] | None = None,
+    model: Mapping[Hashable, float] | None = None,
 ) -> Consensus:
     """Consensus P(artifact) per patch and each annotator's sensitivity and specificity,
     estimated jointly by EM (Dawid & Skene 1979, two classes) with a Beta prior on the rates.
@@ -136,7 +137,13 @@ def dawid_skene(
     ``weights``: per annotator, how much their verdicts count in the consensus (default 1; an
     annotator left out counts fully): each verdict's log-likelihood ratio is scaled by it (a
     tempered likelihood), so 0.5 counts half and 0 not at all. An annotator's own rates are
-    still estimated from all of their verdicts."""
+    still estimated from all of their verdicts.
+
+    ``model``: per patch, a model's P(artifact) from a model that never saw the patch's labels
+    (out of fold), as one more rater (CROWDLAB-style): it takes the place of the prevalence as
+    the patch's prior, so a patch judged once informs its annotator's rates too, and an
+    annotator who shares no patch with anyone is measured against the model. Patches without
+    a view are as before."""
     t = _table(triples)
     weights = weights or {}
     for name, w in weights.items():
@@ -145,8 +152,9 @@ def dawid_skene(
     per_annotator = np.array([float(weights.get(a, 1.0)) for a in t.annotators])
     n_patches, n_annotators = len(t.patches), len(t.annotators)
     labels_per_patch = np.bincount(t.patch, minlength=n_patches)
-    shared = labels_per_patch[t.patch] >= 2
-    multi = labels_per_patch >= 2
+    prior_logit, viewed = _model_view(t, model)
+    multi = (labels_per_patch >= 2) | viewed
+    shared = multi[t.patch]
     verdict = t.verdict.astype(np.float64)
 
     # start from the (weighted) soft majority vote
@@ -154,7 +162,7 @@ def dawid_skene(
     sums = np.bincount(t.patch, weights=verdict * w_all, minlength=n_patches)
     totals = np.bincount(t.patch, weights=w_all, minlength=n_patches)
     p = np.where(totals > 0, sums / np.maximum(totals, 1e-12), 0.5)
-    single = labels_per_patch == 1
+    single = (labels_per_patch == 1) & ~viewed
     p[single] = np.bincount(t.patch, weights=verdict, minlength=n_patches)[single]
     right, wrong = prior_strength * prior_accuracy, prior_strength * (1 - prior_accuracy)
     sp, sa, sv = t.patch[shared], t.annotator[shared], verdict[shared]
@@ -178,7 +186,8 @@ def dawid_skene(
             sv == 1, np.log(sensitivity[sa] / (1 - specificity[sa])),
             np.log((1 - sensitivity[sa]) / specificity[sa]),
         )  # fmt: skip
-        log_odds = np.log(prevalence / (1 - prevalence)) + np.bincount(
+        prior = np.where(viewed, prior_logit, np.log(prevalence / (1 - prevalence)))
+        log_odds = prior + np.bincount(
             sp, weights=weight_if_1 * per_annotator[sa], minlength=n_patches
         )
         updated = np.where(multi, 1.0 / (1.0 + np.exp(-np.clip(log_odds, -700, 700))), p)
@@ -189,15 +198,19 @@ def dawid_skene(
 
     q = p[t.patch]
     agrees = np.where(t.verdict == 1, q, 1 - q)
-    group = _overlap_groups(t, shared)
+    group = _overlap_groups(t, labels_per_patch[t.patch] >= 2)
+    # with the model as a rater of known calibration, its view alone identifies the rates
+    measured = np.isin(np.arange(n_annotators), t.annotator[viewed[t.patch]])
     qualities = []
     for j, name in enumerate(t.annotators):
         mine = t.annotator == j
         n_shared = int((mine & shared).sum())
         reason = None
         if n_shared == 0:
-            reason = "none of their labels is on a patch another annotator labelled"
-        elif group[j] < 3:
+            reason = "none of their labels is on a patch another annotator labelled" + (
+                " or the model judged" if model is not None else ""
+            )
+        elif group[j] < 3 and not measured[j]:
             reason = (
                 "only two annotators share patches: their agreement is measured, "
                 "not which of them is right"
@@ -223,6 +236,22 @@ def dawid_skene(
         annotators=qualities,
         iterations=iterations,
     )
+
+
+def _model_view(t: _Table, model: Mapping[Hashable, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per patch of ``t``: the model's log-odds of artifact (0 where it has no view), and
+    whether it has one. Probabilities are clipped to [1e-4, 1 - 1e-4]: no model is certain."""
+    logit = np.zeros(len(t.patches))
+    viewed = np.zeros(len(t.patches), dtype=bool)
+    for i, patch in enumerate(t.patches):
+        p = (model or {}).get(patch)
+        if p is None or not np.isfinite(p):
+            continue
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"the model's P(artifact) of patch {patch!r} is {p!r}, not in [0, 1]")
+        q = min(max(float(p), 1e-4), 1 - 1e-4)
+        logit[i], viewed[i] = np.log(q / (1 - q)), True
+    return logit, viewed
 
 
 def cohen_kappa(first: np.ndarray, second: np.ndarray) -> float | None:

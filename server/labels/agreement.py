@@ -18,6 +18,7 @@ from models.consensus import (
     pairwise_kappa,
 )
 from server.db.tables import Annotator, Label
+from server.labels.model_view import model_view
 
 # Labels given one at a time carry the moment they were given; imported or synced ones carry
 # the moment of the import or sync, which says nothing about a person's pace.
@@ -71,7 +72,7 @@ def labels_per_hour(times: list[datetime]) -> Estimate:
 def annotator_report(session: Session, *, dataset_id: int) -> AnnotatorReport:
     rows = session.execute(
         select(
-            Label.x, Label.y, Label.z, Label.w, Label.h, Label.annotator, Label.label,
+            Label.id, Label.x, Label.y, Label.z, Label.w, Label.h, Label.annotator, Label.label,
             Label.source, Label.created_at,
         )
         .where(Label.dataset_id == dataset_id)
@@ -87,7 +88,11 @@ def annotator_report(session: Session, *, dataset_id: int) -> AnnotatorReport:
 
     # everyone is measured alike, counted in training or not: the figures are what an admin
     # weighs when setting a label weight
-    consensus = dawid_skene(triples)
+    # the newest classifier's out-of-fold view of the positions it trained on is one more
+    # rater, so an annotator's labels that nobody else saw are measured too
+    viewed = model_view(session, dataset_id=dataset_id)
+    model = {(r.x, r.y, r.z, r.w, r.h): viewed[r.id] for r in rows if r.id in viewed}
+    consensus = dawid_skene(triples, model=model)
     weights = {
         name: (float(w), reason)
         for name, w, reason in session.execute(

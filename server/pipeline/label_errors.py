@@ -2,50 +2,68 @@
 fold become suspects, candidates for re-label tasks.
 
 load (the version's view of its training labels: p(artifact) and features, kept beside its
-weights by the training) -> compute (:func:`models.label_errors.find_label_errors`) -> record
-(the dataset's ``label_suspects`` rows, replacing those of the check before)."""
+weights by the training) -> the model's out-of-fold view of each labelled position (a
+class-balanced logistic regression on the features, K folds:
+:func:`models.label_errors.out_of_fold`) -> the consensus of every label with that view as one
+more rater (:func:`models.label_errors.contradicted`) -> record (the dataset's
+``label_suspects`` rows, replacing those of the check before; the view itself in
+``model_view.npz``, from which the annotators' report measures everyone against the model).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert
 
-from models.label_errors import find_label_errors
-from models.networks import Classifier
+from models.label_errors import DEFAULT_FOLDS, SUSPECT_AT, at_prevalence, contradicted, out_of_fold
+from models.networks import Autoencoder, Classifier
 from models.scoring import score_stream
 from server.db.base import utcnow, write_transaction
-from server.db.tables import Label, LabelSuspect
+from server.db.tables import Dataset, Label, LabelSuspect
 from server.jobs.context import StepContext
+from server.labels.consensus import label_weights
+from server.labels.model_view import MODEL_VIEW
+from server.labels.training_set import training_groups
 
 LABEL_VIEW = "label_view.npz"  # beside a classifier's weights
 BATCH = 256
+# the out-of-fold model learns from the autoencoder's embedding (no label shaped it) beside
+# the classifier's pooled features (sharper, but shaped by the very labels being checked)
+VIEW_FEATURES = ("ae_features", "features")
 
 
 def save_label_view(
     folder: Path,
     *,
     model: Classifier,
+    autoencoder: Autoencoder | None,
     patches: np.ndarray,
     label_ids: list[int],
     labels: np.ndarray,
     temperature: float,
 ) -> None:
-    """The trained classifier's p(artifact) and pooled features of each training patch."""
-    view = score_stream(
-        (patches[i : i + BATCH] for i in range(0, len(patches), BATCH)),
-        classifier=model,
-        autoencoder=None,
-        temperature=temperature,
-    )
+    """The trained classifier's p(artifact) and pooled features of each training patch, and
+    the autoencoder's embedding of it (features no label ever shaped)."""
+
+    def batches() -> Any:
+        return (patches[i : i + BATCH] for i in range(0, len(patches), BATCH))
+
+    view = score_stream(batches(), classifier=model, autoencoder=None, temperature=temperature)
+    extra = {}
+    if autoencoder is not None:
+        ae = score_stream(batches(), classifier=None, autoencoder=autoencoder)
+        extra["ae_features"] = ae.embedding.astype(np.float32)
     np.savez(
         folder / LABEL_VIEW,
         label_id=np.asarray(label_ids, dtype=np.int64),
         label=np.asarray(labels, dtype=np.int64),
         p_artifact=view.p_artifact.astype(np.float32),
         features=view.embedding.astype(np.float32),
+        **extra,
     )
 
 
@@ -58,36 +76,84 @@ def record_suspects(
         return {"checked": 0, "suspects": 0, "reason": "no view of the training labels"}
     with np.load(path) as saved:
         label_ids, labels = saved["label_id"], saved["label"]
-        p_artifact, features = saved["p_artifact"], saved["features"]
-    found = find_label_errors(features, labels, seed=seed)
-    now = utcnow()
-    rows = [
-        {
-            "dataset_id": dataset_id,
-            "label_id": int(label_ids[i]),
-            "model_version_id": version_id,
-            "p_artifact": float(p_artifact[i]) if np.isfinite(p_artifact[i]) else None,
-            "p_given": float(found.p_given[i]),
-            "score": float(found.score[i]),
-            "created_at": now,
-        }
-        for i in found.suspects
-    ]
-    with write_transaction(ctx.sessions) as session:
-        session.execute(delete(LabelSuspect).where(LabelSuspect.dataset_id == dataset_id))
-        # a label undone since the training is no suspect any more
-        kept = set(
-            session.scalars(select(Label.id).where(Label.id.in_([r["label_id"] for r in rows])))
+        p_artifact = saved["p_artifact"]
+        used = [key for key in VIEW_FEATURES if key in saved]
+        features = np.hstack([saved[key].astype(np.float64) for key in used])
+    counts = np.bincount(labels, minlength=2)
+    if counts.min() < DEFAULT_FOLDS:
+        fewest = int(np.argmin(counts))
+        reason = (
+            f"{int(counts[fewest])} labels of class {fewest}: at least {DEFAULT_FOLDS} of each "
+            f"class are needed for {DEFAULT_FOLDS}-fold out-of-fold probabilities"
         )
-        rows = [r for r in rows if r["label_id"] in kept]
+        return {"checked": len(labels), "suspects": 0, "reason": reason}
+    p_model = at_prevalence(out_of_fold(features, labels, folds=DEFAULT_FOLDS, seed=seed), labels)
+    np.savez(folder / MODEL_VIEW, label_id=label_ids, p_artifact=p_model.astype(np.float32))
+    now = utcnow()
+    with write_transaction(ctx.sessions) as session:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            return {"checked": 0, "suspects": 0, "reason": "the dataset is gone"}
+        groups = training_groups(session, dataset=dataset)
+        position = {lab.id: key for key, labs in groups.items() for lab in labs}
+        # the version's own P(artifact) of each position it trained on
+        seen = {
+            position[int(i)]: float(p)
+            for i, p in zip(label_ids, p_artifact, strict=True)
+            if int(i) in position
+        }
+        model = {
+            position[int(i)]: float(p)
+            for i, p in zip(label_ids, p_model, strict=True)
+            if int(i) in position
+        }
+        found = suspects_of(groups, model=model, weights=label_weights(session))
+        rows = [
+            {
+                "dataset_id": dataset_id,
+                "label_id": lab.id,
+                "model_version_id": version_id,
+                "p_artifact": _finite(seen.get(position[lab.id], float("nan"))),
+                "p_given": 1.0 - wrong,
+                "score": wrong,
+                "created_at": now,
+            }
+            for lab, wrong in found
+        ]
+        session.execute(delete(LabelSuspect).where(LabelSuspect.dataset_id == dataset_id))
         if rows:
             session.execute(insert(LabelSuspect), rows)
-    summary: dict[str, Any] = {"checked": len(labels), "suspects": len(rows)}
-    if found.reason is not None:
-        summary["reason"] = found.reason
-    else:
-        summary["thresholds"] = {
-            "clean": round(found.thresholds[0], 4),
-            "artifact": round(found.thresholds[1], 4),
-        }
-    return summary
+    return {
+        "checked": len(labels),
+        "suspects": len(rows),
+        "model_view": "+".join(used),
+        "suspect_at": SUSPECT_AT,
+    }
+
+
+def suspects_of(
+    groups: dict[Hashable, list[Label]],
+    *,
+    model: dict[Hashable, float],
+    weights: dict[str, float],
+) -> list[tuple[Label, float]]:
+    """Each annotator's latest label of every position the consensus with the model contradicts
+    (P(wrong) at least ``SUSPECT_AT``), most doubtful first; annotators at label weight 0 are
+    left out of the consensus and the list."""
+    latest = {
+        (key, lab.annotator): lab
+        for key, labs in groups.items()
+        for lab in labs
+        if weights.get(lab.annotator, 1.0) > 0
+    }
+    counted = list(latest.values())
+    triples = [
+        (key, lab.annotator, int(lab.label == "artifact")) for (key, _), lab in latest.items()
+    ]
+    wrong = contradicted(triples, model=model, weights=weights)
+    found = [(lab, float(w)) for lab, w in zip(counted, wrong, strict=True) if w >= SUSPECT_AT]
+    return sorted(found, key=lambda pair: (-pair[1], pair[0].id))
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None

@@ -179,3 +179,49 @@ def test_weights_scale_an_annotators_say_and_weight_zero_is_leaving_them_out() -
     assert full.p_artifact[0] < half.p_artifact[0] < zero.p_artifact[0]
     with pytest.raises(ValueError, match="not within"):
         dawid_skene(triples, weights={"c": 1.5})
+
+
+def _model_view(
+    truth: np.ndarray, rng: np.random.Generator, *, accuracy: float
+) -> dict[int, float]:
+    """An out-of-fold model's calibrated P(artifact): right with ``accuracy``, at that
+    confidence."""
+    right = rng.random(truth.size) < accuracy
+    return {i: accuracy if truth[i] == right[i] else 1 - accuracy for i in range(truth.size)}
+
+
+def test_a_model_view_ranks_annotators_who_share_no_patch() -> None:
+    """Every patch labelled once (no overlap at all): without the model nothing is known of
+    anyone; with an out-of-fold model as one more rater the noisy annotator ranks lowest and
+    their flipped labels are the ones the consensus turns."""
+    rng = np.random.default_rng(1)
+    truth = rng.random(300) < 0.3
+    flips = {"a": 0.0, "b": 0.0, "noisy": 0.2}
+    names = list(flips)
+    triples, flipped = [], []
+    for i in range(truth.size):
+        name = names[i % 3]
+        flip = bool(rng.random() < flips[name])
+        triples.append((i, name, int(truth[i] ^ flip)))
+        flipped.append(flip)
+    assert all(q.reliability is None for q in dawid_skene(triples).annotators)
+
+    consensus = dawid_skene(triples, model=_model_view(truth, rng, accuracy=0.9))
+    by_name = {q.annotator: q for q in consensus.annotators}
+    assert all(q.reason is None and q.shared == 100 for q in by_name.values())
+    reliability = {name: q.reliability for name, q in by_name.items()}
+    assert min(reliability, key=lambda name: reliability[name]) == "noisy"
+    assert reliability["noisy"] < 0.85 < min(reliability["a"], reliability["b"])
+    turned = (consensus.p_artifact > 0.5) != np.array([v for _, _, v in triples], dtype=bool)
+    flipped_arr = np.array(flipped)
+    assert turned[flipped_arr].mean() > 0.6  # most flips are turned back
+    assert turned[~flipped_arr].mean() < 0.1  # few right labels are
+
+
+def test_a_model_view_is_checked_and_patches_without_one_keep_their_verdict() -> None:
+    triples = [(0, "a", 1), (1, "b", 0), (2, "c", 1)]
+    consensus = dawid_skene(triples, model={0: 0.1, 1: float("nan")})
+    assert consensus.p_artifact[1] == 0.0 and consensus.p_artifact[2] == 1.0
+    assert 0.0 < consensus.p_artifact[0] < 1.0
+    with pytest.raises(ValueError, match="not in"):
+        dawid_skene(triples, model={0: 1.5})
