@@ -1,10 +1,10 @@
-"""Re-label or label new: suspect labels (training labels the last classifier confidently
-contradicts out of fold) compete with a strategy's new patches for places in the same batch.
+"""Re-label or label new: suspect labels (training labels the consensus with the last
+classifier's out-of-fold view holds wrong) compete with a strategy's new patches for places in the same batch.
 
 One mechanism for every strategy (:meth:`~server.acquisition.base.Strategy.propose` applies
 it): each new pick is worth its own score where the strategy's scores are probabilities or
 margins (in [0, 1]), else its place in the strategy's order (1 for the first, falling
-linearly); a re-label is worth its suspect score (1 - P(given label)) times the best new
+linearly); a re-label is worth its suspect score (P(the label is wrong)) times the best new
 pick's worth, the acquisition's scale. Re-labels go in before the first new pick worth less
 (the strategy's order among its own picks is kept: they may be chosen for diversity), at most
 :data:`RELABEL_SHARE` of a batch; the new picks they displace drop off the end.
@@ -31,7 +31,7 @@ class Suspect:
     w: int
     h: int
     grid_index: int | None  # the grid patch the label box is, where it is one
-    score: float  # 1 - out-of-fold P(given label)
+    score: float  # P(the label is wrong), the consensus with the model
     p_artifact: float | None  # the classifier's own view of the patch
 
 

@@ -82,7 +82,9 @@ def _interval(e: Estimate) -> IntervalFigure:
     summary="Per annotator: labels, labels per hour, agreement with the consensus, reliability; "
     "kappa per pair and alpha overall",
     description="The consensus and each annotator's sensitivity and specificity are estimated "
-    "jointly (Dawid-Skene, EM with a Beta prior); reliability is their balanced accuracy. "
+    "jointly (Dawid-Skene, EM with a Beta prior), with the newest classifier's out-of-fold "
+    "view of the patches it trained on as one more rater; reliability is their balanced "
+    "accuracy. "
     "Kappa and alpha carry 95% bootstrap intervals over patches. A figure that cannot be "
     "estimated is null with a reason.",
 )

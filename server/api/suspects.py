@@ -35,8 +35,11 @@ class SuspectOut(BaseModel):
     annotator: str = Field(description="Who gave the suspect label")
     label: LabelValue = Field(description="The label given")
     p_artifact: float | None = Field(description="The classifier's p(artifact) of the patch")
-    p_given: float = Field(description="Out-of-fold probability of the label given")
-    score: float = Field(description="1 - p_given: how strongly the model disagrees")
+    p_given: float = Field(description="The model's out-of-fold probability of the label given")
+    score: float = Field(
+        description="P(the label is wrong) under the consensus of all labels with the model's "
+        "out-of-fold view as one more rater"
+    )
     model_version_id: int = Field(description="The classifier whose training found it")
     relabel_task: RelabelTask | None = Field(
         description="The newest re-label task at the label's position, if any"
@@ -46,11 +49,12 @@ class SuspectOut(BaseModel):
 @router.get(
     "/datasets/{dataset_id}/suspect-labels",
     response_model=PageOf[SuspectOut],
-    summary="Labels the model confidently contradicts out of fold, strongest first",
-    description="After each training, its labels are checked by K-fold logistic regression on "
-    "the classifier's features (confident learning): a label is suspect when its "
-    "out-of-fold probability is below its class's mean and the other class is confident. "
-    "The next batches offer suspects to another annotator as re-label tasks.",
+    summary="Labels the consensus with the model's out-of-fold view contradicts, strongest first",
+    description="After each training, K-fold logistic regression on the autoencoder's and the "
+    "classifier's features gives the model's out-of-fold view of every training label; with "
+    "it as one more rater, the Dawid-Skene consensus of all labels gives each label "
+    "P(wrong), and a label is suspect from 0.2. The next batches offer suspects to another "
+    "annotator as re-label tasks.",
 )
 def list_suspect_labels(
     dataset_id: DatasetId, session: SessionDep, page: PageDep, _user: CurrentUser

@@ -340,5 +340,5 @@ class LabelSuspect(Base):
     )
     p_artifact: Mapped[float | None] = mapped_column(Float)  # the version's own view
     p_given: Mapped[float] = mapped_column(Float)  # out of fold: P(the label given)
-    score: Mapped[float] = mapped_column(Float)  # 1 - p_given: how strongly it disagrees
+    score: Mapped[float] = mapped_column(Float)  # P(wrong): the consensus with the model
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

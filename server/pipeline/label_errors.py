@@ -107,14 +107,18 @@ def record_suspects(
             for i, p in zip(label_ids, p_model, strict=True)
             if int(i) in position
         }
-        found = suspects_of(groups, model=model, weights=label_weights(session))
+        found = [
+            (lab, wrong)
+            for lab, wrong in suspects_of(groups, model=model, weights=label_weights(session))
+            if position[lab.id] in model  # a position the training saw (a new one: next time)
+        ]
         rows = [
             {
                 "dataset_id": dataset_id,
                 "label_id": lab.id,
                 "model_version_id": version_id,
                 "p_artifact": _finite(seen.get(position[lab.id], float("nan"))),
-                "p_given": 1.0 - wrong,
+                "p_given": _given(model[position[lab.id]], lab),
                 "score": wrong,
                 "created_at": now,
             }
@@ -153,6 +157,11 @@ def suspects_of(
     wrong = contradicted(triples, model=model, weights=weights)
     found = [(lab, float(w)) for lab, w in zip(counted, wrong, strict=True) if w >= SUSPECT_AT]
     return sorted(found, key=lambda pair: (-pair[1], pair[0].id))
+
+
+def _given(p_artifact: float, label: Label) -> float:
+    """The model's out-of-fold P(the class the label gave)."""
+    return p_artifact if label.label == "artifact" else 1.0 - p_artifact
 
 
 def _finite(value: float) -> float | None:
