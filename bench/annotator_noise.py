@@ -57,6 +57,7 @@ def run(dataset: Path, out: Path, name: str, args: argparse.Namespace) -> None:
         strategies=(args.strategy,),
         budget=args.budget,
         seeds=args.seeds,
+        first_seed=args.first_seed,
         annotators=annotators,
         label_aggregation=spec["label_aggregation"],
     )
@@ -136,6 +137,9 @@ def main() -> None:
     parser.add_argument("--strategy", default=registry.DEFAULT)
     parser.add_argument("--budget", type=int, default=300)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="fresh seeds to confirm a choice made on others"
+    )
     parser.add_argument("--only", choices=list(RUNS), action="append")
     parser.add_argument("--summarise", action="store_true", help="only rebuild the summary")
     parser.add_argument("--quick", action="store_true", help="tiny networks: a smoke run")

@@ -9,7 +9,7 @@ the same artifacts with the same labels?
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +222,7 @@ def ae_embeddings(settings: Any, rt: Any, dataset_id: int, index: np.ndarray) ->
 
 
 def baseline_curves(
-    features_file: Path, *, names: list[str], seeds: int, budget: int, batch: int
+    features_file: Path, *, names: list[str], seeds: Iterable[int], budget: int, batch: int
 ) -> Iterator[tuple[int, str, list[dict[str, Any]]]]:
     """``(seed, name, curve)`` of every baseline and seed, from the features, ground truth
     and test mask ``simulate`` saved: same pool, test sections, budget and batches as the
@@ -230,7 +230,7 @@ def baseline_curves(
     data = np.load(features_file)
     test = data["test"]
     pool, held_out = np.flatnonzero(~test), np.flatnonzero(test)
-    for seed in range(seeds):
+    for seed in seeds:
         for name in names:
             matrix = data["embedding"] if name.startswith("embedding-") else data["features"]
             curve = run_baseline_curve(

@@ -49,6 +49,7 @@ class SimulationConfig:
     budget: int = 400
     batch: int = 25
     seeds: int = 5
+    first_seed: int = 0  # seeds first_seed, first_seed + 1, ...: fresh ones to confirm a choice
     test_every: int = 5  # every 5th section is a test section
     candidates: int = 3000  # unlabelled patches a classifier scores per round
     pretrain_patches: int = 8000
@@ -63,6 +64,10 @@ class SimulationConfig:
     annotators: tuple[SimulatedAnnotator, ...] = ()
     # the dataset's label_aggregation setting ("consensus" or "latest"); None: the default
     label_aggregation: str | None = None
+
+    @property
+    def seed_numbers(self) -> range:
+        return range(self.first_seed, self.first_seed + self.seeds)
 
 
 def quick_config(strategies: tuple[str, ...]) -> SimulationConfig:
@@ -124,7 +129,7 @@ def run_simulation(
     rounds = -(-config.budget // config.batch)
     product = [s for s in config.strategies if loop_strategy(s)]
     baselines = [s for s in config.strategies if s in ALL_BASELINES]
-    runs = [(seed, strategy) for seed in range(config.seeds) for strategy in product]
+    runs = [(seed, strategy) for seed in config.seed_numbers for strategy in product]
     # curves that score candidates every round take longest: start them first
     runs.sort(key=lambda run: not registry.get(loop_strategy(run[1]) or "").needs_scores)
     total = len(runs) * rounds
@@ -157,7 +162,7 @@ def run_simulation(
         if baselines:
             setup("baselines: hand-made features and a logistic regression")
             for seed, name, curve in baseline_curves(
-                template / "baseline_features.npz", names=baselines, seeds=config.seeds,
+                template / "baseline_features.npz", names=baselines, seeds=config.seed_numbers,
                 budget=config.budget, batch=config.batch,
             ):  # fmt: skip
                 record(seed, name, {"curve": curve, "jobs": {}})
@@ -168,7 +173,7 @@ def run_simulation(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     curves = {
-        name: [finished[(seed, name)] for seed in range(config.seeds)] for name in config.strategies
+        name: [finished[(seed, name)] for seed in config.seed_numbers] for name in config.strategies
     }
     results = rep.summarise(
         curves,

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from server.cli.main import app
 from server.labels.truth import load_truth
 from server.sim.synth import make_synthetic_dataset
+from server.sim.simulate import SimulationConfig
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +118,9 @@ def test_ground_truth_accepts_true_false_in_any_case(tmp_path: Path) -> None:
     (tmp_path / "ground_truth.csv").write_text("x,y,z,label\n0,0,0,TRUE\n1,0,0,False\n2,0,0, 1\n")
     _, labels = load_truth(tmp_path)
     assert labels.tolist() == [True, False, True]
+
+
+def test_fresh_seeds_follow_the_first_seed() -> None:
+    """A choice made on seeds 0-4 is confirmed on 5-9: the seeds a run uses."""
+    assert list(SimulationConfig(seeds=3, first_seed=5).seed_numbers) == [5, 6, 7]
+    assert list(SimulationConfig(seeds=2).seed_numbers) == [0, 1]
