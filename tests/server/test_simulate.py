@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from server.cli.main import app
 from server.labels.truth import load_truth
-from server.sim.synth import make_synthetic_dataset
 from server.sim.simulate import SimulationConfig
+from server.sim.synth import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
