@@ -53,7 +53,7 @@ class SuspectOut(BaseModel):
     description="After each training, K-fold logistic regression on the autoencoder's and the "
     "classifier's features gives the model's out-of-fold view of every training label; with "
     "it as one more rater, the Dawid-Skene consensus of all labels gives each label "
-    "P(wrong), and a label is suspect from 0.2. The next batches offer suspects to another "
+    "P(wrong), and a label is suspect from 0.3. The next batches offer suspects to another "
     "annotator as re-label tasks.",
 )
 def list_suspect_labels(
