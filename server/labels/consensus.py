@@ -11,8 +11,16 @@ stored). Training learns the consensus class (P(artifact) > 0.5) with a sample w
 A soft target (p itself) was the other choice; a class per patch was kept because balanced
 batches, the stratified validation split, the temperature and the F1 threshold all need one,
 while the weight lets a doubtful consensus pull less, and a label never counts for more than
-its annotator's weight. A position labelled once by an annotator at weight 1 has p of 0 or 1
-and weight 1: a run with one label per patch trains exactly as with ``latest``.
+its annotator's weight.
+Training's consensus also hears the model (CROWDLAB-style): the newest classifier's
+out-of-fold P(artifact) of each position it trained on (:mod:`server.labels.model_view`) is
+one more rater, the position's prior in place of the prevalence. It measures annotators who
+share few patches with anyone, breaks a tie between a flipped label and its re-label, and
+lets a label the model firmly contradicts, from an annotator the consensus trusts little,
+count less or turn. Positions no classifier has seen yet, and every position of a dataset
+before its first classifier, have no view: there a position labelled once by an annotator at
+weight 1 has p of 0 or 1 and weight 1, as with ``latest``. The audit's consensus never hears
+the model, so the audit verdicts that measure each version do not depend on it.
 
 With ``latest`` the latest label of a position counts, at weight 1 (the behaviour before).
 """
@@ -72,10 +80,12 @@ def aggregate(
     *,
     mode: str,
     weights: Mapping[str, float],
+    model: Mapping[Hashable, float] | None = None,
 ) -> dict[Hashable, Verdict]:
     """One verdict per position from its labels (oldest first); see the module docstring.
-    A position left without a verdict (only excluded annotators, a tie, or a consensus no
-    label holds) is missing from the answer."""
+    ``model``: per position, a model's out-of-fold P(artifact), one more rater in the
+    consensus (ignored with ``latest``). A position left without a verdict (only excluded
+    annotators, a tie, or a consensus no label holds) is missing from the answer."""
     if mode == "latest":
         return {
             key: Verdict(labs[-1], 1.0, _said(labs[-1])) for key, labs in groups.items() if labs
@@ -91,7 +101,9 @@ def aggregate(
         for key, labs in counted.items()
         for lab in labs
     ]
-    consensus = dawid_skene(triples, weights={a: w for a, w in weights.items() if w > 0})
+    consensus = dawid_skene(
+        triples, weights={a: w for a, w in weights.items() if w > 0}, model=model
+    )
     p_of = dict(zip(consensus.patches, consensus.p_artifact.tolist(), strict=True))
     out: dict[Hashable, Verdict] = {}
     for key, labs in counted.items():

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from server.db.tables import Dataset, Label
 from server.labels.consensus import Verdict, aggregate, label_aggregation, label_weights
-from server.labels.training_set import audit_groups, training_groups
+from server.labels.training_set import audit_groups, training_groups, training_verdicts
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,11 @@ def positions_with_several_labels(
         (False, training_groups(session, dataset=dataset)),
         (True, audit_groups(session, dataset=dataset)),
     ):
-        verdicts = aggregate(groups, mode=mode, weights=weights if mode == "consensus" else {})
+        verdicts = (
+            aggregate(groups, mode=mode, weights=weights if mode == "consensus" else {})
+            if audit
+            else training_verdicts(session, groups, dataset=dataset)
+        )
         for key, labs in groups.items():
             if len(labs) >= 2:
                 found.append(_position(key, labs, verdicts, mode, weights, audit=audit))

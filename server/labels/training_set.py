@@ -4,7 +4,8 @@ Training sees every label except those of audit patches; the audit set's verdict
 each version. Where a position has several labels, the dataset's ``label_aggregation`` decides
 (:mod:`server.labels.consensus`): their consensus, or the latest. The training and the audit
 consensus are each estimated from their own labels only, so the audit verdicts never depend on
-what training learns from."""
+what training learns from; the training consensus also hears the newest classifier's
+out-of-fold view of its positions, the audit consensus never does."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.db.tables import AnnotationTask, Dataset, Label
-from server.labels.consensus import aggregate, label_aggregation, label_weights
+from server.labels.consensus import Verdict, aggregate, label_aggregation, label_weights
+from server.labels.model_view import model_view
 
 
 @dataclass(frozen=True)
@@ -74,15 +76,36 @@ def audit_groups(session: Session, *, dataset: Dataset) -> dict[Hashable, list[L
     return groups
 
 
+def position_view(
+    session: Session, groups: dict[Hashable, list[Label]], *, dataset_id: int
+) -> dict[Hashable, float]:
+    """Per position of ``groups``: the newest classifier's out-of-fold P(artifact), where it
+    has one (it trained on one label of the position)."""
+    viewed = model_view(session, dataset_id=dataset_id)
+    if not viewed:
+        return {}
+    return {key: viewed[lab.id] for key, labs in groups.items() for lab in labs if lab.id in viewed}
+
+
+def training_verdicts(
+    session: Session, groups: dict[Hashable, list[Label]], *, dataset: Dataset
+) -> dict[Hashable, Verdict]:
+    """The verdict of each training position (see :mod:`server.labels.consensus`)."""
+    mode = label_aggregation(dataset)
+    if mode != "consensus":
+        return aggregate(groups, mode=mode, weights={})
+    view = position_view(session, groups, dataset_id=dataset.id)
+    return aggregate(groups, mode=mode, weights=label_weights(session), model=view)
+
+
 def training_set(session: Session, *, dataset: Dataset) -> LabelSet:
     """One label per training position and its weight (see :mod:`server.labels.consensus`)."""
-    mode = label_aggregation(dataset)
-    weights = label_weights(session) if mode == "consensus" else {}
+    groups = training_groups(session, dataset=dataset)
     # in the order the positions were first labelled
-    verdicts = list(
-        aggregate(training_groups(session, dataset=dataset), mode=mode, weights=weights).values()
+    verdicts = list(training_verdicts(session, groups, dataset=dataset).values())
+    return LabelSet(
+        [v.label for v in verdicts], [v.weight for v in verdicts], label_aggregation(dataset)
     )
-    return LabelSet([v.label for v in verdicts], [v.weight for v in verdicts], mode)
 
 
 def training_labels(session: Session, *, dataset: Dataset) -> list[Label]:

@@ -4,10 +4,14 @@ latest label. Each test runs on PostgreSQL inside a rolled-back transaction."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 from sqlalchemy.orm import Session
 
 from server.db.tables import Dataset
+from server.labels.model_view import MODEL_VIEW
 from server.labels.training_set import audit_labels, training_labels, training_set
 from tests import factories as make
 
@@ -102,3 +106,59 @@ def test_the_audit_measures_on_the_consensus_of_an_audit_patch(session: Session)
     ds.settings = {"label_aggregation": "latest"}
     (latest,) = audit_labels(session, dataset=ds)
     assert (latest.label, latest.annotator) == ("clean", "dan")
+
+
+def _with_model_view(session: Session, ds: Dataset, folder: Path, view: dict[int, float]) -> None:
+    """A ready classifier whose label check left its out-of-fold view of these labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        folder / MODEL_VIEW,
+        label_id=np.array(list(view), dtype=np.int64),
+        p_artifact=np.array(list(view.values()), dtype=np.float32),
+    )
+    make.version(session, ds, kind="classifier", weights_path=str(folder / "weights.pt"))
+
+
+def test_the_model_view_breaks_a_tie_in_training_and_never_reaches_the_audit(
+    session: Session, tmp_path: Path
+) -> None:
+    ds = make.dataset(session)
+    # a flipped label and its re-label by someone else, neither measured: a tie
+    flipped = make.label(session, ds, x=0, label="clean", annotator="dan")
+    make.label(session, ds, x=0, label="artifact", annotator="bob")
+    a = make.task(session, ds, grid_index=21, kind="audit")
+    audit_first = make.label(session, ds, x=a.x, y=a.y, z=a.z, label="clean", annotator="dan")
+    make.label(session, ds, x=a.x, y=a.y, z=a.z, label="artifact", annotator="bob")
+    assert training_set(session, dataset=ds).labels == [], "a tie: nothing to learn"
+    assert audit_labels(session, dataset=ds) == []
+
+    # the model trained on dan's label, yet out of fold it sees an artifact there
+    _with_model_view(session, ds, tmp_path / "v1", {flipped.id: 0.9, audit_first.id: 0.9})
+    chosen = training_set(session, dataset=ds)
+    ((lab, weight),) = zip(chosen.labels, chosen.weights, strict=True)
+    assert (lab.label, lab.annotator) == ("artifact", "bob")
+    assert 0 < weight < 1, "a tie broken by the model alone is not certain"
+    assert audit_labels(session, dataset=ds) == [], "the audit never hears the model"
+    # latest ignores the view
+    ds.settings = {"label_aggregation": "latest"}
+    (latest,) = training_set(session, dataset=ds).labels
+    assert latest.annotator == "bob"
+
+
+def test_a_label_the_model_firmly_contradicts_counts_less_once_it_has_a_view(
+    session: Session, tmp_path: Path
+) -> None:
+    ds = make.dataset(session)
+    labels = [make.label(session, ds, x=140 * i, label="clean", annotator="dan") for i in range(4)]
+    before = training_set(session, dataset=ds)
+    assert before.weights == [1.0] * 4, "no classifier yet: one label counts fully"
+    # the model agrees on three and firmly sees an artifact at the fourth
+    view = {lab.id: 0.05 for lab in labels[:3]} | {labels[3].id: 0.97}
+    _with_model_view(session, ds, tmp_path / "v1", view)
+    after = dict(
+        zip((lab.x for lab in training_set(session, dataset=ds).labels),
+            training_set(session, dataset=ds).weights, strict=True)
+    )  # fmt: skip
+    doubted = after.get(420, 0.0)
+    assert all(after[140 * i] > doubted for i in range(3))
+    assert doubted < 0.9
