@@ -105,6 +105,28 @@ def label_errors(results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def lowest_at_end(results: dict[str, Any]) -> dict[str, Any]:
+    """Per seed, after the last round: the noisy annotators' labels and whether each ranks
+    below every right one (for seeds where they never reached 100 labels); None where nobody
+    is noisy or a reliability is not estimated."""
+    (strategy,) = results["strategies"].values()
+    out: dict[str, Any] = {}
+    for seed, curve in enumerate(strategy["per_seed"]):
+        crowd = curve[-1].get("annotators") or {}
+        noisy = {n: a for n, a in crowd.items() if a["error_rate"] > 0}
+        right = [a["reliability"] for a in crowd.values() if a["error_rate"] == 0]
+        known = all(a["reliability"] is not None for a in crowd.values())
+        out[str(seed)] = (
+            {
+                name: {"labels": a["labels"], "lowest": a["reliability"] < min(right)}
+                for name, a in noisy.items()
+            }
+            if noisy and right and known
+            else None
+        )
+    return out
+
+
 def summarise(out: Path, budget: int) -> dict[str, Any]:
     summary: dict[str, Any] = {"budget": budget, "runs": {}}
     found = {n: out / n / "results.json" for n in RUNS if (out / n / "results.json").exists()}
@@ -118,6 +140,7 @@ def summarise(out: Path, budget: int) -> dict[str, Any]:
         row["noisy_lowest_after_first_labels"] = {
             k: v["lowest"] if v else None for k, v in rankings.items()
         }
+        row["noisy_lowest_at_end"] = lowest_at_end(results)
         row["label_errors"] = label_errors(results)
         row["seconds"] = results["seconds"]
         summary["runs"][name] = row
@@ -151,13 +174,18 @@ def main() -> None:
     summary = summarise(args.out, args.budget)
     for name, row in summary["runs"].items():
         lowest = row["noisy_lowest_after_first_labels"]
+        at_end = sum(
+            bool(v) and all(a["lowest"] for a in v.values())
+            for v in row["noisy_lowest_at_end"].values()
+        )
         errors = row["label_errors"] or {}
         print(
             f"{name:16s} PR-AUC@{row['labels']} {row['pr_auc_mean']:.3f} ± {row['pr_auc_std']:.3f}"
             f" (interval {row['pr_auc_interval_median']}, {row['test_positives']} test positives)"
             f" diff {row.get('difference_from_noise_free', 0):+.3f}"
             f" noisy lowest in {sum(v is True for v in lowest.values())} of {len(lowest)} seeds"
-            f" ({sum(v is None for v in lowest.values())} never reached 100 labels)"
+            f" ({sum(v is None for v in lowest.values())} never reached 100 labels;"
+            f" at the end in {at_end} of {len(lowest)})"
             f" label-error recall>={errors.get('recall_min')} precision>={errors.get('precision_min')}"
         )
 
