@@ -111,7 +111,8 @@ def lowest_at_end(results: dict[str, Any]) -> dict[str, Any]:
     is noisy or a reliability is not estimated."""
     (strategy,) = results["strategies"].values()
     out: dict[str, Any] = {}
-    for seed, curve in enumerate(strategy["per_seed"]):
+    first = results["config"].get("first_seed", 0)
+    for seed, curve in enumerate(strategy["per_seed"], start=first):
         crowd = curve[-1].get("annotators") or {}
         noisy = {n: a for n, a in crowd.items() if a["error_rate"] > 0}
         right = [a["reliability"] for a in crowd.values() if a["error_rate"] == 0]
