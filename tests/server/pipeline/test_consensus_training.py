@@ -155,10 +155,8 @@ def test_a_label_the_model_firmly_contradicts_counts_less_once_it_has_a_view(
     # the model agrees on three and firmly sees an artifact at the fourth
     view = {lab.id: 0.05 for lab in labels[:3]} | {labels[3].id: 0.97}
     _with_model_view(session, ds, tmp_path / "v1", view)
-    after = dict(
-        zip((lab.x for lab in training_set(session, dataset=ds).labels),
-            training_set(session, dataset=ds).weights, strict=True)
-    )  # fmt: skip
+    chosen = training_set(session, dataset=ds)
+    after = {lab.x: w for lab, w in zip(chosen.labels, chosen.weights, strict=True)}
     doubted = after.get(420, 0.0)
     assert all(after[140 * i] > doubted for i in range(3))
     assert doubted < 0.9
