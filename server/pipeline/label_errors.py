@@ -140,10 +140,11 @@ def suspects_of(
     *,
     model: dict[Hashable, float],
     weights: dict[str, float],
+    at: float = SUSPECT_AT,
 ) -> list[tuple[Label, float]]:
     """Each annotator's latest label of every position the consensus with the model contradicts
-    (P(wrong) at least ``SUSPECT_AT``), most doubtful first; annotators at label weight 0 are
-    left out of the consensus and the list."""
+    (P(wrong) at least ``at``), most doubtful first; annotators at label weight 0 are left out
+    of the consensus and the list."""
     latest = {
         (key, lab.annotator): lab
         for key, labs in groups.items()
@@ -155,7 +156,7 @@ def suspects_of(
         (key, lab.annotator, int(lab.label == "artifact")) for (key, _), lab in latest.items()
     ]
     wrong = contradicted(triples, model=model, weights=weights)
-    found = [(lab, float(w)) for lab, w in zip(counted, wrong, strict=True) if w >= SUSPECT_AT]
+    found = [(lab, float(w)) for lab, w in zip(counted, wrong, strict=True) if w >= at]
     return sorted(found, key=lambda pair: (-pair[1], pair[0].id))
 
 

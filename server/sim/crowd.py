@@ -97,6 +97,16 @@ class Crowd:
         if flip:
             self.flipped.add(label_id)
 
+    def ranking_shortfall(self) -> int:
+        """How many labels the noisiest annotator still lacks before the reliability ranking
+        is read (0 once it was read, or when nobody is noisier than the rest)."""
+        noisiest = max(self.annotators, key=lambda a: a.error_rate)
+        if self.ranking_at is not None or all(
+            a.error_rate >= noisiest.error_rate for a in self.annotators
+        ):
+            return 0
+        return max(RANKED_AFTER - self.given[noisiest.name], 0)
+
     def observe(self, reliabilities: dict[str, float | None], labels: int) -> dict[str, Any]:
         """Per annotator: labels given, labels flipped so far and the service's estimated
         reliability; the first time the noisiest annotator has given ``RANKED_AFTER`` labels,

@@ -14,14 +14,25 @@ from sqlalchemy import func, select
 
 from server.annotation.tasks import label_task
 from server.db.base import write_transaction
-from server.db.tables import AnnotationTask, Annotator, Job, Label, LabelSuspect, ModelVersion
+from server.db.tables import (
+    AnnotationTask,
+    Annotator,
+    Dataset,
+    Job,
+    Label,
+    LabelSuspect,
+    ModelVersion,
+)
 from server.db.vocabulary import TaskStatus, VersionStatus
 from server.jobs import state
 from server.jobs.kinds import JobKind
 from server.jobs.runner import InlineSender
 from server.labels.agreement import annotator_report
+from server.labels.consensus import label_weights
 from server.labels.service import labels_arrived
+from server.labels.training_set import position_view, training_groups
 from server.pipeline.audit import CACHE_FILE as AUDIT_CACHE
+from server.pipeline.label_errors import suspects_of
 from server.runtime import Runtime
 from server.sim.crowd import Crowd
 
@@ -132,6 +143,8 @@ def replay(
             )
             curve.append(row)
             say(f"{name}: {labelled} labels, test F1 {row['f1'] or 0:.2f}")
+        if crowd is not None and 0 < crowd.ranking_shortfall() <= settings.batch_size:
+            _rank_past_budget(rt, crowd, dataset_id, verdicts, types, labelled)
         with write_transaction(rt.sessions) as session:
             ran = dict(
                 session.execute(select(Job.kind, func.count(Job.id)).group_by(Job.kind)).all()
@@ -162,9 +175,44 @@ def _crowd_labels(
     crowd.record(who, int(task.grid_index), int(done.label.id), flipped)
 
 
+def _rank_past_budget(
+    rt: Runtime,
+    crowd: Crowd,
+    dataset_id: int,
+    verdicts: dict[int, bool],
+    types: dict[str, str],
+    labelled: int,
+) -> None:
+    """Only for the reliability check: when the budget ran out less than a round before the
+    noisiest annotator gave their first ``RANKED_AFTER`` labels (re-label tasks of their labels
+    go to the others), the crowd labels the next open proposals, least busy first as in the rounds,
+    until they have, and the service's report is read once more. Nothing is trained on these
+    labels: the curve ends at the budget."""
+    extra = 0
+    with write_transaction(rt.sessions) as session:
+        tasks = session.scalars(
+            select(AnnotationTask)
+            .where(
+                AnnotationTask.dataset_id == dataset_id,
+                AnnotationTask.kind == "proposal",
+                AnnotationTask.status == TaskStatus.OPEN,
+            )
+            .order_by(AnnotationTask.rank, AnnotationTask.id)
+        ).all()
+        for task in tasks:
+            if not crowd.ranking_shortfall():
+                break
+            before = sum(crowd.given.values())
+            _crowd_labels(session, crowd, task, verdicts[int(task.grid_index)], types)
+            extra += sum(crowd.given.values()) - before
+    _crowd_view(rt, crowd, dataset_id, labelled + extra)
+
+
 def _crowd_view(rt: Runtime, crowd: Crowd, dataset_id: int, labelled: int) -> dict[str, Any]:
     """The service's view of the simulated annotators after a round: each one's estimated
-    reliability beside their true error rate, and how many flipped labels there are."""
+    reliability beside their true error rate, how many flipped labels there are, and every
+    checked label's P(wrong) under the consensus with the model (whatever the suspect
+    threshold) beside whether it was flipped."""
     with write_transaction(rt.sessions) as session:
         report = annotator_report(session, dataset_id=dataset_id)
         suspects = set(
@@ -172,11 +220,23 @@ def _crowd_view(rt: Runtime, crowd: Crowd, dataset_id: int, labelled: int) -> di
                 select(LabelSuspect.label_id).where(LabelSuspect.dataset_id == dataset_id)
             )
         )
+        dataset = session.get(Dataset, dataset_id)
+        groups = training_groups(session, dataset=dataset) if dataset is not None else {}
+        model = position_view(session, groups, dataset_id=dataset_id)
+        position = {lab.id: key for key, labs in groups.items() for lab in labs}
+        scored = [
+            [round(wrong, 4), lab.id in crowd.flipped]
+            for lab, wrong in suspects_of(
+                groups, model=model, weights=label_weights(session), at=0.0
+            )
+            if position[lab.id] in model
+        ]
     reliabilities = {r.annotator: r.reliability.value for r in report.annotators}
     return {
         "annotators": crowd.observe(reliabilities, labelled),
         "flipped": len(crowd.flipped),
         "label_errors": label_error_recovery(suspects, crowd.flipped),
+        "label_scores": scored,
     }
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from models.label_errors import SUSPECT_AT
 from server.cli.main import app
 from server.errors import InvalidInput
-from server.sim.crowd import Crowd, SimulatedAnnotator, parse_annotators
+from server.sim.crowd import RANKED_AFTER, Crowd, SimulatedAnnotator, parse_annotators
 from server.sim.synth import make_synthetic_dataset
 
 
@@ -50,6 +51,26 @@ def test_the_crowd_never_asks_the_same_person_twice_and_flips_at_its_rate() -> N
     assert second is not None and second.name not in crowd.seen[0]
     crowd.record(second, 0, label_id=99999, flip=False)
     assert crowd.choose(0) is None, "both have labelled patch 0"
+
+
+def test_the_ranking_waits_for_the_noisiest_annotators_first_labels() -> None:
+    crowd = Crowd((SimulatedAnnotator("a", 0.0), SimulatedAnnotator("c", 0.2)), seed=1)
+    assert crowd.ranking_shortfall() == RANKED_AFTER
+    for index in range(2 * RANKED_AFTER - 6):
+        who = crowd.choose(index)
+        assert who is not None
+        crowd.record(who, index, label_id=index, flip=False)
+        crowd.observe({"a": 0.9, "c": 0.7}, labels=index + 1)
+    assert crowd.ranking_at is None and crowd.ranking_shortfall() == 3
+    for index in range(2 * RANKED_AFTER - 6, 2 * RANKED_AFTER):
+        who = crowd.choose(index)
+        assert who is not None
+        crowd.record(who, index, label_id=index, flip=False)
+    crowd.observe({"a": 0.9, "c": 0.7}, labels=2 * RANKED_AFTER)
+    assert crowd.ranking_at is not None and crowd.ranking_at["annotator_labels"] == RANKED_AFTER
+    assert crowd.ranking_at["lowest"] and crowd.ranking_shortfall() == 0
+    even = Crowd((SimulatedAnnotator("a", 0.1), SimulatedAnnotator("b", 0.1)), seed=1)
+    assert even.ranking_shortfall() == 0, "nobody is noisier: no ranking to wait for"
 
 
 def test_bad_annotators_and_aggregation_stop_the_command(tmp_path: Path) -> None:
@@ -94,3 +115,12 @@ def test_a_quick_simulation_with_three_annotators(tmp_path: Path) -> None:
             assert errors[share] is None or 0.0 <= errors[share] <= 1.0
         assert (errors["precision"] is None) == (errors["suspects"] == 0)
     assert any(row["label_errors"]["suspects"] for row in rows), "trainings found suspects"
+    # every checked label's P(wrong), whatever the threshold: the suspect list is its top
+    for row in rows:
+        scores = row["label_scores"]
+        assert all(0.0 <= wrong <= 1.0 for wrong, _ in scores)
+        above = [flipped for wrong, flipped in scores if wrong >= SUSPECT_AT]
+        assert len(above) == row["label_errors"]["suspects"]
+        if row["flipped"]:
+            assert sum(above) == round(row["label_errors"]["recall"] * row["flipped"])
+        assert sum(flipped for _, flipped in scores) <= row["flipped"]
