@@ -105,6 +105,67 @@ def label_errors(results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+# thresholds the sweep tries on every checked label's recorded P(wrong)
+SWEEP = tuple(round(0.1 + 0.025 * i, 3) for i in range(17))  # 0.1 .. 0.5
+WANTED_RECALL, WANTED_PRECISION = 0.7, 0.5
+
+
+def threshold_sweep(results: dict[str, Any]) -> dict[str, Any] | None:
+    """What the label-error list would have held at the end of each seed with another
+    suspect threshold, read from every checked label's recorded P(wrong): per threshold, the
+    recall and precision per seed and in how many seeds both reach the wanted figures. Read
+    after the run, so the re-label tasks are those of the threshold the run used."""
+    (strategy,) = results["strategies"].values()
+    ends = [seed[-1] for seed in strategy["per_seed"]]
+    if not all("label_scores" in row for row in ends):
+        return None
+    rows = []
+    for at in SWEEP:
+        per_seed = []
+        for row in ends:
+            found = [flipped for wrong, flipped in row["label_scores"] if wrong >= at]
+            hits, flipped = sum(found), row["flipped"]
+            per_seed.append(
+                {
+                    "recall": round(hits / flipped, 4) if flipped else None,
+                    "precision": round(hits / len(found), 4) if found else None,
+                    "suspects": len(found),
+                    "flipped": flipped,
+                }
+            )
+        passing = sum(
+            (r["recall"] or 0.0) >= WANTED_RECALL and (r["precision"] or 0.0) >= WANTED_PRECISION
+            for r in per_seed
+        )
+        hits = sum(round((r["recall"] or 0.0) * r["flipped"]) for r in per_seed)
+        flagged = sum(r["suspects"] for r in per_seed)
+        flipped = sum(r["flipped"] for r in per_seed)
+        rows.append(
+            {
+                "suspect_at": at,
+                "seeds_passing": passing,
+                "pooled_recall": round(hits / flipped, 4) if flipped else None,
+                "pooled_precision": round(hits / flagged, 4) if flagged else None,
+                "per_seed": per_seed,
+            }
+        )
+    expected = []
+    for row in ends:
+        ranked = sorted(row["label_scores"], key=lambda pair: -pair[0])
+        k = round(sum(wrong for wrong, _ in ranked))
+        hits, flipped = sum(f for _, f in ranked[:k]), row["flipped"]
+        expected.append(
+            {
+                "recall": round(hits / flipped, 4) if flipped else None,
+                "precision": round(hits / k, 4) if k else None,
+                "suspects": k,
+                "flipped": flipped,
+            }
+        )
+    # the alternative rule: as many suspects as the consensus expects wrong labels
+    return {"thresholds": rows, "top_expected": expected}
+
+
 def lowest_at_end(results: dict[str, Any]) -> dict[str, Any]:
     """Per seed, after the last round: the noisy annotators' labels and whether each ranks
     below every right one (for seeds where they never reached 100 labels); None where nobody
@@ -143,6 +204,8 @@ def summarise(out: Path, budget: int) -> dict[str, Any]:
         }
         row["noisy_lowest_at_end"] = lowest_at_end(results)
         row["label_errors"] = label_errors(results)
+        if (sweep := threshold_sweep(results)) is not None:
+            row["label_error_thresholds"] = sweep
         row["seconds"] = results["seconds"]
         summary["runs"][name] = row
     clean = summary["runs"].get("noise-free")
