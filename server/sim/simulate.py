@@ -64,6 +64,9 @@ class SimulationConfig:
     annotators: tuple[SimulatedAnnotator, ...] = ()
     # the dataset's label_aggregation setting ("consensus" or "latest"); None: the default
     label_aggregation: str | None = None
+    # keep each curve's store (its database and models) under out_dir/.work after the run,
+    # for analyses that replay a step on it (bench/label_error_views.py)
+    keep_work: bool = False
 
     @property
     def seed_numbers(self) -> range:
@@ -171,7 +174,8 @@ def run_simulation(
             total=total, pool=facts["pool"],
         )  # fmt: skip
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not config.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
     curves = {
         name: [finished[(seed, name)] for seed in config.seed_numbers] for name in config.strategies
     }
@@ -289,5 +293,6 @@ def run_curve(
         settings, template=template, budget=config.budget, name=f"seed {seed} {strategy}",
         say=say, crowd=crowd,
     )  # fmt: skip
-    shutil.rmtree(folder, ignore_errors=True)
+    if not config.keep_work:
+        shutil.rmtree(folder, ignore_errors=True)
     return outcome
