@@ -12,15 +12,15 @@ where the run saved it), the labels, and the ground truth. For each candidate vi
 it runs the product's own label check (``out_of_fold``, ``at_prevalence``, the consensus of every
 label with that view, ``suspects_of`` with no threshold) and reports per seed the average
 precision of P(wrong) for the flipped labels, and, per suspect threshold, recall and precision
-per seed and how many seeds reach recall 0.7 at precision 0.5. The product's choice is the row
-``features + asked``. Views:
+per seed and how many seeds reach recall 0.7 at precision 0.5. The product's check is the row
+``ae + features``; the others are candidates. Views:
 
 - ``ae + features``: the out-of-fold read-out of the autoencoder embedding beside the
-  classifier's features (the check before this benchmark);
+  classifier's features (the product's);
 - ``ae``, ``features``: either alone;
 - ``asked``: the p(artifact) the loop held for the patch when it asked for the label (the
   task's, from a version that had not seen the label), ``features`` where there is none;
-- ``features + asked``: the mean of the two (:func:`models.label_errors.with_earlier_view`);
+- ``features + asked``: the mean of the two (:func:`with_earlier_view`);
 - ``in-sample``: the newest classifier's own p(artifact) of its training labels (it trained on
   them: a label judges itself), for reference.
 """
@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.label_errors import DEFAULT_FOLDS, at_prevalence, out_of_fold, with_earlier_view
+from models.label_errors import DEFAULT_FOLDS, at_prevalence, out_of_fold
 from server.db.tables import AnnotationTask, Dataset, ModelVersion
 from server.db.vocabulary import VersionStatus
 from server.labels.consensus import label_weights
@@ -52,6 +52,13 @@ from server.sim.simulate import SimulationConfig, run_simulation
 
 THRESHOLDS = tuple(round(0.1 + 0.025 * i, 3) for i in range(17))  # 0.1 .. 0.5
 WANTED_RECALL, WANTED_PRECISION = 0.7, 0.5
+
+
+def with_earlier_view(p_fold: np.ndarray, p_asked: np.ndarray) -> np.ndarray:
+    """The out-of-fold view averaged with the one the loop held when it asked for the label,
+    where there is one (not NaN)."""
+    known = np.isfinite(p_asked)
+    return np.where(known, (p_fold + np.where(known, p_asked, 0.0)) / 2, p_fold)
 
 
 def views(saved: dict[str, np.ndarray], asked: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,10 +1,8 @@
 """Label errors: labels that the consensus of every label with the model contradicts.
 
-A model's view of each labelled patch comes from views no label shaped for itself: out of
-fold (:func:`out_of_fold`: K-fold, class-balanced logistic regression on per-label features,
-NumPy Newton steps, moved to the labels' prevalence by :func:`at_prevalence`), averaged with
-the P(artifact) a version trained before the label existed gave the patch
-(:func:`with_earlier_view`). That view joins the
+A model's view of each labelled patch comes out of fold (:func:`out_of_fold`: K-fold,
+class-balanced logistic regression on per-label features, NumPy Newton steps, moved to the
+labels' prevalence by :func:`at_prevalence`), so no label judges itself. That view joins the
 annotators as one more rater in a Dawid-Skene consensus (CROWDLAB-style,
 :func:`contradicted`): each label gets P(it is wrong) from the model's view, the other labels of
 its patch and how reliable its annotator proved against both. A label of an annotator who is
@@ -22,12 +20,12 @@ from models.consensus import Triple, dawid_skene
 
 DEFAULT_FOLDS = 5
 # a label is suspect when the consensus with the model holds it wrong with at least this
-# probability. Chosen on seeds 10-14 of the annotator-noise benchmark (one annotator of three
-# flipping 20%; every checked label's P(wrong) recorded, bench/results/annotator_noise/
-# medium-selection-seeds/): with the view averaged with the one at labelling time, from 0.2
-# recall was at least 0.75 and precision at least 0.54 in every seed; from 0.3 recall fell to
-# 0.54 in one. Confirmed on fresh seeds 15-19 (medium-fresh-seeds-15/).
-SUSPECT_AT = 0.2
+# probability. Chosen on the last check of seeds 0-4 of the annotator-noise benchmark (one
+# annotator of three flipping 20%): from 0.2, precision fell to 0.45 in two seeds; from 0.3 to
+# 0.4 it was 0.57 or more in every seed at the same recall, and from 0.5 recall fell to
+# 0.45-0.80. On fresh seeds 5-9 from 0.3: pooled recall 0.76 at precision 0.60
+# (bench/results/annotator_noise/medium-fresh-seeds/).
+SUSPECT_AT = 0.3
 
 
 def out_of_fold(
@@ -55,20 +53,6 @@ def out_of_fold(
         w = fit_logistic((x[~held] - mean) / std, y[~held], l2=l2)
         p_one[held] = predict_logistic(w, (x[held] - mean) / std)
     return p_one
-
-
-def with_earlier_view(p_fold: np.ndarray, p_asked: np.ndarray) -> np.ndarray:
-    """The model's view of each label: its out-of-fold P(artifact) averaged with the
-    P(artifact) the loop held for the patch when it asked for the label (from a version
-    trained before the label existed), where there is one (not NaN). Two views no label
-    shaped for itself: the out-of-fold one is sharper on the features of the newest model, the
-    earlier one sees the patch through a whole network rather than a linear read-out."""
-    fold = np.asarray(p_fold, np.float64)
-    asked = np.asarray(p_asked, np.float64)
-    if fold.shape != asked.shape:
-        raise ValueError(f"{fold.shape} out-of-fold views against {asked.shape} earlier ones")
-    known = np.isfinite(asked)
-    return np.where(known, (fold + np.where(known, asked, 0.0)) / 2, fold)
 
 
 def at_prevalence(p_balanced: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -43,10 +43,18 @@ def test_the_label_check_replays_on_the_kept_stores(tmp_path: Path) -> None:
     assert curve["labels"] == last["labels"]
     assert curve["flipped"] == last["flipped"] > 0, "the ground truth tells the same flips"
     scores = curve["scores"]
-    assert {"features", "asked", "features + asked", "in-sample"} <= set(scores)
+    assert set(scores) == {
+        "ae + features",
+        "ae",
+        "features",
+        "asked",
+        "features + asked",
+        "in-sample",
+    }
     assert len({len(v) for v in scores.values()}) == 1, "every view checks the same labels"
     for scored in scores.values():
-        assert sum(flipped for _, flipped in scored) == curve["flipped"]
+        # a position whose labels tie is left out of training, and so of the check
+        assert 0 < sum(flipped for _, flipped in scored) <= curve["flipped"]
         assert all(0.0 <= wrong <= 1.0 for wrong, _ in scored)
     summary = views.summarise({"0": curve})
     assert summary["features + asked"]["average_precision_per_seed"][0] is not None

@@ -35,10 +35,7 @@ class SuspectOut(BaseModel):
     annotator: str = Field(description="Who gave the suspect label")
     label: LabelValue = Field(description="The label given")
     p_artifact: float | None = Field(description="The classifier's p(artifact) of the patch")
-    p_given: float = Field(
-        description="The model's view of the label given: its out-of-fold probability, averaged"
-        " with the one the loop held when it asked for the label"
-    )
+    p_given: float = Field(description="The model's out-of-fold probability of the label given")
     score: float = Field(
         description="P(the label is wrong) under the consensus of all labels with the model's "
         "out-of-fold view as one more rater"

@@ -1,16 +1,13 @@
 """After a training: the training labels the new classifier confidently contradicts out of
 fold become suspects, candidates for re-label tasks.
 
-load (the version's view of its training labels: p(artifact) and pooled features, kept beside
-its weights by the training) -> the model's view of each labelled position, from two views no
-label shaped for itself: a class-balanced logistic regression on the features, K folds
-(:func:`models.label_errors.out_of_fold`), averaged with the p(artifact) the loop held for the
-patch when it asked for that label (the task's, scored by a version that had not seen it;
-:func:`models.label_errors.with_earlier_view`) -> the consensus of every label with that view
-as one more rater (:func:`models.label_errors.contradicted`) -> record (the dataset's
+load (the version's view of its training labels: p(artifact) and features, kept beside its
+weights by the training) -> the model's out-of-fold view of each labelled position (a
+class-balanced logistic regression on the features, K folds:
+:func:`models.label_errors.out_of_fold`) -> the consensus of every label with that view as one
+more rater (:func:`models.label_errors.contradicted`) -> record (the dataset's
 ``label_suspects`` rows, replacing those of the check before; the view itself in
-``model_view.npz``, from which the training consensus and the annotators' report hear the
-model).
+``model_view.npz``, from which the annotators' report measures everyone against the model).
 """
 
 from __future__ import annotations
@@ -20,21 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, insert
 
-from models.label_errors import (
-    DEFAULT_FOLDS,
-    SUSPECT_AT,
-    at_prevalence,
-    contradicted,
-    out_of_fold,
-    with_earlier_view,
-)
-from models.networks import Classifier
+from models.label_errors import DEFAULT_FOLDS, SUSPECT_AT, at_prevalence, contradicted, out_of_fold
+from models.networks import Autoencoder, Classifier
 from models.scoring import score_stream
 from server.db.base import utcnow, write_transaction
-from server.db.tables import AnnotationTask, Dataset, Label, LabelSuspect
+from server.db.tables import Dataset, Label, LabelSuspect
 from server.jobs.context import StepContext
 from server.labels.consensus import label_weights
 from server.labels.model_view import MODEL_VIEW
@@ -42,34 +31,39 @@ from server.labels.training_set import training_groups
 
 LABEL_VIEW = "label_view.npz"  # beside a classifier's weights
 BATCH = 256
-# the out-of-fold model learns from the classifier's pooled features. The autoencoder's
-# embedding beside them (no label shaped it) ranked flipped labels worse: mean average
-# precision 0.81 against 0.84 without it, over 5 seeds of the annotator-noise benchmark
-VIEW_FEATURES = ("features",)
+# the out-of-fold model learns from the autoencoder's embedding (no label shaped it) beside
+# the classifier's pooled features (sharper, but shaped by the very labels being checked)
+VIEW_FEATURES = ("ae_features", "features")
 
 
 def save_label_view(
     folder: Path,
     *,
     model: Classifier,
+    autoencoder: Autoencoder | None,
     patches: np.ndarray,
     label_ids: list[int],
     labels: np.ndarray,
     temperature: float,
 ) -> None:
-    """The trained classifier's p(artifact) and pooled features of each training patch."""
-    view = score_stream(
-        (patches[i : i + BATCH] for i in range(0, len(patches), BATCH)),
-        classifier=model,
-        autoencoder=None,
-        temperature=temperature,
-    )
+    """The trained classifier's p(artifact) and pooled features of each training patch, and
+    the autoencoder's embedding of it (features no label ever shaped)."""
+
+    def batches() -> Any:
+        return (patches[i : i + BATCH] for i in range(0, len(patches), BATCH))
+
+    view = score_stream(batches(), classifier=model, autoencoder=None, temperature=temperature)
+    extra = {}
+    if autoencoder is not None:
+        ae = score_stream(batches(), classifier=None, autoencoder=autoencoder)
+        extra["ae_features"] = ae.embedding.astype(np.float32)
     np.savez(
         folder / LABEL_VIEW,
         label_id=np.asarray(label_ids, dtype=np.int64),
         label=np.asarray(labels, dtype=np.int64),
         p_artifact=view.p_artifact.astype(np.float32),
         features=view.embedding.astype(np.float32),
+        **extra,
     )
 
 
@@ -93,15 +87,13 @@ def record_suspects(
             f"class are needed for {DEFAULT_FOLDS}-fold out-of-fold probabilities"
         )
         return {"checked": len(labels), "suspects": 0, "reason": reason}
-    p_fold = at_prevalence(out_of_fold(features, labels, folds=DEFAULT_FOLDS, seed=seed), labels)
+    p_model = at_prevalence(out_of_fold(features, labels, folds=DEFAULT_FOLDS, seed=seed), labels)
+    np.savez(folder / MODEL_VIEW, label_id=label_ids, p_artifact=p_model.astype(np.float32))
     now = utcnow()
     with write_transaction(ctx.sessions) as session:
         dataset = session.get(Dataset, dataset_id)
         if dataset is None:
             return {"checked": 0, "suspects": 0, "reason": "the dataset is gone"}
-        asked = _asked_with(session, label_ids)
-        p_model = with_earlier_view(p_fold, asked)
-        np.savez(folder / MODEL_VIEW, label_id=label_ids, p_artifact=p_model.astype(np.float32))
         groups = training_groups(session, dataset=dataset)
         position = {lab.id: key for key, labs in groups.items() for lab in labs}
         # the version's own P(artifact) of each position it trained on
@@ -139,26 +131,8 @@ def record_suspects(
         "checked": len(labels),
         "suspects": len(rows),
         "model_view": "+".join(used),
-        "asked_with": int(np.isfinite(asked).sum()),
         "suspect_at": SUSPECT_AT,
     }
-
-
-def _asked_with(session: Session, label_ids: np.ndarray) -> np.ndarray:
-    """Per label: the p(artifact) its task held when the loop proposed the patch (scored by a
-    version trained before the label existed); NaN where there is none (a label without a task,
-    the first batch, a strategy that does not score)."""
-    ids = [int(i) for i in label_ids]
-    found = dict(
-        session.execute(
-            select(Label.id, AnnotationTask.p_artifact)
-            .join(AnnotationTask, Label.task_id == AnnotationTask.id)
-            .where(Label.id.in_(ids))
-        ).all()
-    )
-    return np.array(
-        [np.nan if found.get(i) is None else float(found[i]) for i in ids], dtype=np.float64
-    )
 
 
 def suspects_of(

@@ -220,6 +220,7 @@ def fit_classifier(
     save_label_view(
         out_dir,
         model=result.model,
+        autoencoder=ae,
         patches=x,
         label_ids=[lab.id for lab in data.train],
         labels=y.astype(np.int64),

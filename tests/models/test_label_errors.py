@@ -13,7 +13,6 @@ from models.label_errors import (
     fit_logistic,
     out_of_fold,
     predict_logistic,
-    with_earlier_view,
 )
 
 
@@ -90,12 +89,3 @@ def test_a_position_without_a_model_view_keeps_its_only_verdict() -> None:
 def test_at_prevalence_undoes_the_class_balancing() -> None:
     labels = np.array([1] * 10 + [0] * 90)
     assert at_prevalence(np.array([0.5]), labels)[0] == pytest.approx(0.1)
-
-
-def test_the_earlier_view_is_averaged_in_where_there_is_one() -> None:
-    fold = np.array([0.9, 0.2, 0.6])
-    view = with_earlier_view(fold, np.array([0.5, np.nan, 0.0]))
-    assert view == pytest.approx([0.7, 0.2, 0.3])  # the second label's task held none
-    assert with_earlier_view(fold, np.full(3, np.nan)) == pytest.approx(fold)
-    with pytest.raises(ValueError, match="earlier"):
-        with_earlier_view(fold, np.zeros(2))

@@ -1,5 +1,5 @@
-// Suspect labels: training labels the consensus with the last classifier's view (no label in it
-// judges itself) holds wrong, strongest first, with the model's view (its p(artifact), its
+// Suspect labels: training labels the consensus with the last classifier's out-of-fold view
+// holds wrong, strongest first, with the model's view (its p(artifact), the out-of-fold
 // probability of the label given) and the re-label task that asks another annotator for a
 // second look.
 "use strict";
@@ -17,7 +17,7 @@ function previewSuspect(s) {
   imageUrl(`/datasets/${dash.dataset}/patch.png?x=${p.x}&y=${p.y}&z=${p.z}&margin=5`).then((u) => { img.src = u; }).catch(() => {});
   $("suspects-open").replaceChildren(el("h4", {}, `Patch ${p.x}, ${p.y}, ${p.z}`), img,
     el("p", { class: "stat" }, `${s.annotator} said ${s.label}; the model: p(artifact) ${s.p_artifact === null ? "?" : fmt(s.p_artifact)}, ` +
-      `the model's view p(${s.label}) ${fmt(s.p_given)}; P(wrong) ${fmt(s.score)}.`));
+      `out of fold p(${s.label}) ${fmt(s.p_given)}; P(wrong) ${fmt(s.score)}.`));
 }
 
 async function loadSuspects() {
