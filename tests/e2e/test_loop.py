@@ -143,33 +143,47 @@ def test_the_loop_learns_from_an_annotator(stack, synthetic: Path) -> None:  # t
         time.sleep(1.0)
     else:
         pytest.fail("the improved version never proposed")
-    latest = max(
-        j["params"]["model_version_id"]
-        for j in http.get(
-            "/jobs",
-            params={"dataset_id": ds, "kind": "propose", "state": "succeeded", "limit": 100},
+
+    def proposers() -> tuple[int, bool]:
+        """The newest version whose batch is in, and whether a batch is on its way (a
+        propose job writes its tasks before it is marked succeeded)."""
+        jobs = http.get("/jobs", params={"dataset_id": ds, "kind": "propose", "limit": 100}).json()[
+            "items"
+        ]
+        done = [j["params"]["model_version_id"] for j in jobs if j["state"] == "succeeded"]
+        return max(done), any(j["state"] in {"queued", "running"} for j in jobs)
+
+    # the loop may still be retraining on the last labels: look at the tasks when no batch is
+    # on its way, between two looks at the proposers that agree
+    deadline = time.monotonic() + 300
+    while True:
+        before = proposers()
+        labelled_tasks = {
+            label["task_id"]
+            for label in http.get(f"/datasets/{ds}/labels", params={"limit": 1000}).json()["items"]
+        }
+        open_tasks = http.get(
+            f"/datasets/{ds}/tasks", params={"status": "open", "kind": "proposal", "limit": 1000}
         ).json()["items"]
-    )
-    labelled_tasks = {
-        label["task_id"]
-        for label in http.get(f"/datasets/{ds}/labels", params={"limit": 1000}).json()["items"]
-    }
+        older = http.get(
+            f"/datasets/{ds}/tasks", params={"kind": "proposal", "limit": 1000}
+        ).json()["items"]
+        if proposers() == before and not before[1]:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail("a new batch was on its way during every look at the tasks")
+        time.sleep(0.5)
+    latest = before[0]
 
     def waits_for_a_second_annotator(task: dict) -> bool:
         # an overlap task keeps its place after its first label: a new batch neither retires
         # nor moves it, so the label gets its partner from someone else
         return task["labels_wanted"] > 1 and task["id"] in labelled_tasks
 
-    open_tasks = http.get(
-        f"/datasets/{ds}/tasks", params={"status": "open", "kind": "proposal", "limit": 1000}
-    ).json()["items"]
     fresh = [t for t in open_tasks if not waits_for_a_second_annotator(t)]
     assert fresh and {t["model_version_id"] for t in fresh} == {latest}
     # older versions' proposals are either answered or retired, none still waits for anyone
     # but a second annotator
-    older = http.get(f"/datasets/{ds}/tasks", params={"kind": "proposal", "limit": 1000}).json()[
-        "items"
-    ]
     stale = [t for t in older if t["model_version_id"] != latest]
     assert stale and all(
         t["status"] in {"labelled", "skipped", "retired"} or waits_for_a_second_annotator(t)
