@@ -224,7 +224,6 @@ def main() -> None:
         if (store / "loop.sqlite").is_file()
     }  # fmt: skip
     summary = {
-        "stores": str(work),
         "curves": {k: {"labels": c["labels"], "flipped": c["flipped"]} for k, c in curves.items()},
         "views": summarise(curves),
     }
