@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server.acquisition import registry
-from server.sim.crowd import parse_annotators
+from server.sim.crowd import SWEEP, parse_annotators, passes, recovery, recovery_at
 from server.sim.replay import ORACLE
 from server.sim.simulate import SimulationConfig, quick_config, run_simulation
 
@@ -105,15 +105,11 @@ def label_errors(results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-# thresholds the sweep tries on every checked label's recorded P(wrong)
-SWEEP = tuple(round(0.1 + 0.025 * i, 3) for i in range(17))  # 0.1 .. 0.5
-WANTED_RECALL, WANTED_PRECISION = 0.7, 0.5
-
-
 def threshold_sweep(results: dict[str, Any]) -> dict[str, Any] | None:
     """What the label-error list would have held at the end of each seed with another
     suspect threshold, read from every checked label's recorded P(wrong): per threshold, the
-    recall and precision per seed and in how many seeds both reach the wanted figures. Read
+    recall and precision per seed and in how many seeds both reach the wanted figures; and
+    with as many suspects as the consensus expects wrong labels (the sum of P(wrong)). Read
     after the run, so the re-label tasks are those of the threshold the run used."""
     (strategy,) = results["strategies"].values()
     ends = [seed[-1] for seed in strategy["per_seed"]]
@@ -121,29 +117,14 @@ def threshold_sweep(results: dict[str, Any]) -> dict[str, Any] | None:
         return None
     rows = []
     for at in SWEEP:
-        per_seed = []
-        for row in ends:
-            found = [flipped for wrong, flipped in row["label_scores"] if wrong >= at]
-            hits, flipped = sum(found), row["flipped"]
-            per_seed.append(
-                {
-                    "recall": round(hits / flipped, 4) if flipped else None,
-                    "precision": round(hits / len(found), 4) if found else None,
-                    "suspects": len(found),
-                    "flipped": flipped,
-                }
-            )
-        passing = sum(
-            (r["recall"] or 0.0) >= WANTED_RECALL and (r["precision"] or 0.0) >= WANTED_PRECISION
-            for r in per_seed
-        )
-        hits = sum(round((r["recall"] or 0.0) * r["flipped"]) for r in per_seed)
+        per_seed = [recovery_at(row["label_scores"], row["flipped"], at=at) for row in ends]
+        hits = sum(f for row in ends for wrong, f in row["label_scores"] if wrong >= at)
         flagged = sum(r["suspects"] for r in per_seed)
         flipped = sum(r["flipped"] for r in per_seed)
         rows.append(
             {
                 "suspect_at": at,
-                "seeds_passing": passing,
+                "seeds_passing": sum(passes(r) for r in per_seed),
                 "pooled_recall": round(hits / flipped, 4) if flipped else None,
                 "pooled_precision": round(hits / flagged, 4) if flagged else None,
                 "per_seed": per_seed,
@@ -153,16 +134,7 @@ def threshold_sweep(results: dict[str, Any]) -> dict[str, Any] | None:
     for row in ends:
         ranked = sorted(row["label_scores"], key=lambda pair: -pair[0])
         k = round(sum(wrong for wrong, _ in ranked))
-        hits, flipped = sum(f for _, f in ranked[:k]), row["flipped"]
-        expected.append(
-            {
-                "recall": round(hits / flipped, 4) if flipped else None,
-                "precision": round(hits / k, 4) if k else None,
-                "suspects": k,
-                "flipped": flipped,
-            }
-        )
-    # the alternative rule: as many suspects as the consensus expects wrong labels
+        expected.append(recovery([bool(f) for _, f in ranked[:k]], row["flipped"]))
     return {"thresholds": rows, "top_expected": expected}
 
 

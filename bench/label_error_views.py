@@ -46,12 +46,9 @@ from server.db.vocabulary import VersionStatus
 from server.labels.consensus import label_weights
 from server.labels.training_set import training_groups
 from server.pipeline.label_errors import LABEL_VIEW, suspects_of
-from server.sim.crowd import parse_annotators
+from server.sim.crowd import SWEEP, parse_annotators, passes, recovery_at
 from server.sim.replay import ORACLE
 from server.sim.simulate import SimulationConfig, run_simulation
-
-THRESHOLDS = tuple(round(0.1 + 0.025 * i, 3) for i in range(17))  # 0.1 .. 0.5
-WANTED_RECALL, WANTED_PRECISION = 0.7, 0.5
 
 
 def with_earlier_view(p_fold: np.ndarray, p_asked: np.ndarray) -> np.ndarray:
@@ -153,25 +150,14 @@ def summarise(curves: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for name in names:
         ap = [average_precision(c["scores"][name]) for c in curves.values()]
         rows = []
-        for at in THRESHOLDS:
-            per_seed = []
-            for curve in curves.values():
-                found = [f for wrong, f in curve["scores"][name] if wrong >= at]
-                hits = sum(found)
-                per_seed.append(
-                    {
-                        "recall": round(hits / curve["flipped"], 4) if curve["flipped"] else None,
-                        "precision": round(hits / len(found), 4) if found else None,
-                    }
-                )
+        for at in SWEEP:
+            per_seed = [
+                recovery_at(c["scores"][name], c["flipped"], at=at) for c in curves.values()
+            ]
             rows.append(
                 {
                     "suspect_at": at,
-                    "seeds_passing": sum(
-                        (r["recall"] or 0) >= WANTED_RECALL
-                        and (r["precision"] or 0) >= WANTED_PRECISION
-                        for r in per_seed
-                    ),
+                    "seeds_passing": sum(passes(r) for r in per_seed),
                     "recall_min": min(r["recall"] or 0 for r in per_seed),
                     "precision_min": min(r["precision"] or 0 for r in per_seed),
                     "per_seed": per_seed,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from server.acquisition import registry
-from server.sim.crowd import parse_annotators
+from server.sim.crowd import SWEEP, parse_annotators
 from server.sim.replay import ORACLE
 from server.sim.simulate import quick_config, run_simulation
 from server.sim.synth import make_synthetic_dataset
@@ -58,4 +58,4 @@ def test_the_label_check_replays_on_the_kept_stores(tmp_path: Path) -> None:
         assert all(0.0 <= wrong <= 1.0 for wrong, _ in scored)
     summary = views.summarise({"0": curve})
     assert summary["features + asked"]["average_precision_per_seed"][0] is not None
-    assert [r["suspect_at"] for r in summary["features"]["thresholds"]] == list(views.THRESHOLDS)
+    assert [r["suspect_at"] for r in summary["features"]["thresholds"]] == list(SWEEP)

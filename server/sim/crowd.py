@@ -10,6 +10,7 @@ how many flipped labels its label-error list recovers.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,39 @@ from server.labels.consensus import LABEL_AGGREGATIONS as LABEL_AGGREGATIONS  # 
 NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
 # the reliability ranking is read once an annotator has given this many labels
 RANKED_AFTER = 100
+
+
+# a label-error list is measured by whether it holds this share of the flipped labels at
+# this precision, and the benchmarks try these suspect thresholds on every checked label's
+# recorded P(wrong)
+WANTED_RECALL, WANTED_PRECISION = 0.7, 0.5
+SWEEP = tuple(round(0.1 + 0.025 * i, 3) for i in range(17))  # 0.1 .. 0.5
+
+
+def recovery(found: Sequence[bool], flipped: int) -> dict[str, Any]:
+    """A suspect list against the flipped labels, from whether each suspect is a flipped one:
+    the share of the flipped labels it holds (recall) and of its suspects that are flipped
+    (precision); None where there is nothing to divide by."""
+    hits = sum(found)
+    return {
+        "recall": hits / flipped if flipped else None,
+        "precision": hits / len(found) if found else None,
+        "suspects": len(found),
+        "flipped": flipped,
+    }
+
+
+def recovery_at(scores: Sequence[Sequence[Any]], flipped: int, *, at: float) -> dict[str, Any]:
+    """:func:`recovery` of the labels whose P(wrong) is at least ``at``, from (P(wrong),
+    flipped) pairs."""
+    return recovery([bool(f) for wrong, f in scores if wrong >= at], flipped)
+
+
+def passes(found: dict[str, Any]) -> bool:
+    """Whether a :func:`recovery` reaches the wanted recall and precision."""
+    return (found["recall"] or 0.0) >= WANTED_RECALL and (
+        found["precision"] or 0.0
+    ) >= WANTED_PRECISION
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from server.labels.training_set import position_view, training_groups
 from server.pipeline.audit import CACHE_FILE as AUDIT_CACHE
 from server.pipeline.label_errors import suspects_of
 from server.runtime import Runtime
-from server.sim.crowd import Crowd
+from server.sim.crowd import Crowd, recovery
 
 METRICS = ("f1", "pr_auc", "precision_at_recall_0.9", "precision", "recall")
 
@@ -185,10 +185,10 @@ def _rank_past_budget(
 ) -> None:
     """Only for the reliability check: when the budget ran out less than a round before the
     noisiest annotator gave their first ``RANKED_AFTER`` labels (re-label tasks of their labels
-    go to the others), the crowd labels the next open proposals, least busy first as in the rounds,
-    until they have, and the service's report is read once more. Nothing is trained on these
+    go to the others), the crowd labels the next open proposals, least busy first as in the
+    rounds, until they have, and the service's report is read once more. Nothing is trained on these
     labels: the curve ends at the budget."""
-    extra = 0
+    given = sum(crowd.given.values())
     with write_transaction(rt.sessions) as session:
         tasks = session.scalars(
             select(AnnotationTask)
@@ -202,10 +202,8 @@ def _rank_past_budget(
         for task in tasks:
             if not crowd.ranking_shortfall():
                 break
-            before = sum(crowd.given.values())
             _crowd_labels(session, crowd, task, verdicts[int(task.grid_index)], types)
-            extra += sum(crowd.given.values()) - before
-    _crowd_view(rt, crowd, dataset_id, labelled + extra)
+    _crowd_view(rt, crowd, dataset_id, labelled + sum(crowd.given.values()) - given)
 
 
 def _crowd_view(rt: Runtime, crowd: Crowd, dataset_id: int, labelled: int) -> dict[str, Any]:
@@ -235,20 +233,8 @@ def _crowd_view(rt: Runtime, crowd: Crowd, dataset_id: int, labelled: int) -> di
     return {
         "annotators": crowd.observe(reliabilities, labelled),
         "flipped": len(crowd.flipped),
-        "label_errors": label_error_recovery(suspects, crowd.flipped),
+        "label_errors": recovery([i in crowd.flipped for i in suspects], len(crowd.flipped)),
         "label_scores": scored,
-    }
-
-
-def label_error_recovery(suspects: set[int], flipped: set[int]) -> dict[str, Any]:
-    """How many of the labels flipped so far the current suspect list holds (recall), and
-    how many of its suspects are flipped ones (precision); None where nothing to divide by."""
-    hits = len(suspects & flipped)
-    return {
-        "recall": hits / len(flipped) if flipped else None,
-        "precision": hits / len(suspects) if suspects else None,
-        "suspects": len(suspects),
-        "flipped": len(flipped),
     }
 
 
