@@ -77,14 +77,9 @@ def replay(
                 oracle = session.scalar(select(Annotator).where(Annotator.name == ORACLE))
                 tasks = list(
                     session.scalars(
-                        select(AnnotationTask)
-                        .where(
-                            AnnotationTask.dataset_id == dataset_id,
-                            AnnotationTask.kind == "proposal",
-                            AnnotationTask.status == TaskStatus.OPEN,
+                        _open_proposals(dataset_id).limit(
+                            min(settings.batch_size, budget - labelled)
                         )
-                        .order_by(AnnotationTask.rank, AnnotationTask.id)
-                        .limit(min(settings.batch_size, budget - labelled))
                     )
                 )
                 for task in tasks:
@@ -175,6 +170,19 @@ def _crowd_labels(
     crowd.record(who, int(task.grid_index), int(done.label.id), flipped)
 
 
+def _open_proposals(dataset_id: int) -> Any:
+    """The dataset's open proposals in queue order, as annotators are offered them."""
+    return (
+        select(AnnotationTask)
+        .where(
+            AnnotationTask.dataset_id == dataset_id,
+            AnnotationTask.kind == "proposal",
+            AnnotationTask.status == TaskStatus.OPEN,
+        )
+        .order_by(AnnotationTask.rank, AnnotationTask.id)
+    )
+
+
 def _rank_past_budget(
     rt: Runtime,
     crowd: Crowd,
@@ -186,20 +194,11 @@ def _rank_past_budget(
     """Only for the reliability check: when the budget ran out less than a round before the
     noisiest annotator gave their first ``RANKED_AFTER`` labels (re-label tasks of their labels
     go to the others), the crowd labels the next open proposals, least busy first as in the
-    rounds, until they have, and the service's report is read once more. Nothing is trained on these
-    labels: the curve ends at the budget."""
+    rounds, until they have, and the service's report is read once more. Nothing is trained on
+    these labels: the curve ends at the budget."""
     given = sum(crowd.given.values())
     with write_transaction(rt.sessions) as session:
-        tasks = session.scalars(
-            select(AnnotationTask)
-            .where(
-                AnnotationTask.dataset_id == dataset_id,
-                AnnotationTask.kind == "proposal",
-                AnnotationTask.status == TaskStatus.OPEN,
-            )
-            .order_by(AnnotationTask.rank, AnnotationTask.id)
-        ).all()
-        for task in tasks:
+        for task in session.scalars(_open_proposals(dataset_id)).all():
             if not crowd.ranking_shortfall():
                 break
             _crowd_labels(session, crowd, task, verdicts[int(task.grid_index)], types)
