@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.real_tissue_hard import DENSITY, TEST_EVERY
+from bench.real_tissue_hard import DENSITY, TEST_EVERY, density
 from models.calibration import predict_logits
 from models.metrics import average_precision
 from models.training import pretrain_autoencoder, train_classifier
@@ -150,7 +150,8 @@ def paint(
     shutil.rmtree(folder, ignore_errors=True)
     make_hard_dataset(
         sections, folder, painter=painter, seed=1000 * spec.paint_seed + seed, defects=defects,
-        artifacts_per_section=DENSITY[painter], voxel_size=spec.voxel_size, test_every=TEST_EVERY,
+        artifacts_per_section=density(painter, sections), voxel_size=spec.voxel_size,
+        test_every=TEST_EVERY,
     )  # fmt: skip
     origins, truth = load_truth(folder)
     types = load_truth_types(folder, len(truth))
@@ -283,10 +284,12 @@ def pool_folds(data: dict[str, Any], folds: int) -> np.ndarray:
 
 
 def training_sets(fold: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
-    """Fold ``k``'s training patches: every other fold's (``all``) and a random ``LABELS``."""
+    """Fold ``k``'s training patches: every other fold's (``all``) and a random ``LABELS``
+    (all of them where the other folds hold fewer)."""
     everything = np.flatnonzero((fold >= 0) & (fold != k))
     rng = np.random.default_rng([seed, k, 7])
-    return {"all": everything, str(LABELS): np.sort(rng.choice(everything, LABELS, replace=False))}
+    some = rng.choice(everything, min(LABELS, len(everything)), replace=False)
+    return {"all": everything, str(LABELS): np.sort(some)}
 
 
 def record(

