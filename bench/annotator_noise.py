@@ -3,6 +3,7 @@
     python bench/annotator_noise.py DATASET --out bench/results/annotator_noise/medium
     python bench/annotator_noise.py DATASET --out ... --only noisy-consensus   # one run
     python bench/annotator_noise.py DATASET --out ... --summarise              # table only
+    python bench/annotator_noise.py DATASET --real cremi-c --artifacts-per-section 0.6 --out ...
 
 Three ``simulate`` runs of the default strategy through the service's own steps, the same
 seeds and budget, with three simulated annotators sharing the work:
@@ -17,6 +18,12 @@ over seeds, with the test positives), each noisy run's difference from the noise
 whether the noisy annotator had the lowest estimated reliability once they had given their
 first 100 labels (per seed), and, where the runs recorded it, how many flipped labels the
 label-error list recovered and at what precision.
+
+``--real VOLUME`` builds DATASET first where it does not exist yet: the real-tissue volume
+(``server.sim.real_tissue.VOLUMES``, fetched with pip) with the synthetic generator's artifacts
+painted in as the real-tissue benchmark paints them (its paint seed, ``--artifacts-per-section``
+of them per section; 0.2 is that benchmark's usual share, 0.6 gives cremi-c over 30 test
+artifact patches).
 """
 
 from __future__ import annotations
@@ -188,6 +195,21 @@ def summarise(out: Path, budget: int) -> dict[str, Any]:
     return summary
 
 
+def build_real(name: str, dataset: Path, *, per_section: float, cache: Path) -> None:
+    """A real-tissue volume with the generator's artifacts painted in, as
+    ``bench/real_tissue.py`` builds its datasets (the volume's paint seed)."""
+    from server.sim.real_tissue import VOLUMES, fetch_volume, make_real_dataset
+
+    if name not in VOLUMES:
+        sys.exit(f"unknown volume {name!r}; known: {', '.join(VOLUMES)}")
+    volume = VOLUMES[name]
+    built = make_real_dataset(
+        fetch_volume(volume, cache, say=print), dataset, seed=volume.paint_seed,
+        artifacts_per_section=per_section, voxel_size=volume.voxel_size,
+    )  # fmt: skip
+    print(f"{dataset}: {built.n_patches} patches, {built.n_artifact_patches} artifact patches")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", type=Path)
@@ -202,7 +224,14 @@ def main() -> None:
     parser.add_argument("--only", choices=list(RUNS), action="append")
     parser.add_argument("--summarise", action="store_true", help="only rebuild the summary")
     parser.add_argument("--quick", action="store_true", help="tiny networks: a smoke run")
+    parser.add_argument("--real", help="build DATASET from this real-tissue volume if missing")
+    parser.add_argument("--artifacts-per-section", type=float, default=0.2)
+    parser.add_argument("--cache", type=Path, default=Path(".real_tissue/downloads"))
     args = parser.parse_args()
+    if args.real and not args.dataset.exists():
+        build_real(
+            args.real, args.dataset, per_section=args.artifacts_per_section, cache=args.cache
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.summarise:
         for name in args.only or list(RUNS):
