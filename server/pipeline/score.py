@@ -76,6 +76,12 @@ def run(ctx: StepContext, job: Job) -> Chunked:
             old.unlink()
         np.save(out / "candidates.npy", candidates)
         total = len(candidates)
+        if total == 0:  # every patch labelled or held out: scored, with nothing left to propose
+            nothing = np.empty(0, np.float32)
+            write_scores(
+                out / "chunk-000000.npz", index=np.empty(0, np.int64), p_artifact=nothing,
+                uncertainty=nothing, entropy=nothing,
+            )  # fmt: skip
         n_chunks = -(-total // params.chunk_patches)
         message = f"scoring {total:,} candidates of {len(grid):,} patches in {n_chunks} chunks"
     size = params.chunk_patches

@@ -124,3 +124,16 @@ def test_fresh_seeds_follow_the_first_seed() -> None:
     """A choice made on seeds 0-4 is confirmed on 5-9: the seeds a run uses."""
     assert list(SimulationConfig(seeds=3, first_seed=5).seed_numbers) == [5, 6, 7]
     assert list(SimulationConfig(seeds=2).seed_numbers) == [0, 1]
+
+
+def test_a_budget_beyond_the_pool_labels_all_of_it_and_stops(tiny: Path, tmp_path: Path) -> None:
+    """Once every pool patch is labelled, scoring finds no candidates left: the version is
+    scored with none and proposes nothing (no failed job), and the loop stops there."""
+    from dataclasses import replace
+
+    from server.sim.simulate import quick_config, run_simulation
+
+    config = replace(quick_config(("hybrid",)), budget=1000, batch=150, workers=1)
+    data = run_simulation(tiny, out_dir=tmp_path / "out", config=config)  # raises on a failed job
+    labels = data["strategies"]["hybrid"]["curve"]["labels"]
+    assert labels[-1] >= data["pool"] == 288 and labels[-1] < 1000
