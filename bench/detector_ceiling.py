@@ -37,6 +37,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -248,31 +249,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "section-features": relative,
         "block-features": np.hstack([relative, block_zscores(data["raw"], z)]),
     }
-    scores: dict[str, dict[str, np.ndarray]] = {
-        d: {s: np.zeros(len(y)) for s in ("all", str(LABELS))} for d in detectors
-    }
-    for k in range(args.folds):
-        val = np.flatnonzero(fold == k)
-        for subset, train in training_sets(fold, k, args.seed).items():
-            if y[train].sum() < 2:
+    scores = empty_scores(detectors, len(y))
+    for subset, train, val in fold_training(y, fold, folds=args.folds, seed=args.seed, started=started):  # fmt: skip
+        for d in detectors:
+            if d in FEATURES:
+                table_name, kind = d.rsplit("-", 1)
+                scores[d][subset][val] = fit_predict(kind, tables[table_name], y, train, val)
+        for d in ("product", "section-norm"):
+            fused = f"{d}+section-stats"
+            if d not in detectors and fused not in detectors:
                 continue
-            for d in detectors:
-                if d in FEATURES:
-                    table_name, kind = d.rsplit("-", 1)
-                    scores[d][subset][val] = fit_predict(kind, tables[table_name], y, train, val)
-            for d in ("product", "section-norm"):
-                fused = f"{d}+section-stats"
-                if d not in detectors and fused not in detectors:
-                    continue
-                logits, model = cnn_scores(
-                    inputs[d], y, data["types"], train, val, ae=aes[d], args=args, seed=args.seed
-                )
-                if d in detectors:
-                    scores[d][subset][val] = logits
-                if fused in detectors:
-                    both = np.hstack([embedding(model, inputs[d]), section_zscores(stats, z)])
-                    scores[fused][subset][val] = fit_predict("logistic", both, y, train, val)
-            print(f"  fold {k} {subset}: {time.perf_counter() - started:.0f} s", flush=True)
+            logits, model = cnn_scores(
+                inputs[d], y, data["types"], train, val, ae=aes[d], args=args, seed=args.seed
+            )
+            if d in detectors:
+                scores[d][subset][val] = logits
+            if fused in detectors:
+                both = np.hstack([embedding(model, inputs[d]), section_zscores(stats, z)])
+                scores[fused][subset][val] = fit_predict("logistic", both, y, train, val)
     return record(args, data, scores, fold, started)
 
 
@@ -290,6 +284,43 @@ def training_sets(fold: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([seed, k, 7])
     some = rng.choice(everything, min(LABELS, len(everything)), replace=False)
     return {"all": everything, str(LABELS): np.sort(some)}
+
+
+def empty_scores(detectors: list[str], n: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per detector and training set (``all``, ``LABELS``) a score per patch, filled by fold."""
+    return {d: {s: np.zeros(n) for s in ("all", str(LABELS))} for d in detectors}
+
+
+def fold_training(
+    y: np.ndarray, fold: np.ndarray, *, folds: int, seed: int, started: float
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(subset, train, val)`` for every validation fold and training set that holds two
+    positives or more; the time so far printed after each."""
+    for k in range(folds):
+        val = np.flatnonzero(fold == k)
+        for subset, train in training_sets(fold, k, seed).items():
+            if y[train].sum() < 2:
+                continue
+            yield subset, train, val
+            print(f"  fold {k} {subset}: {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def detector_main(
+    ap: argparse.ArgumentParser,
+    detectors: tuple[str, ...],
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+) -> None:
+    """A detector bench's command line: ``--table`` summarises ``--out``, else one painting."""
+    args = ap.parse_args()
+    if args.table:
+        summary = summarise(args.out, detectors)
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(summary_table(summary))
+        return
+    unknown = sorted(set(args.detectors.split(",")) - set(detectors) - {""})
+    if unknown:
+        ap.error(f"unknown detectors {unknown}; known: {', '.join(detectors)}")
+    save(args, run(args))
 
 
 def record(
@@ -416,13 +447,7 @@ def painting_arguments(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     painting_arguments(ap, detectors=DETECTORS, out=Path("bench/results/detector_ceiling"))
-    args = ap.parse_args()
-    if args.table:
-        summary = summarise(args.out)
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(summary_table(summary))
-        return
-    save(args, run(args))
+    detector_main(ap, DETECTORS, run)
 
 
 def save(args: argparse.Namespace, result: dict[str, Any]) -> None:

@@ -34,7 +34,6 @@ The settings (``--pretrain-epochs``, ``--epochs``, ``--tta``) are detector_ceili
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -49,20 +48,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models.training
 from bench.detector_ceiling import (
-    LABELS,
     cnn_scores,
+    detector_main,
     embedding,
+    empty_scores,
     fit_predict,
+    fold_training,
     paint,
     painting_arguments,
     pool_folds,
     record,
-    save,
     section_stats,
     section_zscores,
-    summarise,
-    summary_table,
-    training_sets,
 )
 from models.networks import (
     AutoencoderConfig,
@@ -138,31 +135,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ).model
     patch_stats, window_stats = section_stats(data["raw"]), section_stats(data["window"])
     stats = np.hstack([section_zscores(patch_stats, z), section_zscores(window_stats, z)])
-    scores: dict[str, dict[str, np.ndarray]] = {
-        d: {s: np.zeros(len(y)) for s in ("all", str(LABELS))} for d in detectors
-    }
-    for k in range(args.folds):
-        val = np.flatnonzero(fold == k)
-        for subset, train in training_sets(fold, k, args.seed).items():
-            if y[train].sum() < 2:
-                continue
-            if STATS_ONLY in detectors:
-                scores[STATS_ONLY][subset][val] = fit_predict("logistic", stats, y, train, val)
-            for name in networks:
-                x = inputs[name]
-                config = ClassifierConfig(encoder=EncoderConfig(in_channels=x.shape[1]))
-                centre = CentreClassifier if name == "context-centre" else Classifier
-                with mock.patch.object(models.training, "Classifier", centre):
-                    logits, model = cnn_scores(
-                        x, y, data["types"], train, val, ae=aes[own_ae.get(name, name)],
-                        args=args, seed=args.seed, config=config,
-                    )  # fmt: skip
-                if name in detectors:
-                    scores[name][subset][val] = logits
-                for fused in (d for d in detectors if FUSED.get(d) == name):
-                    both = np.hstack([embedding(model, x), stats])
-                    scores[fused][subset][val] = fit_predict("logistic", both, y, train, val)
-            print(f"  fold {k} {subset}: {time.perf_counter() - started:.0f} s", flush=True)
+    scores = empty_scores(detectors, len(y))
+    for subset, train, val in fold_training(y, fold, folds=args.folds, seed=args.seed, started=started):  # fmt: skip
+        if STATS_ONLY in detectors:
+            scores[STATS_ONLY][subset][val] = fit_predict("logistic", stats, y, train, val)
+        for name in networks:
+            x = inputs[name]
+            config = ClassifierConfig(encoder=EncoderConfig(in_channels=x.shape[1]))
+            centre = CentreClassifier if name == "context-centre" else Classifier
+            with mock.patch.object(models.training, "Classifier", centre):
+                logits, model = cnn_scores(
+                    x, y, data["types"], train, val, ae=aes[own_ae.get(name, name)],
+                    args=args, seed=args.seed, config=config,
+                )  # fmt: skip
+            if name in detectors:
+                scores[name][subset][val] = logits
+            for fused in (d for d in detectors if FUSED.get(d) == name):
+                both = np.hstack([embedding(model, x), stats])
+                scores[fused][subset][val] = fit_predict("logistic", both, y, train, val)
     result = record(args, data, scores, fold, started)
     result["settings"]["margin"] = args.margin
     return result
@@ -172,16 +162,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     painting_arguments(ap, detectors=DETECTORS, out=Path("bench/results/detector_ceiling/context"))
     ap.add_argument("--margin", type=int, default=PATCH // 2, help="px of context on every side")
-    args = ap.parse_args()
-    if args.table:
-        summary = summarise(args.out, DETECTORS)
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(summary_table(summary))
-        return
-    unknown = sorted(set(args.detectors.split(",")) - set(DETECTORS) - {""})
-    if unknown:
-        ap.error(f"unknown detectors {unknown}; known: {', '.join(DETECTORS)}")
-    save(args, run(args))
+    detector_main(ap, DETECTORS, run)
 
 
 if __name__ == "__main__":
