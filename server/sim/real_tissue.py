@@ -108,12 +108,14 @@ VOLUMES: dict[str, RealVolume] = {
         kind="SEM (secondary electrons, 2 kV) of red-blood-cell membrane skeletons",
         requirement="skan==0.13.1",
         archive="skan-0.13.1.tar.gz",
-        member="skan-0.13.1/src/skan/test/data/retic.tif",
-        sha256="f0e7327828eded78064ae470dd9b79388fd91533875319b91998c3c31e94647b",
+        # sections in this order: the one bright image (retic) is a pool section, so the
+        # held-out ones (the first and the fourth) are not all unlike what the pool shows
+        member="skan-0.13.1/doc/example-data/inf1.tif",
+        sha256="5b829a11936ae8cbf17c78ff6fca71a0cfa68fe4a7e436282787ed44dd04b832",
         also=(
             (
-                "skan-0.13.1/doc/example-data/inf1.tif",
-                "5b829a11936ae8cbf17c78ff6fca71a0cfa68fe4a7e436282787ed44dd04b832",
+                "skan-0.13.1/src/skan/test/data/retic.tif",
+                "f0e7327828eded78064ae470dd9b79388fd91533875319b91998c3c31e94647b",
             ),
             (
                 "skan-0.13.1/doc/example-data/inf2.tif",
