@@ -36,26 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.detector_ceiling import (
-    cnn_scores,
-    detector_main,
-    embedding,
-    empty_scores,
-    fit_predict,
-    fold_training,
-    paint,
-    painting_arguments,
-    pool_folds,
-    record,
-    section_stats,
-    section_zscores,
-)
+from bench import detector_ceiling as ceiling
 from models.scoring import score_stream
-from models.training import pretrain_autoencoder
 from server.sim.baselines import patch_features
 
 LABEL_FREE = ("recon-error", "recon-section", "novelty", "feature-novelty")
@@ -73,11 +58,15 @@ def anomaly_scores(
         (x[s : s + batch] for s in range(0, len(x), batch)), classifier=None, autoencoder=autoencoder
     )  # fmt: skip
     error = scores.recon_error.astype(np.float64)
+
+    def against_section(values: np.ndarray) -> np.ndarray:
+        return ceiling.section_zscores(values[:, None], z)[:, 0]
+
     return {
         "recon-error": error,
-        "recon-section": section_zscores(error[:, None], z)[:, 0],
-        "novelty": section_zscores(knn_distance(scores.embedding, z, neighbours)[:, None], z)[:, 0],
-        "feature-novelty": section_zscores(knn_distance(hand, z, neighbours)[:, None], z)[:, 0],
+        "recon-section": against_section(error),
+        "novelty": against_section(knn_distance(scores.embedding, z, neighbours)),
+        "feature-novelty": against_section(knn_distance(hand, z, neighbours)),
     }
 
 
@@ -102,50 +91,48 @@ def rank(values: np.ndarray) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    data = paint(args.volume, args.painter, args.seed, args.work, args.cache)
-    y, z, fold = data["truth"], data["z"], pool_folds(data, args.folds)
-    detectors = [d for d in args.detectors.split(",") if d]
-    x = data["x"]
-    rng = np.random.default_rng(args.seed)  # the service pretrains on a random sample
-    sample = np.sort(rng.choice(len(x), size=min(args.pretrain_patches, len(x)), replace=False))
-    ae = pretrain_autoencoder(
-        x[sample], epochs=args.pretrain_epochs, seed=args.seed, device="cpu"
-    ).model
-    stats = section_zscores(section_stats(data["raw"]), z)
+    started, data, fold, detectors = ceiling.begin(args)
+    y, z, x = data["truth"], data["z"], data["x"]
+    ae = ceiling.pretrained(x, args)
+    stats = ceiling.section_zscores(ceiling.section_stats(data["raw"]), z)
     hand = np.hstack([patch_features(x), stats])
     anomaly = anomaly_scores(x, z, autoencoder=ae, hand=hand, neighbours=args.neighbours)
     print(f"  anomaly scores: {time.perf_counter() - started:.0f} s", flush=True)
     table = np.hstack([np.stack([anomaly[d] for d in LABEL_FREE], axis=1), stats])
-    scores = empty_scores(detectors, len(y))
-    for subset, train, val in fold_training(y, fold, folds=args.folds, seed=args.seed, started=started):  # fmt: skip
+    scores = ceiling.empty_scores(detectors, len(y))
+    for subset, train, val in ceiling.fold_training(y, fold, folds=args.folds, seed=args.seed, started=started):  # fmt: skip
         for d in LABEL_FREE:
             if d in detectors:
                 scores[d][subset][val] = anomaly[d][val]
         if "anomaly-logistic" in detectors:
-            scores["anomaly-logistic"][subset][val] = fit_predict("logistic", table, y, train, val)
+            scores["anomaly-logistic"][subset][val] = ceiling.fit_predict(
+                "logistic", table, y, train, val
+            )
         if not {"product", "product+anomaly", "product-logit+anomaly"} & set(detectors):
             continue
-        logits, model = cnn_scores(x, y, data["types"], train, val, ae=ae, args=args, seed=args.seed)  # fmt: skip
+        logits, model = ceiling.cnn_scores(x, y, data["types"], train, val, ae=ae, args=args, seed=args.seed)  # fmt: skip
         if "product" in detectors:
             scores["product"][subset][val] = logits
         if "product+anomaly" in detectors:
-            both = np.hstack([embedding(model, x), table])
-            scores["product+anomaly"][subset][val] = fit_predict("logistic", both, y, train, val)
+            both = np.hstack([ceiling.embedding(model, x), table])
+            scores["product+anomaly"][subset][val] = ceiling.fit_predict(
+                "logistic", both, y, train, val
+            )
         if "product-logit+anomaly" in detectors:
             fused = (rank(logits) + rank(anomaly["novelty"][val])) / 2
             scores["product-logit+anomaly"][subset][val] = fused
-    result = record(args, data, scores, fold, started)
+    result = ceiling.record(args, data, scores, fold, started)
     result["settings"]["neighbours"] = args.neighbours
     return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    painting_arguments(ap, detectors=DETECTORS, out=Path("bench/results/detector_ceiling/anomaly"))
+    ceiling.painting_arguments(
+        ap, detectors=DETECTORS, out=Path("bench/results/detector_ceiling/anomaly")
+    )
     ap.add_argument("--neighbours", type=int, default=10, help="k of the novelty score")
-    detector_main(ap, DETECTORS, run)
+    ceiling.detector_main(ap, DETECTORS, run)
 
 
 if __name__ == "__main__":

@@ -225,22 +225,36 @@ def fit_predict(kind: str, features: np.ndarray, y: np.ndarray, train: np.ndarra
     return LogisticModel().fit(features[train], y[train]).predict(features[val])
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def begin(
+    args: argparse.Namespace, *, margin: int = 0
+) -> tuple[float, dict[str, Any], np.ndarray, list[str]]:
+    """A detector bench's painting: when it started, the painted data (:func:`paint`), every
+    patch's validation fold and the detectors asked for. Torch on one thread (cheap settings,
+    the same for every detector)."""
     torch.set_num_threads(1)
     started = time.perf_counter()
-    data = paint(args.volume, args.painter, args.seed, args.work, args.cache)
-    y, z, fold = data["truth"], data["z"], pool_folds(data, args.folds)
+    data = paint(args.volume, args.painter, args.seed, args.work, args.cache, margin=margin)
     detectors = [d for d in args.detectors.split(",") if d]
+    return started, data, pool_folds(data, args.folds), detectors
+
+
+def pretrained(x: np.ndarray, args: argparse.Namespace, *, config: Any = None) -> Any:
+    """The product's autoencoder pretrained on a random sample of ``x`` (the service pretrains
+    on a random sample of grid patches), at the bench's settings."""
+    rng = np.random.default_rng(args.seed)
+    sample = np.sort(rng.choice(len(x), size=min(args.pretrain_patches, len(x)), replace=False))
+    return pretrain_autoencoder(
+        x[sample], config=config, epochs=args.pretrain_epochs, seed=args.seed, device="cpu"
+    ).model
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started, data, fold, detectors = begin(args)
+    y, z = data["truth"], data["z"]
     inputs = {"product": data["x"]}
     if any(d.startswith("section-norm") for d in detectors):
         inputs["section-norm"] = section_normalised(data["raw"], z)
-    aes = {}
-    for name, x in inputs.items():  # the service pretrains on a random sample of grid patches
-        rng = np.random.default_rng(args.seed)
-        sample = np.sort(rng.choice(len(x), size=min(args.pretrain_patches, len(x)), replace=False))
-        aes[name] = pretrain_autoencoder(
-            x[sample], epochs=args.pretrain_epochs, seed=args.seed, device="cpu"
-        ).model
+    aes = {name: pretrained(x, args) for name, x in inputs.items()}
     hand = patch_features(data["x"])
     stats = section_stats(data["raw"])
     relative = np.hstack([hand, section_zscores(hand, z), section_zscores(stats, z)])

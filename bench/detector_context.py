@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -48,15 +47,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models.training
 from bench.detector_ceiling import (
+    begin,
     cnn_scores,
     detector_main,
     embedding,
     empty_scores,
     fit_predict,
     fold_training,
-    paint,
     painting_arguments,
-    pool_folds,
+    pretrained,
     record,
     section_stats,
     section_zscores,
@@ -68,7 +67,6 @@ from models.networks import (
     EncoderConfig,
     pool_features,
 )
-from models.training import pretrain_autoencoder
 from server.sim.synth import PATCH
 
 NETWORKS = ("product", "context", "context-wide", "context-centre")
@@ -115,24 +113,17 @@ def context_inputs(data: dict[str, Any], *, batch: int = 128) -> dict[str, np.nd
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    data = paint(args.volume, args.painter, args.seed, args.work, args.cache, margin=args.margin)
-    y, z, fold = data["truth"], data["z"], pool_folds(data, args.folds)
-    detectors = [d for d in args.detectors.split(",") if d]
+    started, data, fold, detectors = begin(args, margin=args.margin)
+    y, z = data["truth"], data["z"]
     inputs = {"product": data["x"], **context_inputs(data)}
     networks = [n for n in NETWORKS if n in detectors or n in (FUSED.get(d) for d in detectors)]
     # context-centre's encoder starts from the product's autoencoder
     own_ae = {"context-centre": "product"}
     aes = {}
     for name in dict.fromkeys(own_ae.get(n, n) for n in networks):  # one sample for every input
-        x = inputs[name]
-        rng = np.random.default_rng(args.seed)
-        sample = np.sort(rng.choice(len(x), size=min(args.pretrain_patches, len(x)), replace=False))
-        ae_config = AutoencoderConfig(encoder=EncoderConfig(in_channels=x.shape[1]))
-        aes[name] = pretrain_autoencoder(
-            x[sample], config=ae_config, epochs=args.pretrain_epochs, seed=args.seed, device="cpu"
-        ).model
+        channels = inputs[name].shape[1]
+        config = AutoencoderConfig(encoder=EncoderConfig(in_channels=channels))
+        aes[name] = pretrained(inputs[name], args, config=config)
     patch_stats, window_stats = section_stats(data["raw"]), section_stats(data["window"])
     stats = np.hstack([section_zscores(patch_stats, z), section_zscores(window_stats, z)])
     scores = empty_scores(detectors, len(y))
