@@ -13,16 +13,19 @@ it runs the product's own label check (``out_of_fold``, ``at_prevalence``, the c
 label with that view, ``suspects_of`` with no threshold) and reports per seed the average
 precision of P(wrong) for the flipped labels, and, per suspect threshold, recall and precision
 per seed and how many seeds reach recall 0.7 at precision 0.5. The product's check is the row
-``ae + features``; the others are candidates. Views:
+``features + own logit``; the others are candidates. Views:
 
+- ``features + own logit``: the out-of-fold read-out of the classifier's pooled features beside
+  its own logit of the patch (the product's, :func:`server.pipeline.label_errors.view_inputs`);
 - ``ae + features``: the out-of-fold read-out of the autoencoder embedding beside the
-  classifier's features (the product's);
-- ``ae``, ``features``: either alone;
+  classifier's features (the product's check before);
+- ``ae``, ``features``: either alone; ``..., penalty chosen``: with the L2 penalty that fits
+  the labels best out of fold (:func:`chosen_penalty`) instead of 1;
 - ``asked``: the p(artifact) the loop held for the patch when it asked for the label (the
   task's, from a version that had not seen the label), ``features`` where there is none;
 - ``features + asked``: the mean of the two (:func:`with_earlier_view`);
 - ``in-sample``: the newest classifier's own p(artifact) of its training labels (it trained on
-  them: a label judges itself), for reference.
+  them: a label judges itself), as it is.
 """
 
 from __future__ import annotations
@@ -45,10 +48,26 @@ from server.db.tables import AnnotationTask, Dataset, ModelVersion
 from server.db.vocabulary import VersionStatus
 from server.labels.consensus import label_weights
 from server.labels.training_set import training_groups
-from server.pipeline.label_errors import LABEL_VIEW, suspects_of
+from server.pipeline.label_errors import LABEL_VIEW, suspects_of, view_inputs
 from server.sim.crowd import SWEEP, parse_annotators, passes, recovery_at
 from server.sim.replay import ORACLE
 from server.sim.simulate import SimulationConfig, run_simulation
+
+PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+
+
+def chosen_penalty(features: np.ndarray, labels: np.ndarray) -> float:
+    """The L2 penalty of ``PENALTIES`` whose out-of-fold P(class 1) fits the labels best
+    (class-balanced log loss)."""
+    y = np.asarray(labels).astype(np.int64)
+    weight = (len(y) / (2.0 * np.bincount(y, minlength=2)))[y]
+
+    def loss(l2: float) -> float:
+        p = out_of_fold(features, y, folds=DEFAULT_FOLDS, seed=0, l2=l2)
+        p = np.clip(p, 1e-9, 1 - 1e-9)
+        return float(-(weight * np.where(y == 1, np.log(p), np.log(1 - p))).sum())
+
+    return min(PENALTIES, key=loss)
 
 
 def with_earlier_view(p_fold: np.ndarray, p_asked: np.ndarray) -> np.ndarray:
@@ -62,16 +81,20 @@ def views(saved: dict[str, np.ndarray], asked: np.ndarray) -> dict[str, np.ndarr
     """Every candidate view of the model: P(artifact) per label of the saved view."""
     labels = saved["label"]
 
-    def read_out(x: np.ndarray) -> np.ndarray:
-        p = out_of_fold(x, labels, folds=DEFAULT_FOLDS, seed=0)
+    def read_out(x: np.ndarray, *, chosen: bool = False) -> np.ndarray:
+        l2 = chosen_penalty(x, labels) if chosen else 1.0
+        p = out_of_fold(x, labels, folds=DEFAULT_FOLDS, seed=0, l2=l2)
         return at_prevalence(p, labels)
 
     features = saved["features"].astype(np.float64)
-    found = {"features": read_out(features)}
+    found = {"features + own logit": read_out(view_inputs(saved))}
+    found["features"] = read_out(features)
     if "ae_features" in saved:
         ae = saved["ae_features"].astype(np.float64)
         found["ae + features"] = read_out(np.hstack([ae, features]))
         found["ae"] = read_out(ae)
+        found["ae + features, penalty chosen"] = read_out(np.hstack([ae, features]), chosen=True)
+    found["features, penalty chosen"] = read_out(features, chosen=True)
     found["asked"] = np.where(np.isfinite(asked), asked, found["features"])
     found["features + asked"] = with_earlier_view(found["features"], asked)
     found["in-sample"] = saved["p_artifact"].astype(np.float64)

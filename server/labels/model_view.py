@@ -1,6 +1,7 @@
-"""The model as one more rater: the newest classifier's out-of-fold P(artifact) of each label
-it trained on, kept beside its weights by the label check after training
-(:mod:`server.pipeline.label_errors`) and read by the annotators' report."""
+"""The model as one more rater: the newest classifier's P(artifact) of each label it trained
+on, read out of fold (its features and logit through a read-out that never saw the label),
+kept beside its weights by the label check after training (:mod:`server.pipeline.label_errors`)
+and read by the annotators' report."""
 
 from __future__ import annotations
 
