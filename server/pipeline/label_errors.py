@@ -5,8 +5,8 @@ load (the version's view of its training labels: p(artifact) and features, kept 
 weights by the training) -> the model's view of each labelled position, read out of fold (a
 class-balanced logistic regression on the classifier's pooled features and its own logit of
 the patch, K folds: :func:`models.label_errors.out_of_fold`; the classifier saw every label,
-the read-out that turns it into a probability did not see the label it judges) -> the consensus of every label with that view as one
-more rater (:func:`models.label_errors.contradicted`) -> record (the dataset's
+the read-out that turns it into a probability did not see the label it judges) -> the
+consensus of every label with that view as one more rater (:func:`models.label_errors.contradicted`) -> record (the dataset's
 ``label_suspects`` rows, replacing those of the check before; the view itself in
 ``model_view.npz``, from which the annotators' report measures everyone against the model).
 """

@@ -19,6 +19,7 @@ from server.jobs.kinds import JobKind, JobState
 from server.jobs.runner import InlineSender
 from server.labels.rows import NewLabel
 from server.labels.service import create_label
+from server.pipeline.label_errors import view_inputs
 from server.runtime import Runtime
 from server.settings import Settings
 from server.wklib import wk
@@ -162,3 +163,12 @@ def _lease_all(rt: Runtime, *, annotator_id: int, dataset_id: int) -> set[int]:
             offered.add(task.id)
             # out of this annotator's way, without a label
             task_state.set_state(task, task_state.retired())
+
+
+def test_the_check_reads_the_classifier_features_beside_its_own_logit() -> None:
+    features = np.arange(12, dtype=np.float32).reshape(3, 4)
+    saved = {"features": features, "p_artifact": np.array([0.5, 0.9, 1.0], dtype=np.float32)}
+    inputs = view_inputs(saved)
+    assert inputs.shape == (3, 5) and np.array_equal(inputs[:, :4], features)
+    assert inputs[0, 4] == 0.0 and np.isclose(inputs[1, 4], np.log(9.0))
+    assert np.isfinite(inputs[2, 4]) and inputs[2, 4] > 10  # a certain 1.0 stays finite
