@@ -44,7 +44,10 @@ def test_the_label_check_replays_on_the_kept_stores(tmp_path: Path) -> None:
     assert curve["flipped"] == last["flipped"] > 0, "the ground truth tells the same flips"
     scores = curve["scores"]
     assert set(scores) == {
+        "features + own logit",
         "ae + features",
+        "ae + features, penalty chosen",
+        "features, penalty chosen",
         "ae",
         "features",
         "asked",

@@ -229,5 +229,10 @@ def test_simulate_runs_the_baselines_on_the_products_split(tmp_path: Path) -> No
     assert results["test"] == 2 * 4, "every fifth of 10 sections held out, 4 patches each"
     for name, s in results["strategies"].items():
         assert s["curve"]["labels"][0] == 20 and s["curve"]["labels"][-1] <= 40, name
-        assert len(s["curve"]["precision_at_recall_0.9_mean"]) == 2
+        # one figure per checkpoint (the loop's re-label tasks of suspect labels may add one
+        # once the 32 pool patches are labelled)
+        checkpoints = len(s["curve"]["labels"])
+        assert (
+            2 <= checkpoints <= 3 and len(s["curve"]["precision_at_recall_0.9_mean"]) == checkpoints
+        )
     assert results["jobs"]["features-random/0"] == {}, "baselines run no service job"
